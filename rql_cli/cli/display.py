@@ -1,0 +1,140 @@
+"""Everything the CLI draws: progress for training, evaluation and generation, result tables.
+
+Rich progress bars on a terminal; plain lines when stdout is not one (CI, pipes, log files).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def make_progress(quiet: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=False,
+    )
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def success_text(result: dict[str, Any]) -> str:
+    low, high = result["success_ci95"]
+    return f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result['episodes']} episodes"
+
+
+class TrainDisplay:
+    """Implements every hook of ``rql_cli.train.TrainObserver`` (by name, so that importing this
+    module does not import torch): a progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress = make_progress(quiet)
+        self.task = None
+        self.eval_task = None
+        self.last_success = "-"
+        self.plain = not console.is_terminal and not quiet
+        self.last_plain = 0.0
+
+    def __enter__(self) -> TrainDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        data = info["dataset"]
+        if not self.quiet:
+            console.print(
+                f"Training on [bold]{info['env_id']}[/]: {data['transitions']:,} transitions in "
+                f"{data['episodes']} episodes; {info['parameters']:,} parameters; device "
+                f"{info['device']}; run folder {info['run_dir']}"
+            )
+            if info["start_step"]:
+                console.print(f"Resuming at step {info['start_step']:,}.")
+        self.task = self.progress.add_task(
+            "train", total=info["steps"], completed=info["start_step"], rate="", info=""
+        )
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        info = (
+            f"V {metrics['value']:.3g} bc {metrics['bc']:.3g} pi {metrics['policy']:.3g} "
+            f"success {self.last_success}"
+        )
+        self.progress.update(
+            self.task, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info
+        )
+        now = time.monotonic()
+        if self.plain and now - self.last_plain > 10:
+            self.last_plain = now
+            print(f"step {step}: {metrics['steps_per_second']:.1f} it/s, {info}", flush=True)
+
+    def on_eval_start(self, step: int, episodes: int) -> None:
+        self.eval_task = self.progress.add_task("eval", total=episodes, rate="", info="")
+
+    def on_eval_episode(self, done: int, total: int, success_rate: float) -> None:
+        if self.eval_task is not None:
+            self.progress.update(self.eval_task, completed=done, info=f"success {pct(success_rate)}")
+
+    def on_eval(self, step: int, result: dict[str, Any]) -> None:
+        if self.eval_task is not None:
+            self.progress.remove_task(self.eval_task)
+            self.eval_task = None
+        self.last_success = pct(result["success_rate"])
+        if not self.quiet:
+            self.progress.console.print(
+                f"step {step:,}: success {success_text(result)}, mean return {result['mean_return']:.1f}"
+            )
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[dim]checkpoint saved: {path}[/]")
+
+
+def eval_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"{report['dataset']} @ step {report['step']:,}")
+    for column in ("task", "success rate", "95% CI", "mean return", "return 95% CI", "episodes"):
+        table.add_column(column, justify="right")
+    for result in report["tasks"]:
+        low, high = result["success_ci95"]
+        rlow, rhigh = result["return_ci95"]
+        table.add_row(
+            str(result["task"]),
+            pct(result["success_rate"]),
+            f"[{pct(low)}, {pct(high)}]",
+            f"{result['mean_return']:.1f}",
+            f"[{rlow:.1f}, {rhigh:.1f}]",
+            str(result["episodes"]),
+        )
+    if len(report["tasks"]) > 1:
+        table.add_row("mean", pct(report["mean_success_rate"]), "", "", "", "")
+    return table

@@ -1,0 +1,114 @@
+"""Networks of the RQL agent: the velocity field and the vectorised value ensemble.
+
+Both take concat(observation, chunk, flow_time) in that order, like the official networks.
+Initialisation and numerics follow flax's defaults: Xavier-uniform weights (fan_avg), zero
+biases, tanh-approximated GELU, LayerNorm epsilon 1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LAYER_NORM_EPS = 1e-6
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.gelu(x, approximate="tanh")
+
+
+class MLP(nn.Module):
+    """A plain MLP: Linear -> GELU (-> LayerNorm) per hidden layer, then a Linear output."""
+
+    def __init__(self, in_dim: int, hidden_dims: list[int], out_dim: int, layer_norm: bool = False):
+        super().__init__()
+        dims = [in_dim, *hidden_dims]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(d, eps=LAYER_NORM_EPS) if layer_norm else nn.Identity() for d in hidden_dims
+        )
+        self.out = nn.Linear(dims[-1], out_dim)
+        for linear in [*self.hidden, self.out]:
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for linear, norm in zip(self.hidden, self.norms):
+            x = norm(_gelu(linear(x)))
+        return self.out(x)
+
+
+class VelocityField(nn.Module):
+    """v(s, x, t): observation (B, obs_dim), chunk (B, h*A), flow time (B, 1) -> velocity (B, h*A)."""
+
+    def __init__(self, obs_dim: int, chunk_dim: int, hidden_dims: list[int]):
+        super().__init__()
+        self.obs_dim, self.chunk_dim = obs_dim, chunk_dim
+        self.mlp = MLP(obs_dim + chunk_dim + 1, hidden_dims, chunk_dim)
+
+    def forward(self, obs: torch.Tensor, chunk: torch.Tensor, flow_time: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([obs, chunk, flow_time], dim=-1))
+
+
+class EnsembleLinear(nn.Module):
+    """K independent linear layers applied as one batched matmul: (K, B, in) -> (K, B, out)."""
+
+    def __init__(self, ensemble_size: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, out_dim))
+        # Xavier-uniform per member: fan_avg = (in + out) / 2, variance scale 1.
+        bound = math.sqrt(6.0 / (in_dim + out_dim))
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with a scale and bias per member: (K, B, d) -> (K, B, d)."""
+
+    def __init__(self, ensemble_size: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
+        return torch.addcmul(self.bias, x, self.weight)
+
+
+class ValueEnsemble(nn.Module):
+    """V_k(s, x, t) for k = 1..K, evaluated in one batched computation.
+
+    Input: observation (B, obs_dim), chunk (B, h*A), flow time (B, 1); output (K, B) values.
+    The same inputs go to every member; members have independent weights.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        chunk_dim: int,
+        hidden_dims: list[int],
+        ensemble_size: int,
+        layer_norm: bool = True,
+    ):
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        dims = [obs_dim + chunk_dim + 1, *hidden_dims]
+        self.hidden = nn.ModuleList(
+            EnsembleLinear(ensemble_size, a, b) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.norms = nn.ModuleList(
+            EnsembleLayerNorm(ensemble_size, d) if layer_norm else nn.Identity() for d in hidden_dims
+        )
+        self.out = EnsembleLinear(ensemble_size, dims[-1], 1)
+
+    def forward(self, obs: torch.Tensor, chunk: torch.Tensor, flow_time: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, chunk, flow_time], dim=-1)
+        x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
+        for linear, norm in zip(self.hidden, self.norms):
+            x = norm(_gelu(linear(x)))
+        return self.out(x).squeeze(-1)

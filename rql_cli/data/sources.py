@@ -1,0 +1,109 @@
+"""Where transitions come from: OGBench files, read through ogbench's own loader.
+
+ogbench's loader downloads a missing file from a host our machines cannot reach and would hang,
+so we look for both files first and fail at once with a message that says how to make them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rql_cli.data.dataset import OfflineDataset
+from rql_cli.errors import DatasetNotFoundError, RQLError
+
+DEFAULT_DATASET_DIR = Path("~/.ogbench/data")
+
+
+@dataclass
+class LoadedData:
+    """A training set, its validation set and where they came from."""
+
+    train: OfflineDataset
+    val: OfflineDataset | None
+    env_id: str
+    """The singletask env id the rewards were relabelled for, e.g. cube-single-play-singletask-v0."""
+    train_path: Path
+
+
+def singletask_id(name: str, task: int | None = None) -> str:
+    """'cube-single-play-v0' (file stem) or any singletask id -> the singletask env id.
+
+    ``task`` picks 'taskN'; None keeps the name's task or the env's default task.
+    """
+    parts = name.split("-")
+    if "singletask" in parts:
+        parts.remove("singletask")
+    name_task = next((p for p in parts if re.fullmatch(r"task\d+", p)), None)
+    if name_task:
+        parts.remove(name_task)
+    version = parts.pop() if re.fullmatch(r"v\d+", parts[-1]) else "v0"
+    chosen = f"task{task}" if task is not None else name_task
+    return "-".join([*parts, "singletask", *([chosen] if chosen else []), version])
+
+
+def dataset_file_stem(name: str) -> str:
+    """Any dataset or singletask name -> the dataset file stem, e.g. 'cube-single-play-v0'."""
+    parts = [p for p in name.split("-") if p != "singletask" and not re.fullmatch(r"task\d+", p)]
+    return "-".join(parts)
+
+
+def resolve_dataset_path(name: str, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
+    """The training file for ``name``; raises DatasetNotFoundError naming where we looked."""
+    stem = dataset_file_stem(name)
+    if dataset_path is not None:
+        candidates = [Path(dataset_path).expanduser()]
+    else:
+        directory = Path(dataset_dir or DEFAULT_DATASET_DIR).expanduser()
+        candidates = [directory / f"{stem}.npz"]
+    train = candidates[0]
+    val = train.with_name(train.name.replace(".npz", "-val.npz"))
+    missing = [p for p in (train, val) if not p.is_file()]
+    if missing:
+        where = ", ".join(str(p) for p in missing)
+        out_dir = train.parent
+        raise DatasetNotFoundError(
+            f"Dataset '{stem}' not found: no file at {where}. Downloads are not attempted. "
+            f"Make it here with `rql data generate {stem} --out {out_dir}` "
+            f"(add --episodes 100 for a quick set), or point --dataset-dir at a folder holding the "
+            f"official {stem}.npz and {stem}-val.npz."
+        )
+    return train
+
+
+def load_ogbench(
+    name: str,
+    *,
+    task: int | None = None,
+    dataset_dir: Path | None = None,
+    dataset_path: Path | None = None,
+    sparse_rewards: bool = False,
+    device: torch.device | str = "cpu",
+    with_val: bool = True,
+) -> LoadedData:
+    """Load an OGBench dataset through ``ogbench.make_env_and_datasets`` with singletask rewards.
+
+    Official files and files made by ``rql data generate`` load the same way.
+    """
+    import ogbench  # noqa: F401  (registers the env ids)
+
+    train_path = resolve_dataset_path(name, dataset_dir, dataset_path)
+    env_id = singletask_id(name, task)
+    try:
+        env, train, val = ogbench.make_env_and_datasets(
+            env_id, dataset_path=str(train_path), compact_dataset=False
+        )
+    except Exception as error:  # ogbench raises plain errors for names and files alike
+        raise RQLError(f"ogbench could not load '{env_id}' from {train_path}: {error}") from error
+    env.close()
+    return LoadedData(
+        train=OfflineDataset.from_arrays(train, sparse_rewards=sparse_rewards, device=device),
+        val=OfflineDataset.from_arrays(val, sparse_rewards=sparse_rewards, device=device)
+        if with_val
+        else None,
+        env_id=env_id,
+        train_path=train_path,
+    )

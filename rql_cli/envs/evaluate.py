@@ -1,0 +1,336 @@
+"""Vectorised evaluation of an action-chunk policy on an OGBench single-task env.
+
+The policy is asked for a chunk only by envs whose action queue is empty; chunks then run open loop,
+one action per env step, as in the official evaluator (which computes a chunk every step but throws
+it away unless the queue is empty: the actions executed are the same, at a fraction of the cost).
+
+Heavy imports (gymnasium, ogbench, mujoco) happen inside functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from rql_cli.envs.make import env_versions, make_eval_env, parse_task_name
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
+"""obs: (E, obs_dim) float32 -> action chunks: (E, h, A), one chunk per row, actions in [-1, 1]."""
+
+EpisodeCallback = Callable[[int, int, float], None]
+"""on_episode(episodes_done, episodes_total, running_success_rate in [0, 1])."""
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion.
+
+    Args:
+        successes: number of successful episodes, 0 <= successes <= n.
+        n: number of episodes, > 0.
+        z: standard-normal quantile; 1.96 gives a 95% interval.
+
+    Returns:
+        (low, high), both in [0, 1]. Unlike the normal approximation it stays inside [0, 1] and is
+        not degenerate at 0/n or n/n (0/10 gives (0, 0.278)).
+    """
+    if n <= 0:
+        raise ValueError(f"A proportion needs at least one trial, got n={n}.")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, n={n}], got {successes}.")
+    p_hat = successes / n
+    z2 = z * z
+    denominator = 1.0 + z2 / n
+    center = (p_hat + z2 / (2 * n)) / denominator
+    half_width = z * math.sqrt(p_hat * (1 - p_hat) / n + z2 / (4 * n * n)) / denominator
+    return max(0.0, center - half_width), min(1.0, center + half_width)
+
+
+def mean_interval(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """Normal-approximation interval of a mean: ``mean ± z * sd / sqrt(n)`` (sample sd, ddof=1).
+
+    One value gives the degenerate interval (value, value).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, mean
+    half_width = z * float(values.std(ddof=1)) / math.sqrt(values.size)
+    return mean - half_width, mean + half_width
+
+
+@dataclass
+class EvalResult:
+    """The outcome of ``evaluate``. Per-episode lists are ordered by episode index.
+
+    Attributes:
+        success_rate: fraction of episodes whose final step reported ``info['success']``, in [0, 1].
+        success_ci95: Wilson 95% interval (low, high) of the success rate.
+        mean_return: mean undiscounted episode return (sum of env rewards).
+        return_ci95: mean ± 1.96·sd/sqrt(n) of the returns.
+        episodes: number of episodes counted (exactly the number asked for).
+        successes, returns, lengths, seeds: per episode; ``seeds[i] == seed + i`` reset episode i,
+            ``lengths`` are env steps.
+        task: the task number evaluated (1..5).
+        dataset_name: dataset file stem, e.g. ``'cube-single-play-v0'``.
+        env_id: ogbench singletask name, e.g. ``'cube-single-play-singletask-task2-v0'``.
+        ogbench_version, success_timing: decide comparability ('pre': ogbench >= 1.2 singletask
+            semantics, success judged before the action; FQL's published numbers used 'post').
+        max_episode_steps: the time limit used (steps), the registered one unless overridden.
+        num_envs: parallel envs used.
+        wall_time_s: seconds for the whole call, env start-up included.
+        startup_time_s: seconds to start the envs (worker processes, model compilation).
+        env_steps: env steps taken by counted episodes (sum of ``lengths``).
+        policy_calls: calls made to ``policy_fn``; policy_rows: rows (chunks) it produced in total.
+    """
+
+    success_rate: float
+    success_ci95: tuple[float, float]
+    mean_return: float
+    return_ci95: tuple[float, float]
+    episodes: int
+    successes: list[bool]
+    returns: list[float]
+    lengths: list[int]
+    seeds: list[int]
+    task: int
+    dataset_name: str
+    env_id: str
+    ogbench_version: str
+    success_timing: str
+    max_episode_steps: int
+    num_envs: int
+    wall_time_s: float
+    startup_time_s: float
+    env_steps: int
+    policy_calls: int
+    policy_rows: int
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def env_steps_per_s(self) -> float:
+        """Env steps per second over the stepping loop (start-up excluded)."""
+        loop_time = self.wall_time_s - self.startup_time_s
+        return self.env_steps / loop_time if loop_time > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-friendly dict (lists instead of tuples, Python scalars only)."""
+        out = asdict(self)
+        out["success_ci95"] = list(self.success_ci95)
+        out["return_ci95"] = list(self.return_ci95)
+        out["env_steps_per_s"] = self.env_steps_per_s
+        return out
+
+
+def _make_worker_env(dataset_name: str, task: int | None, max_episode_steps: int | None):
+    """Env factory run inside each vector-env worker (never build an env before forking).
+
+    Keeps only ``info['success']``: ogbench's step info carries ~20 arrays (qpos, qvel, ...), which
+    the vector env would otherwise batch and, in async mode, pickle through a pipe every step.
+    """
+    import gymnasium
+
+    class SuccessOnlyInfo(gymnasium.Wrapper):
+        def reset(self, **kwargs):
+            observation, _ = self.env.reset(**kwargs)
+            return observation, {}
+
+        def step(self, action):
+            observation, reward, terminated, truncated, info = self.env.step(action)
+            return observation, reward, terminated, truncated, {"success": bool(info["success"])}
+
+    env = make_eval_env(dataset_name, task=task, render=False, max_episode_steps=max_episode_steps)
+    return SuccessOnlyInfo(env)
+
+
+def _start_method() -> str:
+    # fork is unsafe here: the parent may hold torch's thread pools or a GL context, neither of which
+    # survives a fork. forkserver forks workers from a clean server process (fast); spawn elsewhere.
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def default_num_envs(episodes: int) -> int:
+    """Parallel envs used when ``num_envs`` is None: one per CPU core, at most one per episode."""
+    return max(1, min(episodes, os.cpu_count() or 1))
+
+
+def evaluate(
+    policy_fn: PolicyFn,
+    dataset_name: str,
+    task: int | None = None,
+    episodes: int = 50,
+    num_envs: int | None = None,
+    seed: int = 0,
+    on_episode: EpisodeCallback | None = None,
+    max_episode_steps: int | None = None,
+) -> EvalResult:
+    """Run ``episodes`` episodes of an action-chunk policy and measure success and return.
+
+    Args:
+        policy_fn: ``obs (E, obs_dim) float32 -> chunks (E, h, A)``; called only with the rows of envs
+            whose action queue is empty, batched over exactly those envs. A chunk runs open loop, one
+            action per env step (clipped to the action space); leftovers are dropped when an episode
+            ends. ``(E, A)`` is accepted as h = 1.
+        dataset_name: dataset or singletask name, e.g. ``'cube-single-play-v0'``.
+        task: task number 1..5; None: the task in the name, else the family default.
+        episodes: number of episodes counted, exactly.
+        num_envs: parallel envs; None: ``default_num_envs(episodes)``. 1 runs in this process;
+            more run in worker processes (gymnasium AsyncVectorEnv).
+        seed: episode ``i`` is reset with seed ``seed + i`` whichever env runs it, so initial states
+            do not depend on ``num_envs`` (a stochastic policy's own noise may).
+        on_episode: called after each finished episode as ``(done, total, running_success_rate)``.
+        max_episode_steps: override the env's time limit (steps); None keeps OGBench's.
+
+    Returns:
+        EvalResult. Success is the final step's ``info['success']``; return is the sum of rewards.
+    """
+    import gymnasium
+    from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    parsed = parse_task_name(dataset_name)
+    task_number = parsed.resolve_task(task)
+    env_count = default_num_envs(episodes) if num_envs is None else max(1, min(int(num_envs), episodes))
+
+    started = time.perf_counter()
+    factories = [
+        functools.partial(_make_worker_env, dataset_name, task_number, max_episode_steps)
+        for _ in range(env_count)
+    ]
+    # Autoreset is DISABLED and resets are issued by hand with a mask: an env that finishes is reset
+    # with the seed of the episode it takes next. gymnasium 1.x's default NEXT_STEP mode would turn
+    # the step after a done into a reset step (its action ignored, its reward 0), and neither
+    # autoreset mode lets us choose the next episode's seed; both would also start surplus episodes.
+    if env_count == 1:
+        vector_env = SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
+    else:
+        vector_env = AsyncVectorEnv(factories, context=_start_method(), autoreset_mode=AutoresetMode.DISABLED)
+
+    failed = True
+    try:
+        time_limit = max_episode_steps or gymnasium.spec(parsed.gym_id(task_number)).max_episode_steps
+        low = vector_env.single_action_space.low
+        high = vector_env.single_action_space.high
+        action_dim = vector_env.single_action_space.shape[0]
+
+        successes = np.zeros(episodes, dtype=bool)
+        returns = np.zeros(episodes, dtype=np.float64)
+        lengths = np.zeros(episodes, dtype=np.int64)
+        seeds = [seed + index for index in range(episodes)]
+
+        # slot_episode[i]: episode index running in env i, or -1 when env i has nothing left to run
+        # (it keeps stepping with zero actions because a vector env steps all envs together, but
+        # nothing it does is counted).
+        slot_episode = np.arange(env_count)
+        next_episode = env_count
+        observations, _ = vector_env.reset(seed=[seeds[i] for i in range(env_count)])
+        startup_time = time.perf_counter() - started
+
+        chunks: list[np.ndarray | None] = [None] * env_count
+        chunk_position = [0] * env_count
+        policy_calls = policy_rows = finished = solved = 0
+
+        while (slot_episode >= 0).any():
+            need = [i for i in range(env_count) if slot_episode[i] >= 0 and chunks[i] is None]
+            if need:
+                new_chunks = _call_policy(policy_fn, observations[need], action_dim)
+                policy_calls += 1
+                policy_rows += len(need)
+                for row, i in enumerate(need):
+                    chunks[i], chunk_position[i] = new_chunks[row], 0
+
+            actions = np.zeros((env_count, action_dim), dtype=np.float32)
+            for i in range(env_count):
+                if slot_episode[i] >= 0:
+                    actions[i] = chunks[i][chunk_position[i]]
+                    chunk_position[i] += 1
+                    if chunk_position[i] == len(chunks[i]):
+                        chunks[i] = None
+            np.clip(actions, low, high, out=actions)
+
+            observations, rewards, terminated, truncated, infos = vector_env.step(actions)
+            done = np.logical_or(terminated, truncated)
+
+            reset_seeds: list[int | None] = [None] * env_count
+            for i in range(env_count):
+                episode = slot_episode[i]
+                if episode < 0:
+                    continue
+                returns[episode] += float(rewards[i])
+                lengths[episode] += 1
+                if not done[i]:
+                    continue
+                successes[episode] = bool(infos["success"][i])
+                finished += 1
+                solved += int(successes[episode])
+                if on_episode is not None:
+                    on_episode(finished, episodes, solved / finished)
+                chunks[i] = None  # a new episode never inherits the old one's leftover actions
+                if next_episode < episodes:
+                    slot_episode[i] = next_episode
+                    reset_seeds[i] = seeds[next_episode]
+                    next_episode += 1
+                else:
+                    slot_episode[i] = -1
+
+            if done.any() and (slot_episode >= 0).any():
+                # Every finished env is reset, idle ones included (seed None continues their RNG):
+                # with autoreset disabled a finished env must not be stepped again.
+                observations, _ = vector_env.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
+        failed = False
+    finally:
+        # A failure (policy error, Ctrl-C) must not wait on workers that may be mid-step.
+        if isinstance(vector_env, AsyncVectorEnv):
+            vector_env.close(terminate=failed)
+        else:
+            vector_env.close()
+
+    wall_time = time.perf_counter() - started
+    versions = env_versions(dataset_name)
+    return EvalResult(
+        success_rate=float(successes.mean()),
+        success_ci95=wilson_interval(int(successes.sum()), episodes),
+        mean_return=float(returns.mean()),
+        return_ci95=mean_interval(returns),
+        episodes=episodes,
+        successes=[bool(s) for s in successes],
+        returns=[float(r) for r in returns],
+        lengths=[int(n) for n in lengths],
+        seeds=seeds,
+        task=task_number,
+        dataset_name=parsed.dataset_name,
+        env_id=parsed.env_id(task_number),
+        ogbench_version=versions["ogbench"],
+        success_timing=versions["success_timing"],
+        max_episode_steps=int(time_limit),
+        num_envs=env_count,
+        wall_time_s=wall_time,
+        startup_time_s=startup_time,
+        env_steps=int(lengths.sum()),
+        policy_calls=policy_calls,
+        policy_rows=policy_rows,
+        versions=versions,
+    )
+
+
+def _call_policy(policy_fn: PolicyFn, observations: np.ndarray, action_dim: int) -> np.ndarray:
+    """Call the policy on ``(E, obs_dim)`` observations; return ``(E, h, A)`` float32 chunks."""
+    rows = observations.shape[0]
+    chunks = np.asarray(policy_fn(np.ascontiguousarray(observations, dtype=np.float32)), dtype=np.float32)
+    if chunks.ndim == 2:
+        chunks = chunks[:, None, :]
+    if chunks.ndim != 3 or chunks.shape[0] != rows or chunks.shape[1] < 1 or chunks.shape[2] != action_dim:
+        raise ValueError(
+            f"policy_fn must return action chunks of shape ({rows}, h, {action_dim}) for {rows} "
+            f"observations, got {tuple(chunks.shape)}."
+        )
+    if not np.isfinite(chunks).all():
+        raise ValueError("policy_fn returned NaN or infinite actions.")
+    return chunks

@@ -1,0 +1,49 @@
+"""User-facing errors.
+
+Every layer raises :class:`RQLError` (or a subclass) for problems the user can fix: a missing
+dataset file, an unknown field, a corrupt checkpoint. The CLI prints the message, exits with code 1
+and shows a traceback only with ``--debug``. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RQLError(Exception):
+    """A problem with the user's input or files, with a message that says how to fix it."""
+
+
+class DatasetNotFoundError(RQLError):
+    """A dataset file is not where we looked."""
+
+
+class UnknownNameError(RQLError):
+    """An unknown dataset, environment or preset name."""
+
+
+class ConfigError(RQLError):
+    """An unknown config field or a value of the wrong type."""
+
+
+class CheckpointError(RQLError):
+    """A checkpoint folder that is missing a file, is corrupt, or does not fit the environment."""
+
+
+class NonFiniteLossError(RQLError):
+    """A loss became NaN or infinite during training."""
+
+    def __init__(self, step: int, term: str, value: float):
+        super().__init__(
+            f"Loss term '{term}' became {value} at step {step}. Training stopped; the last good "
+            "checkpoint is kept. Try a lower learning rate (--set lr=1e-4) or check the dataset "
+            "for NaN or huge values."
+        )
+        self.step = step
+        self.term = term
+        self.value = value
+
+
+def closest_names(name: str, choices: list[str], n: int = 3) -> list[str]:
+    """The ``n`` entries of ``choices`` closest to ``name`` (difflib ratio), best first."""
+    import difflib
+
+    return difflib.get_close_matches(name, choices, n=n, cutoff=0.4)

@@ -1,0 +1,248 @@
+"""Tests for rql_cli.data.generate: seeded, parallel, resumable OGBench dataset generation.
+
+Episodes are kept short (``episode_length=LENGTH``) so the file runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rql_cli.data import generate
+from rql_cli.data.generate import GENERATABLE, generate_dataset
+from rql_cli.errors import RQLError, UnknownNameError
+
+NAME = "cube-single-play-v0"
+LENGTH = 40  # steps per episode in these tests (the official sets use 1001)
+SMALL = dict(num_episodes=2, num_val_episodes=1, episode_length=LENGTH)
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as file:
+        return {k: file[k] for k in file.files}
+
+
+def _assert_same_arrays(a: Path, b: Path) -> None:
+    x, y = _load(a), _load(b)
+    assert sorted(x) == sorted(y)
+    for k in x:
+        assert x[k].dtype == y[k].dtype, k
+        assert x[k].tobytes() == y[k].tobytes(), k
+
+
+@pytest.fixture(scope="module")
+def seed0(tmp_path_factory) -> tuple[list[Path], list[tuple[int, int]]]:
+    """cube-single, seed 0, one in-process worker; also the progress calls it made."""
+    calls: list[tuple[int, int]] = []
+    out = tmp_path_factory.mktemp("seed0")
+    paths = generate_dataset(NAME, out, seed=0, workers=1, on_episode=lambda d, t: calls.append((d, t)), **SMALL)
+    return paths, calls
+
+
+def test_writes_train_and_val_files_and_reports_each_episode(seed0):
+    (train, val), calls = seed0
+    assert train.name == "cube-single-play-v0.npz" and val.name == "cube-single-play-v0-val.npz"
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert not (train.parent / f".{NAME}.partial").exists()  # the resume cache is gone after success
+
+
+def test_file_layout_matches_the_official_format(seed0):
+    (train, val), _ = seed0
+    data = _load(train)
+    assert set(data) == {"observations", "actions", "terminals", "qpos", "qvel"}  # cube: no button_states
+    n = 2 * LENGTH
+    assert data["observations"].shape == (n, 28) and data["observations"].dtype == np.float32
+    assert data["actions"].shape == (n, 5) and data["actions"].dtype == np.float32
+    assert np.all(np.abs(data["actions"]) <= 1.0)
+    assert data["terminals"].dtype == bool
+    assert np.flatnonzero(data["terminals"]).tolist() == [LENGTH - 1, 2 * LENGTH - 1]
+    assert data["qpos"].shape == (n, 21) and data["qvel"].shape == (n, 20)
+    assert data["qpos"].dtype == np.float32 and data["qvel"].dtype == np.float32
+    assert _load(val)["terminals"].sum() == 1
+
+
+def test_qpos_is_the_state_before_the_step_like_the_observation(seed0):
+    (train, _), _ = seed0
+    data = _load(train)
+    # The observation holds the cube centre as (xyz - (0.425, 0, 0)) * 10 at columns 19:22; the cube's
+    # free joint starts at qpos[14]. A one-step shift would move the arm and break the match.
+    cube_from_obs = data["observations"][:, 19:22] / 10.0 + np.array([0.425, 0.0, 0.0])
+    np.testing.assert_allclose(cube_from_obs, data["qpos"][:, 14:17], atol=1e-5)
+    np.testing.assert_allclose(data["observations"][:, :6], data["qpos"][:, :6], atol=1e-5)  # arm joints
+
+
+def test_ogbench_loader_reads_the_files_and_relabels_rewards(seed0):
+    import ogbench
+
+    (train, _), _ = seed0
+    env, train_set, val_set = ogbench.make_env_and_datasets(
+        "cube-single-play-singletask-v0", dataset_path=str(train), compact_dataset=False
+    )
+    env.close()
+    n = 2 * (LENGTH - 1)  # the loader drops each episode's last row
+    assert train_set["observations"].shape == (n, 28)
+    assert train_set["next_observations"].shape == (n, 28)
+    assert train_set["actions"].shape == (n, 5)
+    assert train_set["terminals"].sum() == 2 and train_set["terminals"][-1] == 1
+    assert val_set["observations"].shape == (LENGTH - 1, 28)
+    assert set(np.unique(train_set["rewards"])) <= {-1.0, 0.0}
+    np.testing.assert_array_equal(train_set["masks"], -train_set["rewards"])  # mask 0 exactly where solved
+
+
+def test_same_seed_gives_identical_arrays_with_one_or_two_workers(seed0, tmp_path):
+    (train, val), _ = seed0
+    calls: list[tuple[int, int]] = []
+    paths = generate_dataset(NAME, tmp_path, seed=0, workers=2, on_episode=lambda d, t: calls.append((d, t)), **SMALL)
+    _assert_same_arrays(train, paths[0])
+    _assert_same_arrays(val, paths[1])
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_each_episode_and_split_draws_its_own_scene(seed0):
+    (train, val), _ = seed0
+    episodes = np.split(_load(train)["observations"], 2) + [_load(val)["observations"]]
+    assert not np.array_equal(episodes[0], episodes[1])
+    assert not np.array_equal(episodes[0], episodes[2])
+    assert not np.array_equal(episodes[1], episodes[2])
+
+
+def test_new_oracle_is_reset_with_the_new_targets_info(tmp_path, monkeypatch):
+    seen = []  # (target the oracle was told, target the env holds) at each oracle reset
+    make_oracles = generate._make_oracles
+
+    def recording_oracles(env, recipe):
+        oracles = make_oracles(env, recipe)
+        cube = oracles["cube"]
+        original_reset = cube.reset
+
+        def reset(ob, info):
+            mocap = env.unwrapped._cube_target_mocap_ids[info["privileged/target_block"]]
+            seen.append((info["privileged/target_block_pos"].copy(), env.unwrapped._data.mocap_pos[mocap].copy()))
+            original_reset(ob, info)
+
+        cube.reset = reset
+        return oracles
+
+    monkeypatch.setattr(generate, "_make_oracles", recording_oracles)
+    generate_dataset(NAME, tmp_path, num_episodes=1, num_val_episodes=1, episode_length=200)
+    assert len(seen) >= 4  # a first target and at least one new target per episode
+    for told, actual in seen:
+        np.testing.assert_array_equal(told, actual)
+
+
+def test_different_seed_gives_different_episodes(seed0, tmp_path):
+    (train, _), _ = seed0
+    other = generate_dataset(NAME, tmp_path, seed=1, workers=1, **SMALL)[0]
+    a, b = _load(train), _load(other)
+    assert a["observations"].shape == b["observations"].shape
+    assert not np.array_equal(a["observations"], b["observations"])
+    assert not np.array_equal(a["actions"], b["actions"])
+
+
+def test_refuses_to_overwrite_without_force(seed0, tmp_path):
+    (train, val), _ = seed0
+    for path in (train, val):
+        shutil.copy(path, tmp_path / path.name)
+    before = (tmp_path / train.name).read_bytes()
+    with pytest.raises(RQLError, match="--force") as error:
+        generate_dataset(NAME, tmp_path, seed=1, **SMALL)
+    assert str(tmp_path / train.name) in str(error.value)
+    assert (tmp_path / train.name).read_bytes() == before
+
+    generate_dataset(NAME, tmp_path, seed=1, force=True, **SMALL)
+    assert not np.array_equal(_load(tmp_path / train.name)["observations"], _load(train)["observations"])
+
+
+def test_interrupted_generation_resumes_from_cached_episodes(seed0, tmp_path, monkeypatch):
+    (train, val), _ = seed0
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        generate_dataset(NAME, tmp_path, seed=0, on_episode=stop_after_two, **SMALL)
+    partial = tmp_path / f".{NAME}.partial"
+    assert sorted(p.name for p in partial.glob("*.npz")) == ["train-000000.npz", "train-000001.npz"]
+    assert not (tmp_path / train.name).exists()
+
+    collected = []
+    original = generate._EpisodeCollector.collect
+
+    def counting_collect(self, split, index):
+        collected.append((split, index))
+        return original(self, split, index)
+
+    monkeypatch.setattr(generate._EpisodeCollector, "collect", counting_collect)
+    paths = generate_dataset(NAME, tmp_path, seed=0, **SMALL)
+    assert collected == [("val", 0)]  # only the missing episode ran again
+    _assert_same_arrays(train, paths[0])
+    _assert_same_arrays(val, paths[1])
+    assert not partial.exists()
+
+
+def test_cache_from_another_seed_is_not_reused(seed0, tmp_path):
+    (train, _), _ = seed0
+
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(NAME, tmp_path, seed=1, on_episode=stop, **SMALL)
+    paths = generate_dataset(NAME, tmp_path, seed=0, **SMALL)
+    _assert_same_arrays(train, paths[0])
+
+
+def test_unknown_name_suggests_the_closest(tmp_path):
+    with pytest.raises(UnknownNameError, match="cube-single-play-v0"):
+        generate_dataset("cube-singel-play-v0", tmp_path, **SMALL)
+    with pytest.raises(UnknownNameError, match="'cube-double-play-v0'"):
+        generate_dataset("cube-double-play-singletask-task2-v0", tmp_path, **SMALL)
+    assert not any(tmp_path.iterdir())
+
+
+def test_rejects_an_empty_validation_split(tmp_path):
+    with pytest.raises(RQLError, match="num_val_episodes"):
+        generate_dataset(NAME, tmp_path, num_episodes=2, num_val_episodes=0, episode_length=LENGTH)
+
+
+def test_table_covers_the_official_manipulation_sets():
+    for name in ["cube-single-play-v0", "cube-double-play-v0", "scene-play-v0", "puzzle-3x3-play-v0"]:
+        assert GENERATABLE[name].num_episodes == 1000 and GENERATABLE[name].num_val_episodes == 100
+        assert GENERATABLE[name].oracle == "plan"
+    assert GENERATABLE["cube-single-play-v0"].p_stack == (0.0, 0.0)
+    assert GENERATABLE["cube-double-play-v0"].p_stack == (0.0, 0.25)
+    assert GENERATABLE["scene-noisy-v0"].oracle == "markov"
+    assert GENERATABLE["puzzle-4x4-noisy-v0"].p_random_action == 0.2
+
+
+def test_scene_rows_carry_integer_button_states_the_loader_accepts(tmp_path):
+    import ogbench
+
+    train, _ = generate_dataset("scene-play-v0", tmp_path, num_episodes=1, num_val_episodes=1, episode_length=30)
+    data = _load(train)
+    assert data["observations"].shape == (30, 40)
+    assert data["button_states"].shape == (30, 2) and data["button_states"].dtype == np.int64
+    assert set(np.unique(data["button_states"])) <= {0, 1}
+    env, train_set, _ = ogbench.make_env_and_datasets(
+        "scene-play-singletask-v0", dataset_path=str(train), compact_dataset=False
+    )
+    env.close()
+    assert train_set["rewards"].shape == (29,)
+    assert set(np.unique(train_set["rewards"])) <= {-5.0, -4.0, -3.0, -2.0, -1.0, 0.0}
+
+
+def test_scene_check_flags_cubes_outside_the_view_but_not_in_the_drawer():
+    def xyz(*point):
+        return np.array([[point]], dtype=float)  # (T=1, cubes=1, 3)
+
+    assert not generate._cube_outside_view(xyz(0.4, 0.0, 0.02))  # on the table
+    assert not generate._cube_outside_view(xyz(0.33, -0.32, 0.07))  # inside the open drawer
+    assert generate._cube_outside_view(xyz(0.33, -0.32, 0.02))  # fell off the left edge
+    assert generate._cube_outside_view(xyz(0.4, 0.3, 0.02))  # past the right edge
