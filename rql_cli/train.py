@@ -29,7 +29,7 @@ from rql_cli.io.checkpoint import (
     software_versions,
 )
 
-LOSS_TERMS = ("total", "value", "bc", "policy")
+LOSS_TERMS = ("value", "bc", "policy", "total")  # checked in this order: name the first bad term
 METRIC_COLUMNS = ["step", *LOSS_TERMS, "value_mean", "target_mean", "steps_per_second", "wall_time"]
 EVAL_COLUMNS = [
     "step", "success_rate", "success_low", "success_high", "mean_return", "episodes", "wall_time",

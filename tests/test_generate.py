@@ -38,7 +38,11 @@ def seed0(tmp_path_factory) -> tuple[list[Path], list[tuple[int, int]]]:
     """cube-single, seed 0, one in-process worker; also the progress calls it made."""
     calls: list[tuple[int, int]] = []
     out = tmp_path_factory.mktemp("seed0")
-    paths = generate_dataset(NAME, out, seed=0, workers=1, on_episode=lambda d, t: calls.append((d, t)), **SMALL)
+
+    def record(done: int, total: int) -> None:
+        calls.append((done, total))
+
+    paths = generate_dataset(NAME, out, seed=0, workers=1, on_episode=record, **SMALL)
     return paths, calls
 
 
@@ -95,7 +99,11 @@ def test_ogbench_loader_reads_the_files_and_relabels_rewards(seed0):
 def test_same_seed_gives_identical_arrays_with_one_or_two_workers(seed0, tmp_path):
     (train, val), _ = seed0
     calls: list[tuple[int, int]] = []
-    paths = generate_dataset(NAME, tmp_path, seed=0, workers=2, on_episode=lambda d, t: calls.append((d, t)), **SMALL)
+
+    def record(done: int, total: int) -> None:
+        calls.append((done, total))
+
+    paths = generate_dataset(NAME, tmp_path, seed=0, workers=2, on_episode=record, **SMALL)
     _assert_same_arrays(train, paths[0])
     _assert_same_arrays(val, paths[1])
     assert calls == [(1, 3), (2, 3), (3, 3)]
@@ -120,7 +128,8 @@ def test_new_oracle_is_reset_with_the_new_targets_info(tmp_path, monkeypatch):
 
         def reset(ob, info):
             mocap = env.unwrapped._cube_target_mocap_ids[info["privileged/target_block"]]
-            seen.append((info["privileged/target_block_pos"].copy(), env.unwrapped._data.mocap_pos[mocap].copy()))
+            actual = env.unwrapped._data.mocap_pos[mocap].copy()
+            seen.append((info["privileged/target_block_pos"].copy(), actual))
             original_reset(ob, info)
 
         cube.reset = reset
@@ -225,7 +234,9 @@ def test_table_covers_the_official_manipulation_sets():
 def test_scene_rows_carry_integer_button_states_the_loader_accepts(tmp_path):
     import ogbench
 
-    train, _ = generate_dataset("scene-play-v0", tmp_path, num_episodes=1, num_val_episodes=1, episode_length=30)
+    train, _ = generate_dataset(
+        "scene-play-v0", tmp_path, num_episodes=1, num_val_episodes=1, episode_length=30
+    )
     data = _load(train)
     assert data["observations"].shape == (30, 40)
     assert data["button_states"].shape == (30, 2) and data["button_states"].dtype == np.int64

@@ -183,7 +183,9 @@ def generate_dataset(
     existing = [p for p in (train_path, val_path) if p.exists()]
     if existing and not force:
         listed = " and ".join(str(p) for p in existing)
-        raise RQLError(f"{listed} already exists. Pass --force to overwrite, or choose another output folder.")
+        raise RQLError(
+            f"{listed} already exists. Pass --force to overwrite, or choose another output folder."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     cache = _EpisodeCache(out_dir / f".{name}.partial", name, seed, episode_length)
@@ -240,13 +242,15 @@ def _lookup(name: str) -> DatasetRecipe:
         # Users often pass the env name they train on; the file behind it drops 'singletask' and 'taskN'.
         stem = [p for p in parts if p != "singletask" and not (p.startswith("task") and p[4:].isdigit())]
         if "-".join(stem) in GENERATABLE:
+            file_stem = "-".join(stem)
             raise UnknownNameError(
-                f"'{name}' is a task name; its dataset file is '{'-'.join(stem)}'. Generate that name instead."
+                f"'{name}' is a task name; its dataset file is '{file_stem}'. Generate '{file_stem}' instead."
             )
     close = closest_names(name, names)
     hint = f" Did you mean {', '.join(repr(n) for n in close)}?" if close else ""
     raise UnknownNameError(
-        f"Cannot generate dataset '{name}'.{hint} Datasets that can be generated: {', '.join(names)}."
+        f"Cannot generate dataset '{name}'.{hint} Datasets that can be generated (`rql list` shows them "
+        f"too): {', '.join(names)}."
     )
 
 
@@ -263,7 +267,9 @@ def _check_counts(num_episodes: int, num_val_episodes: int, workers: int, episod
         raise RQLError(f"episode_length must be at least 2, got {episode_length}.")
 
 
-def _episode_seeds(seed: int, split: str, index: int, attempt: int) -> tuple[int, np.ndarray, np.random.Generator]:
+def _episode_seeds(
+    seed: int, split: str, index: int, attempt: int
+) -> tuple[int, np.ndarray, np.random.Generator]:
     """Seeds for one try at one episode: (env reset seed, np.random seed words, our own generator)."""
     sequence = np.random.SeedSequence([seed, _SPLIT_CODES[split], index, attempt])
     env_seq, legacy_seq, own_seq = sequence.spawn(3)
@@ -320,7 +326,9 @@ class _EpisodeCollector:
         xyz = np.stack([qpos[:, s : s + 3] for s in starts], axis=1)
         return _cube_outside_view(xyz)
 
-    def _rollout(self, env_seed: int, legacy_seed: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _rollout(
+        self, env_seed: int, legacy_seed: np.ndarray, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
         recipe, env, length = self.recipe, self.env, self.episode_length
         np.random.seed(legacy_seed)  # the oracles plan and jitter with the global np.random
         ob, info = env.reset(seed=env_seed)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from rql_cli.envs.make import env_versions, make_eval_env, parse_task_name
+from rql_cli.envs.make import env_versions, episode_limit, make_eval_env, parse_task_name
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 """obs: (E, obs_dim) float32 -> action chunks: (E, h, A), one chunk per row, actions in [-1, 1]."""
@@ -190,11 +190,12 @@ def evaluate(
     Returns:
         EvalResult. Success is the final step's ``info['success']``; return is the sum of rewards.
     """
-    import gymnasium
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}.")
     parsed = parse_task_name(dataset_name)
     task_number = parsed.resolve_task(task)
     env_count = default_num_envs(episodes) if num_envs is None else max(1, min(int(num_envs), episodes))
@@ -215,7 +216,7 @@ def evaluate(
 
     failed = True
     try:
-        time_limit = max_episode_steps or gymnasium.spec(parsed.gym_id(task_number)).max_episode_steps
+        time_limit = max_episode_steps or episode_limit(dataset_name)
         low = vector_env.single_action_space.low
         high = vector_env.single_action_space.high
         action_dim = vector_env.single_action_space.shape[0]

@@ -273,6 +273,14 @@ def success_timing(dataset_name: str) -> str:
     return gymnasium.spec(parsed.gym_id()).kwargs.get("success_timing", "post")
 
 
+def episode_limit(dataset_name: str) -> int:
+    """The registered time limit of the dataset's singletask env, in env steps (cube-single: 200)."""
+    import gymnasium
+    import ogbench  # noqa: F401  (registers the ids)
+
+    return int(gymnasium.spec(parse_task_name(dataset_name).gym_id()).max_episode_steps)
+
+
 def env_versions(dataset_name: str | None = None) -> dict:
     """Versions that decide evaluation numbers, for checkpoints and evaluation reports.
 

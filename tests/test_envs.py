@@ -1,0 +1,327 @@
+"""Environments and evaluation: name parsing, intervals, chunked vectorised evaluation on real OGBench."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rql_cli.envs import evaluate as evaluate_module
+from rql_cli.envs.evaluate import evaluate, mean_interval, wilson_interval
+from rql_cli.envs.make import env_versions, known_dataset_names, make_eval_env, parse_task_name
+from rql_cli.errors import RQLError, UnknownNameError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CUBE = "cube-single-play-v0"
+OBS_DIM, ACTION_DIM = 28, 5
+
+
+# ----------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    "name, task, env_id",
+    [
+        ("cube-single-play-v0", None, "cube-single-play-singletask-v0"),
+        ("cube-single-play-singletask-v0", None, "cube-single-play-singletask-v0"),
+        ("cube-single-play-singletask-task3-v0", 3, "cube-single-play-singletask-task3-v0"),
+    ],
+)
+def test_parse_accepts_dataset_and_singletask_names(name, task, env_id):
+    parsed = parse_task_name(name)
+    assert parsed.dataset_name == "cube-single-play-v0"
+    assert parsed.task == task
+    assert parsed.env_id() == env_id
+    assert parsed.env_id(4) == "cube-single-play-singletask-task4-v0"
+    assert parsed.gym_id(4) == "cube-single-singletask-task4-v0"
+
+
+@pytest.mark.parametrize(
+    "name, default_task",
+    [
+        ("cube-double-play-v0", 2),
+        ("scene-noisy-v0", 2),
+        ("puzzle-3x3-play-v0", 4),
+        ("puzzle-4x4-play-v0", 4),
+        ("antmaze-large-navigate-v0", 1),
+        ("humanoidmaze-medium-stitch-v0", 1),
+        ("antsoccer-arena-navigate-v0", 4),
+    ],
+)
+def test_default_task_per_family(name, default_task):
+    parsed = parse_task_name(name)
+    assert parsed.default_task == default_task
+    assert parsed.resolve_task() == default_task
+
+
+def test_explicit_task_wins_over_the_task_in_the_name():
+    parsed = parse_task_name("scene-play-singletask-task5-v0")
+    assert parsed.resolve_task() == 5
+    assert parsed.resolve_task(1) == 1
+
+
+def test_unknown_name_suggests_the_closest_and_how_to_list():
+    with pytest.raises(UnknownNameError) as caught:
+        parse_task_name("cube-singel-play-v0")
+    message = str(caught.value)
+    assert "'cube-single-play-v0'" in message
+    assert "rql list" in message
+    with pytest.raises(UnknownNameError, match="cube-double-play-v0"):
+        parse_task_name("cube-duoble-play-singletask-task2-v0")
+
+
+@pytest.mark.parametrize("name", ["hopper-medium-v2", "cube-single-v0", "cube-single-navigate-v0", ""])
+def test_names_that_are_not_ogbench_datasets_are_rejected(name):
+    with pytest.raises(UnknownNameError):
+        parse_task_name(name)
+
+
+@pytest.mark.parametrize("task", [0, 6])
+def test_task_outside_one_to_five_is_rejected(task):
+    with pytest.raises(RQLError, match="tasks 1 to 5"):
+        parse_task_name("cube-single-play-v0").resolve_task(task)
+    with pytest.raises(RQLError, match="tasks 1 to 5"):
+        parse_task_name(f"cube-single-play-singletask-task{task}-v0")
+
+
+def test_every_known_name_is_registered_by_ogbench():
+    import gymnasium
+    import ogbench  # noqa: F401
+
+    for name in known_dataset_names():
+        parsed = parse_task_name(name)
+        for task in (None, 1, 5):
+            assert parsed.gym_id(task) in gymnasium.registry, parsed.gym_id(task)
+
+
+def test_env_versions_record_ogbench_and_success_timing():
+    from importlib.metadata import version
+
+    versions = env_versions(CUBE)
+    assert versions["ogbench"] == version("ogbench")
+    # ogbench >= 1.2 judges singletask success before the action.
+    assert versions["success_timing"] == "pre"
+    assert env_versions()["success_timing"] == "pre"
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+@pytest.mark.parametrize(
+    "successes, n, low, high",
+    [
+        # Hand computed: centre (p + z²/2n) / (1 + z²/n), half width z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).
+        # At 0/n the upper end is z²/(n + z²) = 3.8416/13.8416; n/n mirrors it.
+        (0, 10, 0.0, 0.27754),
+        (5, 10, 0.23659, 0.76341),
+        (10, 10, 0.72246, 1.0),
+        (1, 1, 0.20654, 1.0),
+    ],
+)
+def test_wilson_interval_matches_hand_computed_values(successes, n, low, high):
+    got_low, got_high = wilson_interval(successes, n)
+    assert got_low == pytest.approx(low, abs=1e-5)
+    assert got_high == pytest.approx(high, abs=1e-5)
+
+
+def test_wilson_interval_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+def test_mean_interval_is_normal_approximation():
+    low, high = mean_interval(np.array([1.0, 2.0, 3.0, 4.0]))
+    half = 1.96 * np.std([1, 2, 3, 4], ddof=1) / 2.0
+    assert (low, high) == pytest.approx((2.5 - half, 2.5 + half))
+    assert mean_interval(np.array([7.0])) == (7.0, 7.0)
+
+
+# ----------------------------------------------------------------------------- evaluation, real env
+
+
+class RecordingPolicy:
+    """Deterministic chunk policy that records every batch it is asked for.
+
+    actions = tanh(obs @ W) repeated over the chunk, so trajectories depend on what the env shows.
+    """
+
+    def __init__(self, horizon: int):
+        self.horizon = horizon
+        self.weights = np.random.default_rng(0).normal(size=(OBS_DIM, ACTION_DIM)).astype(np.float32)
+        self.batches: list[np.ndarray] = []
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        assert obs.dtype == np.float32 and obs.ndim == 2 and obs.shape[1] == OBS_DIM
+        self.batches.append(obs.copy())
+        action = np.tanh(obs @ self.weights)
+        return np.repeat(action[:, None, :], self.horizon, axis=1)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+def test_evaluate_counts_exactly_the_episodes_and_asks_only_empty_queues():
+    steps, horizon, episodes = 10, 4, 3
+    policy = RecordingPolicy(horizon)
+    progress = []
+    result = evaluate(
+        policy, CUBE, episodes=episodes, num_envs=1, seed=7, max_episode_steps=steps,
+        on_episode=lambda done, total, rate: progress.append((done, total, rate)),
+    )  # fmt: skip
+    assert result.episodes == episodes
+    assert result.seeds == [7, 8, 9]
+    assert result.lengths == [steps] * episodes  # random-ish arm motion cannot solve the task in 10 steps
+    assert result.returns == [-float(steps)] * episodes  # cube-single rewards -1 per step until solved
+    assert result.successes == [False] * episodes and result.success_rate == 0.0
+    # One chunk per 4 steps: steps 0, 4, 8 of each episode, and never more.
+    assert result.policy_rows == policy.rows == episodes * math.ceil(steps / horizon)
+    assert [done for done, _, _ in progress] == [1, 2, 3]
+    assert result.env_steps == episodes * steps
+    assert result.task == 2 and result.env_id == "cube-single-play-singletask-task2-v0"
+    assert result.max_episode_steps == steps
+    assert result.success_timing == "pre"
+
+
+def test_parallel_evaluation_batches_only_envs_that_need_a_chunk_and_keeps_seeds():
+    steps, horizon, episodes = 10, 4, 3
+    serial, parallel = RecordingPolicy(horizon), RecordingPolicy(horizon)
+    one = evaluate(serial, CUBE, episodes=episodes, num_envs=1, seed=3, max_episode_steps=steps)
+    two = evaluate(parallel, CUBE, episodes=episodes, num_envs=2, seed=3, max_episode_steps=steps)
+
+    assert two.num_envs == 2 and two.episodes == episodes and two.seeds == [3, 4, 5]
+    # Both envs empty their queues together (steps 0, 4, 8): 3 calls of 2 rows; then the third
+    # episode runs alone on one env (3 calls of 1 row) while the idle env is never asked.
+    assert [len(batch) for batch in parallel.batches] == [2, 2, 2, 1, 1, 1]
+    assert two.policy_rows == one.policy_rows == episodes * math.ceil(steps / horizon)
+    # Episode i is reset with seed 3 + i whichever env runs it: the same starts and the same outcomes.
+    serial_starts = np.stack([serial.batches[k][0] for k in (0, 3, 6)])
+    parallel_starts = np.concatenate([parallel.batches[0], parallel.batches[3]])
+    np.testing.assert_array_equal(serial_starts, parallel_starts)
+    assert one.returns == two.returns and one.lengths == two.lengths
+    assert not np.array_equal(serial_starts[0], serial_starts[1])  # different seeds, different starts
+
+
+def test_same_seed_gives_the_same_trajectories():
+    runs = []
+    for _ in range(2):
+        policy = RecordingPolicy(horizon=3)
+        result = evaluate(policy, CUBE, episodes=2, num_envs=1, seed=11, max_episode_steps=12)
+        runs.append((np.concatenate(policy.batches), result.returns))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+
+
+def test_result_serialises_to_json():
+    import json
+
+    result = evaluate(RecordingPolicy(5), CUBE, episodes=2, num_envs=1, max_episode_steps=5)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["episodes"] == 2 and data["seeds"] == [0, 1]
+    assert data["success_ci95"] == pytest.approx([0.0, 0.65762], abs=1e-5)
+    assert data["ogbench_version"] == env_versions()["ogbench"]
+
+
+# ----------------------------------------------------------------------------- evaluation, scripted env
+
+
+def _scripted_env():
+    """Tiny env: succeeds (terminates) at step 3 for even seeds, is truncated at step 6 otherwise."""
+    import gymnasium
+
+    class ScriptedEnv(gymnasium.Env):
+        observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float64)
+        action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            # seed None: an idle env being reset after the last episode was handed out.
+            self.solvable, self.t = seed is not None and seed % 2 == 0, 0
+            return np.full(OBS_DIM, -1.0 if seed is None else float(seed)), {}
+
+        def step(self, action):
+            assert np.all(np.abs(action) <= 1.0), "actions must be clipped to the action space"
+            self.t += 1
+            success = self.solvable and self.t == 3
+            return np.zeros(OBS_DIM), 0.0 if success else -1.0, success, self.t == 6, {"success": success}
+
+    return ScriptedEnv()
+
+
+def test_success_is_the_final_steps_flag_and_return_sums_rewards(monkeypatch):
+    monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: _scripted_env())
+    rates = []
+    big = lambda obs: np.full((len(obs), 2, ACTION_DIM), 5.0)  # noqa: E731  (out of range: must be clipped)
+    result = evaluate(big, CUBE, episodes=4, num_envs=1, seed=10, on_episode=lambda d, t, r: rates.append(r))
+    assert result.successes == [True, False, True, False]
+    assert result.lengths == [3, 6, 3, 6]
+    assert result.returns == [-2.0, -6.0, -2.0, -6.0]
+    assert result.success_rate == 0.5
+    assert result.success_ci95 == pytest.approx(wilson_interval(2, 4))
+    assert result.mean_return == -4.0
+    assert rates == [1.0, 0.5, 2 / 3, 0.5]
+
+
+def test_parallel_envs_with_uneven_episodes_hand_out_each_episode_once(monkeypatch):
+    # Episodes alternate 3 and 6 steps, so the two envs finish at different times, sometimes
+    # together, and one goes idle while the other finishes the last episode.
+    monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: _scripted_env())
+    starts = []
+
+    def policy(obs):
+        starts.extend(obs[:, 0].tolist())
+        return np.zeros((len(obs), 10, ACTION_DIM))  # one chunk outlasts every episode
+
+    result = evaluate(policy, CUBE, episodes=5, num_envs=2, seed=10)
+    assert result.successes == [True, False, True, False, True]
+    assert result.lengths == [3, 6, 3, 6, 3]
+    assert result.seeds == [10, 11, 12, 13, 14]
+    assert sorted(starts) == [10.0, 11.0, 12.0, 13.0, 14.0]  # each episode asked once, from its own reset
+
+
+def test_policy_returning_the_wrong_shape_is_reported(monkeypatch):
+    monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: _scripted_env())
+    with pytest.raises(ValueError, match=r"\(1, h, 5\)"):
+        evaluate(lambda obs: np.zeros((len(obs), 3, 4)), CUBE, episodes=1, num_envs=1)
+
+
+# ----------------------------------------------------------------------------- GL
+
+
+def _run_python(code: str, **env_overrides: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY", "PYOPENGL_PLATFORM")}
+    env.update({k: v for k, v in env_overrides.items() if v is not None})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+_STEP_WITHOUT_RENDER = """
+import os
+from rql_cli.envs.make import make_eval_env
+env = make_eval_env('cube-single-play-v0')
+env.reset(seed=0)
+env.step(env.action_space.sample())
+print('MUJOCO_GL', os.environ.get('MUJOCO_GL'))
+"""
+
+
+@pytest.mark.parametrize("mujoco_gl", [None, "disable"])
+def test_make_eval_env_without_render_needs_no_gl(mujoco_gl):
+    # No DISPLAY, and MUJOCO_GL either unset (glfw, which cannot open a window here) or 'disable'
+    # (mujoco loads no GL backend at all): stepping must still work, and nothing forces EGL on.
+    done = _run_python(_STEP_WITHOUT_RENDER, MUJOCO_GL=mujoco_gl)
+    assert done.returncode == 0, done.stderr
+    assert f"MUJOCO_GL {mujoco_gl}" in done.stdout
+
+
+def test_invalid_mujoco_gl_is_reported_with_a_fix(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "nonexistent")
+    with pytest.raises(RQLError, match="MUJOCO_GL=egl"):
+        make_eval_env(CUBE)
