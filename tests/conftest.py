@@ -20,3 +20,18 @@ def tiny_dataset_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
     generate_dataset(TINY_NAME, out, num_episodes=3, num_val_episodes=1, seed=0, episode_length=101)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tiny_dataset_dir, tmp_path_factory) -> Path:
+    """A run folder trained for 2 steps on the tiny dataset with small networks."""
+    from rql_cli.config import RQLConfig
+    from rql_cli.train import DataSpec, train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    config = RQLConfig(
+        actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=2, flow_steps=4,
+        horizon=5, batch_size=8, eval_episodes=0, steps=2, device="cpu",
+    )
+    train(config, DataSpec(name=TINY_NAME, dataset_dir=str(tiny_dataset_dir)), run)
+    return run

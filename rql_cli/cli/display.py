@@ -21,8 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # never break paths or commands a user will copy
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def make_progress(quiet: bool = False) -> Progress:

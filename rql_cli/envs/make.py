@@ -14,6 +14,7 @@ import contextlib
 import functools
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -161,9 +162,10 @@ def _check_mujoco_gl(render: bool) -> None:
     Without rendering nothing uses GL; mujoco still reads MUJOCO_GL at import and raises on an
     unknown value, so an invalid setting is reported here with a fix rather than deep in gymnasium.
     """
-    if render and "MUJOCO_GL" not in os.environ:
-        # Headless machines have no display for glfw (mujoco's default); EGL works there. Only
-        # effective before mujoco's first import in this process, which is why it happens here.
+    if render and "MUJOCO_GL" not in os.environ and "mujoco" not in sys.modules:
+        # Headless machines have no display for glfw (mujoco's default); EGL works there. mujoco
+        # picks its backend once, at its first import, so setting it later would change nothing
+        # (and would make the error in _check_rendering name the wrong backend).
         os.environ["MUJOCO_GL"] = "egl"
     value = os.environ.get("MUJOCO_GL", "")
     if value.lower().strip() not in _VALID_MUJOCO_GL:
@@ -253,10 +255,12 @@ def _check_rendering(env) -> None:
         env.unwrapped.render()
     except Exception as error:  # GL failures surface as many different types
         env.close()
+        backend = os.environ.get("MUJOCO_GL")
+        backend_text = f"MUJOCO_GL={backend!r}" if backend else "MUJOCO_GL unset (glfw, which needs a display)"
         raise RQLError(
-            f"Rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {error}. Headless machines "
-            "need MUJOCO_GL=egl (or osmesa with `apt-get install libosmesa6`), set before mujoco is first "
-            "imported: start the command with it, e.g. `MUJOCO_GL=egl rql rollout ...`."
+            f"Rendering failed with {backend_text}: {error}. Headless machines need MUJOCO_GL=egl (or "
+            "osmesa with `apt-get install libosmesa6`), set before mujoco is first imported: start the "
+            "command with it, e.g. `MUJOCO_GL=egl rql rollout ...`."
         ) from error
 
 

@@ -1,0 +1,157 @@
+"""The real `rql` command line: help, the happy path, and what bad input gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rql_cli.cli.app import app
+
+runner = CliRunner()
+SMALL = [
+    "--set", "actor_hidden_dims=[32,32]", "--set", "value_hidden_dims=[32,32]",
+    "--set", "ensemble_size=2", "--set", "batch_size=8", "--set", "flow_steps=4",
+]
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    """Exit code 1, the fragments in the message, no traceback."""
+    output = result.output
+    assert result.exit_code == 1, output
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in " ".join(output.split()), (fragment, output)
+
+
+def test_help_lists_every_command_without_importing_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from rql_cli.cli.app import app; "
+        "r = CliRunner().invoke(app, ['--help']); print(r.output); "
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for command in ("train", "eval", "finetune", "rollout", "push", "pull", "data", "list"):
+        assert command in out
+    assert "NO_TORCH" in out
+
+
+def test_unknown_dataset_name_suggests_the_closest(tmp_path):
+    result = run("train", "--dataset", "cube-singel-play-v0", "--out", str(tmp_path / "r"))
+    assert_clean_error(result, "cube-single-play-v0", "rql list")
+
+
+def test_missing_dataset_file_says_where_we_looked_and_how_to_make_it(tmp_path):
+    result = run("train", "--dataset", "cube-double-play-v0", "--dataset-dir", str(tmp_path))
+    assert_clean_error(result, str(tmp_path / "cube-double-play-v0.npz"), "rql data generate cube-double-play-v0")
+
+
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [
+        ("alpah=3", "Unknown config field 'alpah'"),
+        ("horizon=abc", "'horizon' expects an integer"),
+        ("value_hidden_dims=256", "expects a JSON list of ints"),
+        ("nokey", "--set expects key=value"),
+    ],
+)
+def test_bad_set_options_name_the_field_and_type(setting, fragment, tiny_dataset_dir):
+    result = run("train", "--dataset", "cube-single-play-v0", "--dataset-dir", str(tiny_dataset_dir), "--set", setting)
+    assert_clean_error(result, fragment)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_asked_for_but_absent_is_an_error(tiny_dataset_dir, tmp_path):
+    result = run(
+        "train", "--dataset", "cube-single-play-v0", "--dataset-dir", str(tiny_dataset_dir),
+        "--device", "cuda", "--steps", "1", "--out", str(tmp_path / "r"),
+    )
+    assert_clean_error(result, "asked for CUDA", "--device cpu")
+
+
+def test_train_then_eval_through_the_cli(tiny_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "train", "--dataset", "cube-single-play-v0", "--dataset-dir", str(tiny_dataset_dir),
+        "--steps", "3", "--eval-episodes", "0", "--out", str(out), "--seed", "3", *SMALL,
+    )
+    assert result.exit_code == 0, result.output
+    assert "rql eval --checkpoint" in result.output
+    config = json.loads((out / "checkpoints" / "step_00000003" / "config.json").read_text())
+    assert config["config"]["seed"] == 3 and config["config"]["ensemble_size"] == 2
+    assert config["config"]["expectile"] == 0.9  # the cube-single preset
+    # A second train into the same folder is refused instead of mixing runs.
+    again = run("train", "--dataset", "cube-single-play-v0", "--dataset-dir", str(tiny_dataset_dir), "--out", str(out))
+    assert_clean_error(again, "already holds a run", f"rql train --resume {out}")
+
+    report_path = tmp_path / "report.json"
+    result = run("eval", "--checkpoint", str(out), "--episodes", "2", "--envs", "1", "--json", str(report_path), "--save")
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    task = report["tasks"][0]
+    assert task["episodes"] == 2 and task["seeds"] == [0, 1]
+    assert 0.0 <= task["success_ci95"][0] <= task["success_rate"] <= task["success_ci95"][1] <= 1.0
+    assert task["ogbench_version"] and task["success_timing"] in ("pre", "post")
+    saved = json.loads((out / "checkpoints" / "step_00000003" / "metrics.json").read_text())
+    assert saved["tasks"][0]["returns"] == task["returns"]
+
+
+def test_eval_of_broken_checkpoints_names_the_file(tiny_run_dir, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_run_dir / "checkpoints" / "step_00000002", checkpoint)
+    (checkpoint / "velocity.safetensors").write_bytes(b"not a safetensors file")
+    assert_clean_error(run("eval", "--checkpoint", str(checkpoint), "--episodes", "1"),
+                       "velocity.safetensors", "truncated or corrupt")
+    (checkpoint / "velocity.safetensors").unlink()
+    assert_clean_error(run("eval", "--checkpoint", str(checkpoint), "--episodes", "1"),
+                       "missing velocity.safetensors")
+    assert_clean_error(run("eval", "--checkpoint", str(tmp_path / "nowhere")), "No checkpoint")
+
+
+def test_eval_of_a_checkpoint_that_does_not_fit_the_env_shows_both_shapes(tiny_run_dir, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_run_dir / "checkpoints" / "step_00000002", checkpoint)
+    payload = json.loads((checkpoint / "config.json").read_text())
+    payload["env_id"] = "cube-double-play-singletask-v0"  # 37-dim observations, not 28
+    (checkpoint / "config.json").write_text(json.dumps(payload))
+    assert_clean_error(
+        run("eval", "--checkpoint", str(checkpoint), "--episodes", "1"),
+        "checkpoint expects observations of size 28", "environment gives observations of size 37",
+    )
+
+
+def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command(tiny_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rql_cli", "train", "--dataset", "cube-single-play-v0",
+         "--dataset-dir", str(tiny_dataset_dir), "--steps", "100000", "--eval-episodes", "0",
+         "--out", str(out), "--set", "log_interval=1", *SMALL],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    deadline = time.time() + 120
+    metrics = out / "metrics.csv"
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert f"rql train --resume {out}" in " ".join(output.split())
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and int(checkpoints[0].name.split("_")[1]) >= 3
+    resumed = run("train", "--resume", str(out), "--steps", str(int(checkpoints[0].name.split("_")[1]) + 2))
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming at step" in resumed.output
