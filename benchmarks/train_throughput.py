@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from rql_cli.config import RQLConfig
+from rql_cli.config import CPU_NETWORKS, RQLConfig
 from rql_cli.core.device import make_generator, resolve_device
 from rql_cli.core.rql import RQLAgent
 from rql_cli.data.dataset import ChunkSampler, OfflineDataset
@@ -27,8 +27,7 @@ CONFIGS = {
     "paper": dict(actor_hidden_dims=[512] * 4, value_hidden_dims=[512] * 4, ensemble_size=10,
                   flow_steps=10, horizon=5, batch_size=256),
     # What we train on 2 CPU cores.
-    "small-cpu": dict(actor_hidden_dims=[256] * 3, value_hidden_dims=[256] * 3, ensemble_size=4,
-                      flow_steps=10, horizon=5, batch_size=256),
+    "small-cpu": dict(**CPU_NETWORKS, flow_steps=10, horizon=5, batch_size=256),
 }
 
 

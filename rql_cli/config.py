@@ -262,6 +262,13 @@ PRESET_NOTES: dict[str, str] = {
 }
 
 
+CPU_NETWORKS: dict[str, Any] = dict(
+    actor_hidden_dims=[256, 256, 256], value_hidden_dims=[256, 256, 256], ensemble_size=4
+)
+"""Networks sized for a 2-core CPU (about 5x fewer FLOPs than the paper's 4x512, K=10); the demo
+and the bundled CPU checkpoints use them. Everything else stays at the paper's values."""
+
+
 def env_family(dataset_name: str) -> str | None:
     """'cube-double-play-singletask-task2-v0' -> 'cube-double'; None if no preset family matches."""
     best = None

@@ -321,6 +321,22 @@ def test_make_eval_env_without_render_needs_no_gl(mujoco_gl):
     assert f"MUJOCO_GL {mujoco_gl}" in done.stdout
 
 
+def test_render_picks_egl_when_the_user_set_nothing():
+    code = """
+import os
+from rql_cli.envs.make import make_eval_env
+env = make_eval_env('cube-single-play-v0', render=True, width=64, height=48)
+env.reset(seed=0)
+frame = env.render()
+print('MUJOCO_GL', os.environ.get('MUJOCO_GL'), frame.shape, frame.dtype, int(frame.max()))
+"""
+    done = _run_python(code)
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.split()
+    assert words[:5] == ["MUJOCO_GL", "egl", "(48,", "64,", "3)"]
+    assert words[5] == "uint8" and int(words[6]) > 0  # a real picture, not a black frame
+
+
 def test_invalid_mujoco_gl_is_reported_with_a_fix(monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "nonexistent")
     with pytest.raises(RQLError, match="MUJOCO_GL=egl"):

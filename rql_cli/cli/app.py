@@ -73,7 +73,18 @@ def main_options(
 # ------------------------------------------------------------------------------------------
 
 
-@app.command()
+def _config_fields_epilog() -> str:
+    """Every config field, its default and its docstring: the one source of --set's help."""
+    from dataclasses import fields
+
+    from rql_cli.config import FIELD_HELP, RQLConfig
+
+    defaults = RQLConfig()
+    lines = [f"[bold]{f.name}[/] = {json.dumps(getattr(defaults, f.name))}: {FIELD_HELP.get(f.name, '')}" for f in fields(RQLConfig)]
+    return "Config fields for --set (defaults before the task preset):\n\n" + "\n\n".join(lines)
+
+
+@app.command(epilog=_config_fields_epilog())
 @handles_errors
 def train(
     dataset: Optional[str] = typer.Option(
@@ -257,6 +268,7 @@ def data_generate(
     """Make an OGBench manipulation dataset here with ogbench's scripted oracles.
 
     Interrupted runs resume: finished episodes are kept until both files are written.
+
     Example: rql data generate cube-double-play-v0 --episodes 100 --out data --workers 2
     """
     from rql_cli.cli.display import make_progress
@@ -365,6 +377,58 @@ def list_command() -> None:
         )
     console.print(presets)
     console.print("Datasets `rql data generate` can make: " + ", ".join(sorted(GENERATABLE)))
+
+
+@app.command()
+@handles_errors
+def demo(
+    out: Path = typer.Option(Path("rql-demo"), "--out", "-o", help="Folder for the dataset and the run."),
+    episodes: int = typer.Option(30, "--episodes", help="cube-single episodes to generate (1000 steps each)."),
+    steps: int = typer.Option(2000, "--steps", help="Gradient steps of the demo run."),
+    eval_episodes: int = typer.Option(20, "--eval-episodes", help="Episodes of the final evaluation."),
+    workers: int = typer.Option(max(1, os.cpu_count() or 1), "--workers", "-j", help="Processes for generation."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """The whole path on a laptop CPU in minutes: make data, train, evaluate, then score the bundled agent.
+
+    Generates a small cube-single-play dataset here (no download), trains RQL with the cube preset and CPU-sized networks, evaluates the run, and evaluates each bundled checkpoint for cube-single.
+
+    Example: rql demo --out rql-demo
+    """
+    from rql_cli.cli.display import eval_table
+    from rql_cli.config import CPU_NETWORKS, make_config
+    from rql_cli.data.generate import generate_dataset
+    from rql_cli.evaluation import evaluate_checkpoint
+    from rql_cli.io.bundled import bundled_checkpoints
+    from rql_cli.train import DataSpec
+
+    name = "cube-single-play-v0"
+    data_dir = out / "data"
+    if (data_dir / f"{name}.npz").is_file():
+        console.print(f"1/3 Using the dataset already in {data_dir}.")
+    else:
+        console.print(f"1/3 Generating {episodes} episodes of {name} into {data_dir} ...")
+        data_generate(name, out=data_dir, episodes=episodes, val_episodes=max(1, episodes // 10),
+                      seed=0, workers=workers, episode_length=1001, force=False, quiet=False)
+    run_dir = out / f"run-{datetime.now():%Y%m%d-%H%M%S}"
+    console.print(f"2/3 Training {steps} steps into {run_dir} ...")
+    config = make_config(name, overrides=dict(
+        **CPU_NETWORKS, steps=steps, eval_interval=steps, eval_episodes=eval_episodes,
+        eval_envs=workers, device=device,
+    ))
+    _run_training(config, DataSpec(name=name, dataset_dir=str(data_dir)), run_dir, resume=False, quiet=False)
+    console.print("3/3 Bundled checkpoints for cube-single:")
+    bundled = [b for b in bundled_checkpoints() if b["dataset"].startswith("cube-single")]
+    if not bundled:
+        console.print("  none installed.")
+    for entry in bundled:
+        report = evaluate_checkpoint(entry["path"], tasks=[None], episodes=eval_episodes,
+                                     num_envs=workers, device=device)
+        console.print(eval_table(report.to_dict()))
+    console.print(
+        f"Next: rql eval --checkpoint {run_dir} --episodes 50, or train longer with "
+        f"rql train --resume {run_dir} --steps {10 * steps}."
+    )
 
 
 # ------------------------------------------------------------------------------------------

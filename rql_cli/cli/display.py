@@ -25,8 +25,31 @@ console = Console(soft_wrap=True)  # never break paths or commands a user will c
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+class _Progress(Progress):
+    """rich Progress that, when stdout is not a terminal, prints a plain line every few seconds."""
+
+    plain_interval_s = 10.0
+
+    def __init__(self, *columns: Any, plain: bool, **kwargs: Any):
+        super().__init__(*columns, **kwargs)
+        self.plain = plain
+        self._last_line = 0.0
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        if not self.plain:
+            return
+        task = self._tasks[task_id]
+        now = time.monotonic()
+        if now - self._last_line >= self.plain_interval_s or (task.total and task.completed >= task.total):
+            self._last_line = now
+            total = f"/{task.total:.0f}" if task.total else ""
+            fields = " ".join(str(task.fields.get(k, "")) for k in ("rate", "info")).strip()
+            print(f"{task.description}: {task.completed:.0f}{total} {fields}".rstrip(), flush=True)
+
+
 def make_progress(quiet: bool = False) -> Progress:
-    return Progress(
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -39,6 +62,7 @@ def make_progress(quiet: bool = False) -> Progress:
         console=console,
         disable=quiet or not console.is_terminal,
         transient=False,
+        plain=not quiet and not console.is_terminal,
     )
 
 
@@ -61,8 +85,6 @@ class TrainDisplay:
         self.task = None
         self.eval_task = None
         self.last_success = "-"
-        self.plain = not console.is_terminal and not quiet
-        self.last_plain = 0.0
 
     def __enter__(self) -> TrainDisplay:
         self.progress.__enter__()
@@ -93,10 +115,6 @@ class TrainDisplay:
         self.progress.update(
             self.task, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info
         )
-        now = time.monotonic()
-        if self.plain and now - self.last_plain > 10:
-            self.last_plain = now
-            print(f"step {step}: {metrics['steps_per_second']:.1f} it/s, {info}", flush=True)
 
     def on_eval_start(self, step: int, episodes: int) -> None:
         self.eval_task = self.progress.add_task("eval", total=episodes, rate="", info="")

@@ -29,7 +29,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -216,15 +216,12 @@ def generate_dataset(
             np.random.set_state(saved_global_state)
             collector.close()
     elif todo:
-        import multiprocessing
-
-        # MuJoCo and GL state must not cross a fork: each worker starts fresh and makes its own env.
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(
-            min(workers, len(todo)), initializer=_init_worker, initargs=(name, seed, episode_length)
-        ) as pool:
-            for key, episode in pool.imap_unordered(_collect_in_worker, todo, chunksize=1):
+        stream = _collect_in_processes(todo, workers, name, seed, episode_length)
+        try:
+            for key, episode in stream:
                 finished(key, episode, cached=False)
+        finally:
+            stream.close()  # stops the workers now if on_episode raised or the user interrupted
 
     train = _concatenate([episodes[("train", k)] for k in range(num_episodes)])
     val = _concatenate([episodes[("val", k)] for k in range(num_val_episodes)])
@@ -430,6 +427,35 @@ def _make_oracles(env, recipe: DatasetRecipe) -> dict[str, object]:
             "window": WindowMarkovOracle(env=env, **norm),
         }
     return {"button": ButtonMarkovOracle(env=env, gripper_always_closed=True, **norm)}
+
+
+def _collect_in_processes(
+    todo: list[tuple[str, int]], workers: int, name: str, seed: int, episode_length: int
+) -> Iterator[tuple[tuple[str, int], dict[str, np.ndarray]]]:
+    """Episodes of ``todo`` from ``workers`` spawned processes, yielded as they finish."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # MuJoCo and GL state must not cross a fork: each worker starts fresh and makes its own env.
+    # An executor (unlike multiprocessing.Pool) fails instead of respawning a worker that cannot start.
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(name, seed, episode_length),
+    )
+    try:
+        futures = [pool.submit(_collect_in_worker, key) for key in todo]
+        for future in as_completed(futures):
+            yield future.result()
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            "A dataset worker process died. Run with one worker (--workers 1) to see its error."
+        ) from error
+    finally:
+        # On an interrupt, drop the queued episodes instead of waiting for them; finished ones are cached.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # Each spawned worker keeps one collector for all its episodes; it exists only inside that process.

@@ -1,7 +1,7 @@
 """The one checkpoint resolver behind every ``--checkpoint REF``.
 
-Order: a local checkpoint folder; a local run folder (its latest checkpoint); later releases add
-bundled checkpoint names and Hub ids here, in that order.
+Order: a local checkpoint folder; a local run folder (its latest checkpoint); the name of a
+checkpoint bundled in ``checkpoints/``. Hub ids come next, in a later release.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rql_cli.errors import CheckpointError
 from rql_cli.io import run_files
+from rql_cli.io.bundled import bundled_checkpoints
 
 
 def resolve_checkpoint(ref: str) -> Path:
@@ -29,7 +30,12 @@ def resolve_checkpoint(ref: str) -> Path:
             f"{path} is neither a checkpoint folder (config.json + velocity.safetensors + "
             "value.safetensors) nor a run folder (config.json + checkpoints/)."
         )
+    bundled = {entry["name"]: Path(entry["path"]) for entry in bundled_checkpoints()}
+    if ref in bundled:
+        return bundled[ref]
+    listed = f" Bundled: {', '.join(sorted(bundled))}." if bundled else ""
     raise CheckpointError(
-        f"No checkpoint '{ref}': there is no such folder. Pass a run folder (from `rql train "
-        "--out`) or a checkpoint folder inside its checkpoints/."
+        f"No checkpoint '{ref}': no such folder and no bundled checkpoint of that name.{listed} "
+        "Pass a run folder (from `rql train --out`), a checkpoint folder inside its checkpoints/, "
+        "or a name from `rql list`."
     )
