@@ -1,8 +1,9 @@
 """Vectorised evaluation of an action-chunk policy on an OGBench single-task env.
 
 The policy is asked for a chunk only by envs whose action queue is empty; chunks then run open loop,
-one action per env step, as in the official evaluator (which computes a chunk every step but throws
-it away unless the queue is empty: the actions executed are the same, at a fraction of the cost).
+one action per env step. The official evaluator computes a chunk every step and throws it away unless
+the queue is empty: the same behaviour (for a stochastic policy, the same action distribution) at a
+fraction of the cost.
 
 Heavy imports (gymnasium, ogbench, mujoco) happen inside functions.
 """
@@ -156,8 +157,9 @@ def _start_method() -> str:
 
 
 def default_num_envs(episodes: int) -> int:
-    """Parallel envs used when ``num_envs`` is None: one per CPU core, at most one per episode."""
-    return max(1, min(episodes, os.cpu_count() or 1))
+    """Parallel envs used when ``num_envs`` is None: one per usable CPU core, at most one per episode."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(episodes, cores))
 
 
 def evaluate(
@@ -209,6 +211,8 @@ def evaluate(
     # with the seed of the episode it takes next. gymnasium 1.x's default NEXT_STEP mode would turn
     # the step after a done into a reset step (its action ignored, its reward 0), and neither
     # autoreset mode lets us choose the next episode's seed; both would also start surplus episodes.
+    # AsyncVectorEnv also builds one env in this process to read the spaces (about a second of
+    # start-up); it renders nothing, so no GL context exists here to be inherited.
     if env_count == 1:
         vector_env = SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
     else:
