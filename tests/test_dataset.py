@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rql_cli.data.dataset import ACTION_CLIP, ChunkSampler, OfflineDataset
-from rql_cli.data.sources import dataset_file_stem, load_ogbench, singletask_id
+from rql_cli.data.sources import load_ogbench
 from rql_cli.errors import DatasetNotFoundError
 
 
@@ -63,13 +63,6 @@ def test_sparse_rewards_and_action_clipping():
     assert set(sparse.rewards.tolist()) == {0.0, -1.0}
     torch.testing.assert_close(sparse.rewards == 0, dense.rewards == 0)
     assert dense.actions[0].tolist() == pytest.approx([ACTION_CLIP, -ACTION_CLIP])
-
-
-def test_names_map_to_singletask_ids_and_file_stems():
-    assert singletask_id("cube-single-play-v0") == "cube-single-play-singletask-v0"
-    assert singletask_id("cube-single-play-v0", task=3) == "cube-single-play-singletask-task3-v0"
-    assert singletask_id("scene-play-singletask-task4-v0") == "scene-play-singletask-task4-v0"
-    assert dataset_file_stem("puzzle-3x3-play-singletask-task1-v0") == "puzzle-3x3-play-v0"
 
 
 def test_missing_dataset_says_where_we_looked_and_how_to_make_it(tmp_path):

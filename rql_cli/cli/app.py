@@ -145,7 +145,7 @@ def train(
         spec = DataSpec(name=record["dataset"], **record["data"])
         run_dir = resume
     else:
-        from rql_cli.envs.make import parse_task_name
+        from rql_cli.names import parse_task_name
         from rql_cli.io.run_files import is_run_dir
         from rql_cli.train import DataSpec
 
@@ -307,7 +307,7 @@ def data_info(
     from rich.table import Table
 
     from rql_cli.data.sources import load_ogbench
-    from rql_cli.envs.make import parse_task_name
+    from rql_cli.names import parse_task_name
 
     parse_task_name(name)
     loaded = load_ogbench(
@@ -397,7 +397,6 @@ def demo(
     """
     from rql_cli.cli.display import eval_table
     from rql_cli.config import CPU_NETWORKS, make_config
-    from rql_cli.data.generate import generate_dataset
     from rql_cli.evaluation import evaluate_checkpoint
     from rql_cli.io.bundled import bundled_checkpoints
     from rql_cli.train import DataSpec

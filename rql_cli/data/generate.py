@@ -170,6 +170,7 @@ def generate_dataset(
     Raises:
         UnknownNameError: ``name`` is not in ``GENERATABLE``.
         RQLError: an output file exists and ``force`` is False, or an argument is out of range.
+        RuntimeError: a worker process died (rerun with ``workers=1`` to see why).
     """
     recipe = _lookup(name)
     num_episodes = recipe.num_episodes if num_episodes is None else num_episodes
@@ -183,9 +184,8 @@ def generate_dataset(
     existing = [p for p in (train_path, val_path) if p.exists()]
     if existing and not force:
         listed = " and ".join(str(p) for p in existing)
-        raise RQLError(
-            f"{listed} already exists. Pass --force to overwrite, or choose another output folder."
-        )
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise RQLError(f"{listed} already {verb}. Pass --force to overwrite, or choose another folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     cache = _EpisodeCache(out_dir / f".{name}.partial", name, seed, episode_length)

@@ -6,7 +6,6 @@ so we look for both files first and fail at once with a message that says how to
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from rql_cli.data.dataset import OfflineDataset
 from rql_cli.errors import DatasetNotFoundError, RQLError
+from rql_cli.names import parse_task_name
 
 DEFAULT_DATASET_DIR = Path("~/.ogbench/data")
 
@@ -29,31 +29,9 @@ class LoadedData:
     train_path: Path
 
 
-def singletask_id(name: str, task: int | None = None) -> str:
-    """'cube-single-play-v0' (file stem) or any singletask id -> the singletask env id.
-
-    ``task`` picks 'taskN'; None keeps the name's task or the env's default task.
-    """
-    parts = name.split("-")
-    if "singletask" in parts:
-        parts.remove("singletask")
-    name_task = next((p for p in parts if re.fullmatch(r"task\d+", p)), None)
-    if name_task:
-        parts.remove(name_task)
-    version = parts.pop() if re.fullmatch(r"v\d+", parts[-1]) else "v0"
-    chosen = f"task{task}" if task is not None else name_task
-    return "-".join([*parts, "singletask", *([chosen] if chosen else []), version])
-
-
-def dataset_file_stem(name: str) -> str:
-    """Any dataset or singletask name -> the dataset file stem, e.g. 'cube-single-play-v0'."""
-    parts = [p for p in name.split("-") if p != "singletask" and not re.fullmatch(r"task\d+", p)]
-    return "-".join(parts)
-
-
 def resolve_dataset_path(name: str, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
     """The training file for ``name``; raises DatasetNotFoundError naming where we looked."""
-    stem = dataset_file_stem(name)
+    stem = parse_task_name(name).dataset_name
     if dataset_path is not None:
         candidates = [Path(dataset_path).expanduser()]
     else:
@@ -91,7 +69,7 @@ def load_ogbench(
     import ogbench  # noqa: F401  (registers the env ids)
 
     train_path = resolve_dataset_path(name, dataset_dir, dataset_path)
-    env_id = singletask_id(name, task)
+    env_id = parse_task_name(name).env_id(task)
     try:
         env, train, val = ogbench.make_env_and_datasets(
             env_id, dataset_path=str(train_path), compact_dataset=False

@@ -1,9 +1,6 @@
 """The one place that turns a dataset name into an OGBench evaluation environment.
 
-Names follow OGBench: ``{env}-{dataset type}[-singletask[-task{N}]]-v0``, e.g. ``cube-single-play-v0``,
-``cube-single-play-singletask-v0`` or ``cube-double-play-singletask-task3-v0``. The dataset file behind
-a name drops ``singletask`` and ``taskN`` (``cube-double-play-v0.npz``); the gymnasium id behind it
-drops the dataset type (``cube-double-singletask-task3-v0``).
+Name parsing lives in ``rql_cli.names`` (shared with the data layer); it is re-exported here.
 
 Heavy imports (ogbench, gymnasium, mujoco) happen inside functions, so importing this module is free.
 """
@@ -13,43 +10,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import sys
 import warnings
-from dataclasses import dataclass
 
-from rql_cli.errors import RQLError, UnknownNameError, closest_names
-
-# Env family -> (dataset types OGBench publishes for it, default singletask task). The defaults are
-# the ones ogbench itself substitutes for reward_task_id=0 (cube_env, scene_env, puzzle_env, maze.py).
-# Pixel-observation ('visual-') variants are left out on purpose: RQL here is state-based.
-_MANIPULATION = ("play", "noisy")
-ENV_FAMILIES: dict[str, tuple[tuple[str, ...], int]] = {
-    "cube-single": (_MANIPULATION, 2),
-    "cube-double": (_MANIPULATION, 2),
-    "cube-triple": (_MANIPULATION, 2),
-    "cube-quadruple": (_MANIPULATION, 2),
-    "scene": (_MANIPULATION, 2),
-    "puzzle-3x3": (_MANIPULATION, 4),
-    "puzzle-4x4": (_MANIPULATION, 4),
-    "puzzle-4x5": (_MANIPULATION, 2),
-    "puzzle-4x6": (_MANIPULATION, 2),
-    "pointmaze-medium": (("navigate", "stitch"), 1),
-    "pointmaze-large": (("navigate", "stitch"), 1),
-    "pointmaze-giant": (("navigate", "stitch"), 1),
-    "pointmaze-teleport": (("navigate", "stitch"), 1),
-    "antmaze-medium": (("navigate", "stitch", "explore"), 1),
-    "antmaze-large": (("navigate", "stitch", "explore"), 1),
-    "antmaze-giant": (("navigate", "stitch"), 1),
-    "antmaze-teleport": (("navigate", "stitch", "explore"), 1),
-    "humanoidmaze-medium": (("navigate", "stitch"), 1),
-    "humanoidmaze-large": (("navigate", "stitch"), 1),
-    "humanoidmaze-giant": (("navigate", "stitch"), 1),
-    "antsoccer-arena": (("navigate", "stitch"), 4),
-    "antsoccer-medium": (("navigate", "stitch"), 4),
-}
-DATASET_TYPES = ("play", "noisy", "navigate", "stitch", "explore")
-NUM_TASKS = 5  # every OGBench singletask env has task1..task5
+from rql_cli.errors import RQLError
+from rql_cli.names import (  # noqa: F401  (re-exported: the env layer's view of names)
+    DATASET_TYPES,
+    ENV_FAMILIES,
+    NUM_TASKS,
+    TaskName,
+    known_dataset_names,
+    parse_task_name,
+)
 
 # Values of MUJOCO_GL that mujoco's own import accepts on Linux; anything else makes `import mujoco`
 # raise, deep inside gymnasium.make, before any env exists.
@@ -58,102 +30,6 @@ _VALID_MUJOCO_GL = (
     "enable", "enabled", "on", "true", "1",
     "disable", "disabled", "off", "false", "0",
 )  # fmt: skip
-
-_NAME_RE = re.compile(r"^(?P<stem>.+?)(?:-singletask(?:-task(?P<task>\d+))?)?-(?P<version>v\d+)$")
-
-
-def known_dataset_names() -> list[str]:
-    """Every dataset name ``parse_task_name`` accepts, without ``singletask``/``taskN`` (sorted)."""
-    return sorted(f"{family}-{kind}-v0" for family, (kinds, _) in ENV_FAMILIES.items() for kind in kinds)
-
-
-@dataclass(frozen=True)
-class TaskName:
-    """A parsed OGBench single-task name.
-
-    Attributes:
-        family: env family without the dataset type, e.g. ``'cube-single'``.
-        dataset_type: ``'play'``, ``'noisy'``, ``'navigate'``, ``'stitch'`` or ``'explore'``.
-        version: the trailing version token, e.g. ``'v0'``.
-        task: the task number written in the name (1..5), or None when the name gives none.
-    """
-
-    family: str
-    dataset_type: str
-    version: str = "v0"
-    task: int | None = None
-
-    @property
-    def dataset_name(self) -> str:
-        """The dataset file stem, e.g. ``'cube-single-play-v0'`` (file ``cube-single-play-v0.npz``)."""
-        return f"{self.family}-{self.dataset_type}-{self.version}"
-
-    @property
-    def default_task(self) -> int:
-        """The task ogbench uses when a singletask name has no ``-taskN`` (cube, scene: 2; ...)."""
-        return ENV_FAMILIES[self.family][1]
-
-    def resolve_task(self, task: int | None = None) -> int:
-        """The concrete task number: ``task`` if given, else the name's own, else the family default."""
-        chosen = task if task is not None else self.task if self.task is not None else self.default_task
-        if not isinstance(chosen, int) or isinstance(chosen, bool) or not 1 <= chosen <= NUM_TASKS:
-            raise RQLError(
-                f"Task {chosen!r} does not exist for {self.dataset_name}: OGBench single-task envs have "
-                f"tasks 1 to {NUM_TASKS} (default {self.default_task})."
-            )
-        return chosen
-
-    def _task_suffix(self, task: int | None) -> str:
-        if task is None and self.task is None:
-            return ""
-        return f"-task{self.resolve_task(task)}"
-
-    def env_id(self, task: int | None = None) -> str:
-        """The singletask name ogbench's loader takes, e.g. ``'cube-single-play-singletask-task3-v0'``.
-
-        ``task=None`` means the task written in the name, or, if the name has none, the default-task
-        name without ``-taskN`` (``'cube-single-play-singletask-v0'``), which ogbench maps to
-        ``default_task``.
-        """
-        return f"{self.family}-{self.dataset_type}-singletask{self._task_suffix(task)}-{self.version}"
-
-    def gym_id(self, task: int | None = None) -> str:
-        """The registered gymnasium id behind ``env_id``, e.g. ``'cube-single-singletask-task3-v0'``."""
-        return f"{self.family}-singletask{self._task_suffix(task)}-{self.version}"
-
-
-def parse_task_name(name: str) -> TaskName:
-    """Parse a dataset or singletask name; raise ``UnknownNameError`` with suggestions if unknown.
-
-    Accepts ``cube-single-play-v0``, ``cube-single-play-singletask-v0`` and
-    ``cube-single-play-singletask-task3-v0`` (and the same shapes for every family in ``ENV_FAMILIES``).
-    """
-    match = _NAME_RE.match(name.strip())
-    family = kind = None
-    if match:
-        family, _, kind = match["stem"].rpartition("-")
-    known = (
-        match is not None
-        and family in ENV_FAMILIES
-        and kind in ENV_FAMILIES[family][0]
-        and match["version"] == "v0"  # OGBench has published only v0 so far
-    )
-    if not known:
-        valid = known_dataset_names()
-        # Compare like with like: strip singletask/taskN so 'cube-singel-play-singletask-task2-v0'
-        # is matched against dataset names, not against every task variant.
-        probe = re.sub(r"-singletask(-task\d+)?", "", name.strip())
-        suggestions = closest_names(probe, valid) or closest_names(name, valid)
-        hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        raise UnknownNameError(
-            f"Unknown OGBench dataset or task name {name!r}.{hint} Names look like "
-            "'cube-single-play-v0' or 'cube-single-play-singletask-task2-v0'; run `rql list` to see them."
-        )
-    task = int(match["task"]) if match["task"] is not None else None
-    parsed = TaskName(family=family, dataset_type=kind, version=match["version"], task=task)
-    if task is not None:
-        parsed.resolve_task()  # validates 1..5 with a friendly message
-    return parsed
 
 
 def _check_mujoco_gl(render: bool) -> None:
