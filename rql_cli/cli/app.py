@@ -5,16 +5,16 @@ Heavy modules (torch, mujoco, ogbench) are imported inside commands so `rql --he
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
+from rql_cli.cli.common import handles_errors, state
 from rql_cli.cli.display import console, err_console
 
 app = typer.Typer(
@@ -37,26 +37,7 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
-_state = {"debug": False}
 DEFAULT_DATA_DIR = "~/.ogbench/data"
-
-
-def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn RQLError into a one-paragraph message and exit code 1 (a traceback only with --debug)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rql_cli.errors import RQLError
-
-        try:
-            return command(*args, **kwargs)
-        except RQLError as error:
-            if _state["debug"]:
-                raise
-            err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
 
 
 @app.callback()
@@ -65,7 +46,7 @@ def main_options(
         False, "--debug", help="Show full tracebacks instead of one-paragraph error messages."
     ),
 ) -> None:
-    _state["debug"] = debug or os.environ.get("RQL_DEBUG") == "1"
+    state["debug"] = debug or os.environ.get("RQL_DEBUG") == "1"
 
 
 # ------------------------------------------------------------------------------------------
@@ -471,7 +452,7 @@ def _quiet_library_warnings() -> None:
     """Silence import-time chatter that says nothing to our users (it still shows with --debug)."""
     import warnings
 
-    if _state["debug"] or "--debug" in sys.argv:
+    if state["debug"] or "--debug" in sys.argv:
         return
     warnings.filterwarnings("ignore", module="glfw")  # no display: glfw is never used headless
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # ogbench spaces
