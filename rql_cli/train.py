@@ -69,12 +69,14 @@ class TrainOutcome:
 
 
 class _StopRequest:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps."""
+    """Set by SIGINT/SIGTERM; the loop checks it between steps. A second signal stops at once."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
 
     def __call__(self, signum: int, _frame: Any) -> None:
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
 
 
@@ -222,10 +224,17 @@ def train(
             if eval_due:
                 result = None
                 if config.eval_episodes > 0:
-                    result = _evaluate(agent, loaded.env_id, config, observer)
-                    eval_log.append(_eval_row(step, result, time.perf_counter() - wall_start))
-                    outcome.last_eval = result
-                    observer.on_eval(step, result)
+                    try:
+                        result = _evaluate(agent, loaded.env_id, config, observer)
+                    except Exception:
+                        # Ctrl-C also reaches evaluation worker processes, which then fail; the
+                        # checkpoint below matters more than this evaluation.
+                        if not stop.signal_name:
+                            raise
+                    if result is not None:
+                        eval_log.append(_eval_row(step, result, time.perf_counter() - wall_start))
+                        outcome.last_eval = result
+                        observer.on_eval(step, result)
                 last_checkpoint = checkpoint(metrics=result)
                 run_files.plot_curves(run_dir, metrics_log.read(), eval_log.read())
             elif save_due:
