@@ -31,11 +31,15 @@ class CheckpointError(RQLError):
 class NonFiniteLossError(RQLError):
     """A loss became NaN or infinite during training."""
 
-    def __init__(self, step: int, term: str, value: float):
+    def __init__(self, step: int, term: str, value: float, last_checkpoint: object = None):
+        kept = (
+            f"the last good checkpoint is kept at {last_checkpoint}"
+            if last_checkpoint
+            else "no checkpoint had been saved yet"
+        )
         super().__init__(
-            f"Loss term '{term}' became {value} at step {step}. Training stopped; the last good "
-            "checkpoint is kept. Try a lower learning rate (--set lr=1e-4) or check the dataset "
-            "for NaN or huge values."
+            f"Loss term '{term}' became {value} at step {step}. Training stopped; {kept}. "
+            "Try a lower learning rate (--set lr=1e-4) or check the dataset for NaN or huge values."
         )
         self.step = step
         self.term = term

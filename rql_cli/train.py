@@ -206,7 +206,7 @@ def train(
             save_due = config.save_interval > 0 and step % config.save_interval == 0
             if log_due or eval_due or save_due or stop.signal_name:
                 rows = torch.stack(pending).double().cpu()
-                _check_finite(rows, step - len(pending) + 1)
+                _check_finite(rows, step - len(pending) + 1, last_checkpoint)
                 pending.clear()
                 if log_due:
                     now = time.perf_counter()
@@ -254,13 +254,15 @@ def _due(step: int, interval: int, total: int) -> bool:
     return step == total or (interval > 0 and step % interval == 0)
 
 
-def _check_finite(rows: torch.Tensor, first_step: int) -> None:
+def _check_finite(rows: torch.Tensor, first_step: int, last_checkpoint: Path | None) -> None:
     """rows: (n, terms) losses of consecutive steps; raise naming the first bad step and term."""
     bad = ~torch.isfinite(rows)
     if bad.any():
         index, term = (int(i) for i in torch.nonzero(bad)[0])
         names = (*LOSS_TERMS, "value_mean", "target_mean")
-        raise NonFiniteLossError(first_step + index, names[term], float(rows[index, term]))
+        raise NonFiniteLossError(
+            first_step + index, names[term], float(rows[index, term]), last_checkpoint
+        )
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

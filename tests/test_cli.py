@@ -154,3 +154,34 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command(tiny_dataset_d
     resumed = run("train", "--resume", str(out), "--steps", str(int(checkpoints[0].name.split("_")[1]) + 2))
     assert resumed.exit_code == 0, resumed.output
     assert "Resuming at step" in resumed.output
+
+
+def test_data_generate_info_and_refusal_to_overwrite(tmp_path):
+    args = ["data", "generate", "cube-single-play-v0", "--out", str(tmp_path), "--episodes", "1",
+            "--val-episodes", "1", "--episode-length", "21", "--workers", "1"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cube-single-play-v0.npz").is_file() and (tmp_path / "cube-single-play-v0-val.npz").is_file()
+    before = (tmp_path / "cube-single-play-v0.npz").read_bytes()
+    assert_clean_error(run(*args), "already exist", "--force")
+    assert (tmp_path / "cube-single-play-v0.npz").read_bytes() == before
+    info = run("data", "info", "cube-single-play-v0", "--dataset-dir", str(tmp_path), "--json")
+    assert info.exit_code == 0, info.output
+    stats = json.loads(info.output)
+    assert stats["train"]["transitions"] == 20 and stats["train"]["episodes"] == 1
+    assert stats["env_id"] == "cube-single-play-singletask-v0"
+    assert_clean_error(run("data", "generate", "cube-singel-play-v0", "--out", str(tmp_path)), "cube-single-play-v0")
+
+
+def test_list_shows_presets_and_generatable_datasets():
+    result = run("list")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for family in ("cube-double", "puzzle-3x3", "humanoidmaze-large"):
+        assert family in text
+    assert "scene-play-v0" in text
+
+
+def test_placeholder_commands_say_they_are_not_available(tmp_path):
+    result = run("finetune", "--checkpoint", str(tmp_path))
+    assert_clean_error(result, "not available in this release yet")

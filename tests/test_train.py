@@ -181,6 +181,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_d
         train(RQLConfig(**TINY, steps=8), data, run, resume=True)
     assert info.value.step == 5 and info.value.term == "value"
     assert "step 5" in str(info.value) and "'value'" in str(info.value)
+    assert str(run / "checkpoints" / "step_00000004") in str(info.value)
     checkpoints = list_checkpoints(run)
     assert [p.name for p in checkpoints] == ["step_00000004"]
     kept = weights(checkpoints[-1])

@@ -349,14 +349,19 @@ def list_command() -> None:
     console.print(table if bundled else "No bundled checkpoints are installed.")
 
     presets = Table(title="Task presets (official hyperparameters.sh; chosen from the dataset name)")
-    for column in ("family", "alpha", "expectile", "rho", "horizon", "discount", "sparse", "note"):
-        presets.add_column(column)
+    presets.add_column("family", no_wrap=True)
+    for column in ("alpha", "expectile", "rho", "h", "gamma", "sparse"):
+        presets.add_column(column, justify="right")
     for family, values in PRESETS.items():
+        marker = "*" if family in PRESET_NOTES else ""
         presets.add_row(
-            family, *(str(values.get(k, "")) for k in ("alpha", "expectile", "rho", "horizon", "discount")),
-            "yes" if values.get("sparse_rewards") else "", PRESET_NOTES.get(family, ""),
+            family + marker,
+            *(str(values.get(k, "")) for k in ("alpha", "expectile", "rho", "horizon", "discount")),
+            "yes" if values.get("sparse_rewards") else "",
         )
     console.print(presets)
+    for family, note in PRESET_NOTES.items():
+        console.print(f"* {family}: {note}")
     console.print("Datasets `rql data generate` can make: " + ", ".join(sorted(GENERATABLE)))
 
 
