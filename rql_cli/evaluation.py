@@ -35,16 +35,22 @@ class CheckpointReport:
         )
 
 
-def check_dims_against_env(meta: Any, env_id: str, task: int | None) -> None:
-    """Raise CheckpointError when the checkpoint's obs/action dims differ from the env's."""
+def check_dims_against_env(meta: Any, env_id: str, task: int | None, env: Any = None) -> None:
+    """Raise CheckpointError when the checkpoint's obs/action dims differ from the env's.
+
+    ``env``: an env already built for ``env_id`` to read the dims from (left open); None builds one.
+    """
     from rql_cli.envs.make import make_eval_env
 
-    env = make_eval_env(env_id, task)
+    own_env = env is None
+    if own_env:
+        env = make_eval_env(env_id, task)
     try:
         env_obs = int(env.observation_space.shape[-1])
         env_act = int(env.action_space.shape[-1])
     finally:
-        env.close()
+        if own_env:
+            env.close()
     if (env_obs, env_act) != (meta.obs_dim, meta.action_dim):
         raise CheckpointError(
             f"The checkpoint does not fit {env_id}: the checkpoint expects observations of size "

@@ -16,6 +16,7 @@ import typer
 
 from rql_cli.cli.common import handles_errors, state
 from rql_cli.cli.display import console, err_console
+from rql_cli.cli.rollout_command import rollout
 
 app = typer.Typer(
     name="rql",
@@ -72,13 +73,13 @@ def train(
         None, "--dataset", "-d", help="OGBench dataset or singletask name, e.g. cube-single-play-v0."
     ),
     dataset_dir: Optional[Path] = typer.Option(
-        None, "--dataset-dir", help=f"Folder with NAME.npz and NAME-val.npz [default: {DEFAULT_DATA_DIR}]."
+        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR
     ),
     dataset_path: Optional[Path] = typer.Option(
         None, "--dataset-path", help="The training .npz itself (its -val.npz must sit beside it)."
     ),
     task: Optional[int] = typer.Option(
-        None, "--task", help="Singletask reward task 1-5 [default: the name's, else the env's default]."
+        None, "--task", help="Singletask reward task 1-5.", show_default="the name's, else the env's default"
     ),
     preset: Optional[str] = typer.Option(
         None, "--preset", help="Hyperparameter preset of another task family (see `rql list`)."
@@ -86,14 +87,14 @@ def train(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a config field, value as JSON: --set alpha=3 --set value_hidden_dims=[256,256]."
     ),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Total gradient steps [default: 1,000,000]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total gradient steps.", show_default="1,000,000"),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate and checkpoint every N steps."),
     eval_episodes: Optional[int] = typer.Option(None, "--eval-episodes", help="Episodes per evaluation (0: none)."),
     eval_envs: Optional[int] = typer.Option(None, "--eval-envs", help="Parallel environments for evaluation."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, sampling, noise and evaluation."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N.", show_default="auto"),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Run folder [default: runs/DATASET-seedS-TIMESTAMP]."
+        None, "--out", "-o", help="Run folder.", show_default="runs/DATASET-seedS-TIMESTAMP"
     ),
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue the run in this folder from its latest checkpoint."
@@ -178,10 +179,10 @@ def eval_command(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Run folder or checkpoint folder."),
     episodes: int = typer.Option(50, "--episodes", "-n", min=1, help="Episodes per task."),
     task: Optional[str] = typer.Option(
-        None, "--task", help="Task 1-5, or 'all' for a per-task table [default: the checkpoint's task]."
+        None, "--task", help="Task 1-5, or 'all' for a per-task table.", show_default="the checkpoint's task"
     ),
     seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise is seeded too."),
-    envs: Optional[int] = typer.Option(None, "--envs", help="Parallel environments [default: one per core]."),
+    envs: Optional[int] = typer.Option(None, "--envs", help="Parallel environments.", show_default="one per core"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
     save: bool = typer.Option(False, "--save", help="Write the report into the checkpoint's metrics.json."),
@@ -238,8 +239,8 @@ def eval_command(
 def data_generate(
     name: str = typer.Argument(..., help="Dataset to make, e.g. cube-single-play-v0 (see `rql list`)."),
     out: Path = typer.Option(Path(DEFAULT_DATA_DIR), "--out", "-o", help="Folder for NAME.npz and NAME-val.npz."),
-    episodes: Optional[int] = typer.Option(None, "--episodes", help="Train episodes [default: the official count]."),
-    val_episodes: Optional[int] = typer.Option(None, "--val-episodes", help="Validation episodes [default: a tenth]."),
+    episodes: Optional[int] = typer.Option(None, "--episodes", help="Train episodes.", show_default="the official count"),
+    val_episodes: Optional[int] = typer.Option(None, "--val-episodes", help="Validation episodes.", show_default="a tenth"),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes, whatever --workers is."),
     workers: int = typer.Option(max(1, os.cpu_count() or 1), "--workers", "-j", help="Processes collecting episodes."),
     episode_length: int = typer.Option(1001, "--episode-length", help="Steps per episode (1001 is the official length)."),
@@ -275,7 +276,7 @@ def data_generate(
 @handles_errors
 def data_info(
     name: str = typer.Argument(..., help="Dataset or singletask name, e.g. cube-single-play-v0."),
-    dataset_dir: Optional[Path] = typer.Option(None, "--dataset-dir", help=f"[default: {DEFAULT_DATA_DIR}]"),
+    dataset_dir: Optional[Path] = typer.Option(None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR),
     dataset_path: Optional[Path] = typer.Option(None, "--dataset-path"),
     task: Optional[int] = typer.Option(None, "--task", help="Reward task 1-5 for the statistics."),
     sparse: bool = typer.Option(False, "--sparse", help="Show statistics of sparse rewards."),
@@ -424,7 +425,7 @@ def demo(
 def _not_yet(what: str) -> None:
     err_console.print(
         f"[bold yellow]{what} is not available in this release yet.[/] "
-        "Track it in the project's issues; `rql train`, `rql eval`, `rql data` and `rql list` work today."
+        "Track it in the project's issues; `rql train`, `rql eval`, `rql rollout`, `rql data` and `rql list` work today."
     )
     raise typer.Exit(1)
 
@@ -433,12 +434,6 @@ def _not_yet(what: str) -> None:
 def finetune(ctx: typer.Context) -> None:
     """Offline-to-online fine-tuning from a checkpoint (not available yet)."""
     _not_yet("`rql finetune`")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def rollout(ctx: typer.Context) -> None:
-    """Run episodes and render a video (not available yet)."""
-    _not_yet("`rql rollout`")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -461,6 +456,9 @@ def _quiet_library_warnings() -> None:
         return
     warnings.filterwarnings("ignore", module="glfw")  # no display: glfw is never used headless
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # ogbench spaces
+
+
+app.command()(rollout)
 
 
 def main() -> None:

@@ -339,3 +339,66 @@ def _call_policy(policy_fn: PolicyFn, observations: np.ndarray, action_dim: int)
     if not np.isfinite(chunks).all():
         raise ValueError("policy_fn returned NaN or infinite actions.")
     return chunks
+
+
+@dataclass
+class EpisodeOutcome:
+    """One episode run by ``run_episode``: the same measures ``evaluate`` takes per episode.
+
+    Attributes:
+        seed: the env seed it was reset with.
+        success: the final step's ``info['success']``.
+        episode_return: undiscounted sum of env rewards.
+        length: env steps taken.
+    """
+
+    seed: int
+    success: bool
+    episode_return: float
+    length: int
+
+
+StepCallback = Callable[[int, dict, bool], None]
+"""on_step(step, info, done): step 0 with the reset info, then step t >= 1 with the info of env step
+t; ``done`` is True on the episode's last step."""
+
+
+def run_episode(
+    env, policy_fn: PolicyFn, seed: int, on_step: StepCallback | None = None
+) -> EpisodeOutcome:
+    """One episode of an action-chunk policy in one env, in this process, by ``evaluate``'s rules.
+
+    The env is reset with ``seed``; a chunk is asked for (``policy_fn`` on a batch of one) only when
+    the last one is used up, then runs open loop, one action per env step, clipped to the action
+    space. With the same ``policy_fn`` noise, episodes match ``evaluate(..., num_envs=1)``'s.
+
+    Args:
+        env: a gymnasium env from ``make_eval_env`` (time-limited, ``info['success']`` each step).
+        policy_fn: ``obs (1, obs_dim) float32 -> chunks (1, h, A)``.
+        seed: env seed of the reset.
+        on_step: called after the reset and after every env step, while the env shows that state
+            (a renderer draws the frame here).
+    """
+    low, high = env.action_space.low, env.action_space.high
+    action_dim = env.action_space.shape[0]
+    observation, info = env.reset(seed=seed)
+    if on_step is not None:
+        on_step(0, info, False)
+    chunk: np.ndarray | None = None
+    position = length = 0
+    episode_return = 0.0
+    while True:
+        if chunk is None:
+            chunk, position = _call_policy(policy_fn, np.asarray(observation)[None], action_dim)[0], 0
+        action = np.clip(chunk[position], low, high)
+        position += 1
+        if position == len(chunk):
+            chunk = None
+        observation, reward, terminated, truncated, info = env.step(action)
+        episode_return += float(reward)
+        length += 1
+        done = bool(terminated or truncated)
+        if on_step is not None:
+            on_step(length, info, done)
+        if done:
+            return EpisodeOutcome(seed=seed, success=bool(info["success"]), episode_return=episode_return, length=length)

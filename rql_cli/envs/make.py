@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 import warnings
+from typing import Any, Callable
 
 from rql_cli.errors import RQLError
 from rql_cli.names import (  # noqa: F401  (re-exported: the env layer's view of names)
@@ -58,6 +59,7 @@ def make_eval_env(
     width: int = 256,
     height: int = 256,
     max_episode_steps: int | None = None,
+    before_first_frame: Callable[[Any], Any] | None = None,
 ):
     """Build the evaluation env for a dataset or singletask name.
 
@@ -69,6 +71,9 @@ def make_eval_env(
         width, height: rendered frame size in pixels (only used with ``render``).
         max_episode_steps: override the registered time limit (steps); None keeps OGBench's
             (cube-single 200, cube-double 500, scene 750, mazes 1000, ...).
+        before_first_frame: with ``render``, called with the env after its first reset and before
+            its first frame, when settings the GL context reads once at creation (shadow map size,
+            multisampling: ``rql_cli.envs.render``) still take effect.
 
     Returns:
         A gymnasium env (TimeLimit-wrapped) with observations ``(obs_dim,)`` float64 and actions
@@ -92,7 +97,7 @@ def make_eval_env(
         env.action_space = env.action_space
         env.observation_space = env.observation_space
     if render:
-        _check_rendering(env)
+        _check_rendering(env, before_first_frame)
     return env
 
 
@@ -124,10 +129,12 @@ def _quiet_reset_wrapper():
     return QuietReset
 
 
-def _check_rendering(env) -> None:
+def _check_rendering(env, before_first_frame: Callable[[Any], Any] | None = None) -> None:
     """Render one frame now, so a broken GL setup fails here with a fix, not mid-rollout."""
     try:
         env.reset(seed=0)
+        if before_first_frame is not None:
+            before_first_frame(env)
         env.unwrapped.render()
     except Exception as error:  # GL failures surface as many different types
         env.close()

@@ -1,0 +1,106 @@
+"""`rql rollout`: run a checkpoint's policy for a few episodes and, with --render, film them.
+
+Registered by the app (``app.command()(rollout)``); heavy modules are imported when it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from rql_cli.cli.common import handles_errors
+from rql_cli.cli.display import console
+
+EPISODES_WITH_RENDER = 1
+EPISODES_WITHOUT_RENDER = 5
+
+
+@handles_errors
+def rollout(
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", "-c", help="Run folder, checkpoint folder, bundled name, or Hub id USER/NAME (USER/NAME@REVISION for a revision)."
+    ),
+    episodes: Optional[int] = typer.Option(
+        None, "--episodes", "-n", min=1, help="Episodes to run, one after another.",
+        show_default=f"{EPISODES_WITH_RENDER} with --render, else {EPISODES_WITHOUT_RENDER}",
+    ),
+    render: bool = typer.Option(
+        False, "--render/--no-render", help="Write the episodes into a labelled video (headless: MUJOCO_GL=egl)."
+    ),
+    out: Path = typer.Option(Path("rollout.mp4"), "--out", "-o", help="Video file, .mp4 or .gif (with --render)."),
+    fps: int = typer.Option(30, "--fps", min=1, help="Playback frames per second (the env steps 20 times a second)."),
+    size: str = typer.Option("640x480", "--size", help="Frame size WIDTHxHEIGHT in pixels (even sides for mp4)."),
+    task: Optional[int] = typer.Option(
+        None, "--task", min=1, max=5, help="Task 1-5.", show_default="the checkpoint's task"
+    ),
+    seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise as `rql eval --seed`."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_steps: Optional[int] = typer.Option(
+        None, "--max-steps", min=1, help="Cut each episode at this many steps, for a quick look.",
+        show_default="the env's time limit"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the table and the video's path."),
+) -> None:
+    """Run a checkpoint's policy for a few episodes; with --render, write a video of them.
+
+    Example: rql rollout --checkpoint runs/demo --render --episodes 3 --out demo.mp4
+    """
+    from rql_cli.cli.display import make_progress
+    from rql_cli.envs.render import check_video_path, parse_size
+    from rql_cli.rollout import run_rollout
+
+    width, height = parse_size(size)
+    if render:
+        check_video_path(out, width, height)  # before loading anything
+    count = episodes or (EPISODES_WITH_RENDER if render else EPISODES_WITHOUT_RENDER)
+
+    with make_progress(quiet) as progress:
+        bar = progress.add_task("render" if render else "episodes", total=None if render else count, rate="", info="")
+        successes = [0, 0]  # solved, finished
+        first_frame_at: list[float] = []  # loading and env start-up are not frames
+
+        def on_frame(done: int, expected: int) -> None:
+            now = time.perf_counter()
+            first_frame_at[:] = first_frame_at or [now]
+            rate = f"{(done - 1) / (now - first_frame_at[0]):.1f} frames/s" if done > 1 else ""
+            progress.update(bar, completed=done, total=expected, rate=rate)
+
+        def on_episode(record: Any, total: int) -> None:
+            successes[0] += int(record.success)
+            successes[1] += 1
+            info = f"episode {successes[1]}/{total}, success {successes[0]}/{successes[1]}"
+            progress.update(bar, info=info, **({} if render else {"completed": successes[1]}))
+
+        report = run_rollout(
+            checkpoint, episodes=count, render=render, out=out, fps=fps, size=(width, height), task=task,
+            seed=seed, device=device, max_episode_steps=max_steps,
+            on_frame=on_frame if render else None, on_episode=on_episode,
+        )
+    console.print(_episodes_table(report))
+    if report.video:
+        if not quiet:
+            console.print(
+                f"{report.frames} frames of {report.frame_size[0]}x{report.frame_size[1]} at "
+                f"{report.render_fps:.1f} frames/s (step, policy, render, encode)."
+            )
+        console.print(f"Video written to {report.video}")
+
+
+def _episodes_table(report: Any):
+    from rich.table import Table
+
+    from rql_cli.cli.display import pct
+
+    table = Table(title=f"{report.env_id} @ step {report.step:,} (seed {report.seed})")
+    for column in ("episode", "env seed", "success", "return", "length"):
+        table.add_column(column, justify="right")
+    for record in report.episodes:
+        table.add_row(
+            str(record.episode), str(record.seed), "yes" if record.success else "no",
+            f"{record.episode_return:.1f}", str(record.length),
+        )
+    table.add_row("all", "", f"{report.successes}/{len(report.episodes)} ({pct(report.success_rate)})", "", "")
+    return table
