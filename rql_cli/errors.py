@@ -28,6 +28,10 @@ class CheckpointError(RQLError):
     """A checkpoint folder that is missing a file, is corrupt, or does not fit the environment."""
 
 
+class HubError(RQLError):
+    """A Hugging Face Hub repo that cannot be found, reached, read or written (or no token to write)."""
+
+
 class NonFiniteLossError(RQLError):
     """A loss became NaN or infinite during training."""
 

@@ -16,6 +16,7 @@ import typer
 
 from rql_cli.cli.common import handles_errors, state
 from rql_cli.cli.display import console, err_console
+from rql_cli.cli.hub_commands import pull, push
 from rql_cli.cli.rollout_command import rollout
 
 app = typer.Typer(
@@ -205,6 +206,15 @@ def eval_command(
     else:
         raise RQLError(f"--task expects a number 1-5 or 'all', got '{task}'.")
 
+    if save and not Path(checkpoint).expanduser().exists():
+        from rql_cli.io.hub import parse_hub_ref
+
+        if parse_hub_ref(checkpoint) is not None:
+            raise RQLError(
+                "--save writes metrics.json into the checkpoint folder, and a Hub checkpoint lives "
+                f"in the shared download cache. Pull a copy first: `rql pull {checkpoint} --dir DIR`, "
+                "then `rql eval --checkpoint DIR --save`."
+            )
     with make_progress(quiet) as progress:
         bar = progress.add_task("eval", total=episodes, rate="", info="")
 
@@ -425,7 +435,7 @@ def demo(
 def _not_yet(what: str) -> None:
     err_console.print(
         f"[bold yellow]{what} is not available in this release yet.[/] "
-        "Track it in the project's issues; `rql train`, `rql eval`, `rql rollout`, `rql data` and `rql list` work today."
+        "Track it in the project's issues; every other command works today."
     )
     raise typer.Exit(1)
 
@@ -434,18 +444,6 @@ def _not_yet(what: str) -> None:
 def finetune(ctx: typer.Context) -> None:
     """Offline-to-online fine-tuning from a checkpoint (not available yet)."""
     _not_yet("`rql finetune`")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def push(ctx: typer.Context) -> None:
-    """Publish a checkpoint to the Hugging Face Hub (not available yet)."""
-    _not_yet("`rql push`")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pull(ctx: typer.Context) -> None:
-    """Download a checkpoint from the Hugging Face Hub (not available yet)."""
-    _not_yet("`rql pull`")
 
 
 def _quiet_library_warnings() -> None:
@@ -459,6 +457,8 @@ def _quiet_library_warnings() -> None:
 
 
 app.command()(rollout)
+app.command()(push)
+app.command()(pull)
 
 
 def main() -> None:

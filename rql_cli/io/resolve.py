@@ -1,16 +1,19 @@
 """The one checkpoint resolver behind every ``--checkpoint REF``.
 
 Order: a local checkpoint folder; a local run folder (its latest checkpoint); the name of a
-checkpoint bundled in ``checkpoints/``. Hub ids come next, in a later release.
+checkpoint bundled in ``checkpoints/``; a Hugging Face Hub id ``user/name[@revision]``, pulled into
+the Hub cache (or found there when offline). A local folder therefore always wins over a Hub repo
+of the same name, and nothing touches the network unless the first three find nothing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rql_cli.errors import CheckpointError
+from rql_cli.errors import CheckpointError, HubError
 from rql_cli.io import run_files
 from rql_cli.io.bundled import bundled_checkpoints
+from rql_cli.io.hub import parse_hub_ref
 
 
 def resolve_checkpoint(ref: str) -> Path:
@@ -30,12 +33,24 @@ def resolve_checkpoint(ref: str) -> Path:
             f"{path} is neither a checkpoint folder (config.json + velocity.safetensors + "
             "value.safetensors) nor a run folder (config.json + checkpoints/)."
         )
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; --checkpoint takes a checkpoint folder or a run folder.")
     bundled = {entry["name"]: Path(entry["path"]) for entry in bundled_checkpoints()}
     if ref in bundled:
         return bundled[ref]
+    hub_ref = parse_hub_ref(ref)
+    if hub_ref is not None:
+        from rql_cli.io.hub import pull_checkpoint
+
+        try:
+            return pull_checkpoint(hub_ref.repo_id, revision=hub_ref.revision)
+        except HubError as error:
+            raise HubError(
+                f"'{ref}' is no local folder and no bundled checkpoint, so it was taken as a Hub id: {error}"
+            ) from None
     listed = f" Bundled: {', '.join(sorted(bundled))}." if bundled else ""
     raise CheckpointError(
         f"No checkpoint '{ref}': no such folder and no bundled checkpoint of that name.{listed} "
         "Pass a run folder (from `rql train --out`), a checkpoint folder inside its checkpoints/, "
-        "or a name from `rql list`."
+        "a name from `rql list`, or a Hugging Face Hub id USER/NAME[@REVISION]."
     )

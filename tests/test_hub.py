@@ -1,0 +1,266 @@
+"""Hub push and pull through the real `rql` command line, against the local Hub-API server.
+
+The client is the unmodified huggingface_hub, pointed at tests/hub_server.py with HF_ENDPOINT. It
+reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE when it is imported, so every step that talks to the
+Hub runs `python -m rql_cli` in a subprocess with its own environment. Steps are grouped into few
+tests because each subprocess pays about three seconds of imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hub_server import HubServer  # tests/ is on sys.path under pytest
+
+PUBLISHED = ("config.json", "velocity.safetensors", "value.safetensors")
+SECRET = "hf_wrong_secret_value_123"
+
+
+@pytest.fixture
+def hub():
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def checkpoint(tiny_run_dir, tmp_path) -> Path:
+    """A private copy of the tiny checkpoint (tests write metrics.json into it)."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_run_dir / "checkpoints" / "step_00000002", folder)
+    return folder
+
+
+def hub_env(hub: HubServer, home: Path, *, token: str | None = None, offline: bool = False) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+               RQL_CHECKPOINTS=str(home / "no-bundled-checkpoints"))
+    if token:
+        env["HF_TOKEN"] = token
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def rql(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rql_cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> str:
+    text = output(result)
+    assert result.returncode == 0, text
+    return text
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    text = output(result)
+    assert result.returncode == 1, text
+    assert "Traceback" not in text, text
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+    return text
+
+
+def write_training_metrics(folder: Path, success_rate: float) -> dict:
+    """metrics.json as training writes it: one result dict (not `rql eval --save`'s report)."""
+    metrics = dict(success_rate=success_rate, success_ci95=[0.4, 0.8], mean_return=-120.0, episodes=20,
+                   seeds=list(range(20)), task=2, dataset_name="cube-single-play-v0",
+                   env_id="cube-single-play-singletask-task2-v0", ogbench_version="1.2.2", success_timing="pre")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def test_push_pull_eval_round_trip_and_offline_cache(hub, checkpoint, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from rql_cli.cli.app import app
+    from rql_cli.io.checkpoint import load_agent
+
+    # Measured numbers first, exactly as a user would write them.
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(checkpoint), "--episodes", "2", "--envs", "1",
+                                      "--save"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((checkpoint / "metrics.json").read_text())
+    measured = metrics["tasks"][0]
+
+    home = tmp_path / "hf"
+    text = assert_ok(rql("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video",
+                         env=hub_env(hub, home, token=hub.token)))
+    assert "Pushed" in text and "alice/agent" in text and hub.token not in text
+    history = hub.state.history("alice/agent")
+    assert len(history) == 2  # the repo's initial commit + exactly one push
+    remote = hub.state.files("alice/agent")
+    assert set(remote) == {".gitattributes", *PUBLISHED, "metrics.json", "README.md"}  # no train state
+    for name in (*PUBLISHED, "metrics.json"):
+        assert remote[name] == (checkpoint / name).read_bytes(), name
+
+    # `rql eval --checkpoint user/name`: the resolver pulls into the Hub cache under HF_HOME, then evaluates.
+    text = assert_ok(rql("eval", "--checkpoint", "alice/agent", "--episodes", "2", "--envs", "1", env=hub_env(hub, home)))
+    snapshot = home / "hub" / "models--alice--agent" / "snapshots" / history[0]
+    assert "cube-single-play-v0 @ step 2" in text
+    for name in (*PUBLISHED, "metrics.json"):
+        assert (snapshot / name).read_bytes() == (checkpoint / name).read_bytes(), name
+    agent, meta = load_agent(snapshot)
+    assert meta.step == 2 and agent.step == 2
+    card = ModelCard.load(snapshot / "README.md")
+    assert card.data.library_name == "rql"
+    assert {"reinforcement-learning", "offline-rl", "flow-matching", "rql", "cube-single"} <= set(card.data.tags)
+    success = [r for r in card.data.eval_results if r.metric_type == "success_rate"][0]
+    assert success.task_type == "reinforcement-learning" and success.dataset_type == "cube-single-play-v0"
+    assert success.metric_value == pytest.approx(measured["success_rate"], abs=1e-4)
+    assert success.metric_args["episodes"] == 2
+    for fragment in ("rql eval --checkpoint alice/agent", "rql pull alice/agent", "rql train --dataset cube-single-play-v0",
+                     "--set ensemble_size=2", "| `ensemble_size` | `2` | `10` |", "arXiv:2606.17551", "over the episodes"):
+        assert fragment in card.content, fragment
+
+    # Offline: `rql pull` answers from the warm cache without a single request, with the card's
+    # metrics; a repo that is not cached fails at once.
+    before = len(hub.state.requests)
+    text = assert_ok(rql("pull", "alice/agent", env=hub_env(hub, home, offline=True)))
+    low, high = measured["success_ci95"]
+    assert str(snapshot) in text and "Verified" in text
+    assert f"[{100 * low:.1f}%, {100 * high:.1f}%]" in text and "Model card results" in text
+    started = time.monotonic()
+    assert_clean_error(rql("pull", "alice/never-pulled", env=hub_env(hub, home, offline=True)),
+                       "offline", "HF_HUB_OFFLINE", "alice/never-pulled", "not in the Hub cache")
+    assert time.monotonic() - started < 30
+    assert len(hub.state.requests) == before
+
+
+def test_second_push_is_a_second_revision_and_the_first_stays_pullable(hub, checkpoint, tmp_path):
+    from huggingface_hub import ModelCard
+
+    home = tmp_path / "hf"
+    first_metrics = write_training_metrics(checkpoint, 0.65)
+    (checkpoint / "rollout.mp4").write_bytes(b"not really a video")  # --video takes it, renders nothing
+    assert_ok(rql("push", str(checkpoint), "--repo-id", "alice/agent", "--with-train-state",
+                  env=hub_env(hub, home, token=hub.token)))
+    first = hub.state.history("alice/agent")[0]
+    assert hub.state.files("alice/agent")["rollout.mp4"] == b"not really a video"
+    (checkpoint / "metrics.json").unlink()
+    text = assert_ok(rql("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video", "-m", "again",
+                         env=hub_env(hub, home, token=hub.token)))
+    assert "not evaluated yet" in text and "rql eval --checkpoint" in text
+    history = hub.state.history("alice/agent")
+    assert len(history) == 3 and history[1] == first
+    latest = hub.state.files("alice/agent")
+    assert set(latest) == {".gitattributes", *PUBLISHED, "README.md"}  # stale metrics, video, train state go
+    assert "removed from the repo" in text and "metrics.json" in text
+    assert "Not evaluated yet" in latest["README.md"].decode()
+
+    pulled = tmp_path / "first"
+    text = assert_ok(rql("pull", f"alice/agent@{first}", "--dir", str(pulled), env=hub_env(hub, home)))
+    assert "65.0%" in text
+    assert json.loads((pulled / "metrics.json").read_text()) == first_metrics
+    assert (pulled / "train_state.safetensors").read_bytes() == (checkpoint / "train_state.safetensors").read_bytes()
+    success = [r for r in ModelCard.load(pulled / "README.md").data.eval_results if r.metric_type == "success_rate"][0]
+    assert success.metric_value == 0.65 and success.metric_args == {"episodes": 20, "ci95": [0.4, 0.8]}
+
+    assert_clean_error(rql("pull", "alice/agent", "--revision", "no-such-branch", env=hub_env(hub, home)),
+                       "alice/agent", "no revision 'no-such-branch'")
+
+
+def test_push_without_a_token_or_with_a_wrong_one_uploads_nothing(hub, checkpoint, tmp_path):
+    home = tmp_path / "hf"
+    assert_clean_error(rql("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video", env=hub_env(hub, home)),
+                       "HF_TOKEN", "hf auth login", "--token", "Nothing was uploaded")
+    assert not [r for r in hub.state.requests if r[0] == "POST"]
+
+    text = assert_clean_error(
+        rql("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video", "--token", SECRET, env=hub_env(hub, home)),
+        "401", "alice/agent", "hf auth login", "--token", "Nothing was uploaded",
+    )
+    assert SECRET not in text
+    assert hub.state.uploads() == 0 and "alice/agent" not in hub.state.repos
+
+
+def test_pull_of_an_unknown_repo_names_it(hub, tmp_path):
+    assert_clean_error(rql("pull", "alice/does-not-exist", env=hub_env(hub, tmp_path / "hf")),
+                       "No model repo 'alice/does-not-exist'", hub.url)
+
+
+def _make_checkpoint(folder: Path, source: Path) -> Path:
+    shutil.copytree(source, folder)
+    return folder
+
+
+def test_resolver_order_local_folder_then_bundled_name_then_hub_id(hub, tiny_run_dir, tmp_path, monkeypatch):
+    from rql_cli.errors import CheckpointError
+    from rql_cli.io.resolve import resolve_checkpoint
+
+    source = tiny_run_dir / "checkpoints" / "step_00000002"
+    bundled = tmp_path / "bundled"
+    _make_checkpoint(bundled / "alice", source)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("RQL_CHECKPOINTS", str(bundled))
+    monkeypatch.chdir(work)
+
+    # A bundled name resolves while no local folder has that name ...
+    assert resolve_checkpoint("alice") == bundled / "alice"
+    # ... a local folder of the same name wins over it; a run folder means its latest checkpoint.
+    _make_checkpoint(work / "alice", source)
+    assert resolve_checkpoint("alice") == Path("alice")
+    assert resolve_checkpoint(str(tiny_run_dir)) == source
+
+    # Errors say what was tried; names that are not Hub ids never reach the network.
+    with pytest.raises(CheckpointError, match="no bundled checkpoint of that name. Bundled: alice"):
+        resolve_checkpoint("bob")
+    (work / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
+        resolve_checkpoint("empty")
+    (work / "notes.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        resolve_checkpoint("notes.txt")
+
+    # Bundled names are single folder names and Hub ids need USER/NAME, so those two never collide.
+    # The Hub id comes last: a local folder alice/agent wins over the Hub repo alice/agent, and only
+    # without one does the resolver pull. The real resolver runs in a subprocess, pointed at the test Hub.
+    home = tmp_path / "hf"
+    published = hub.state.add_repo("alice/agent", {name: (source / name).read_bytes() for name in PUBLISHED})
+    _make_checkpoint(work / "alice" / "agent", source)
+    script = (
+        "import json, os, sys\n"
+        "from rql_cli.io.resolve import resolve_checkpoint\n"
+        "from rql_cli.errors import RQLError\n"
+        "out = {}\n"
+        "for ref, cwd in [('alice/agent', sys.argv[1]), ('alice/agent', sys.argv[2]), ('alice', sys.argv[2]),\n"
+        "                 ('alice/missing', sys.argv[2])]:\n"
+        "    os.chdir(cwd)\n"
+        "    try:\n"
+        "        out[ref + ' in ' + os.path.basename(cwd)] = str(resolve_checkpoint(ref))\n"
+        "    except RQLError as error:\n"
+        "        out[ref + ' in ' + os.path.basename(cwd)] = 'ERROR ' + str(error)\n"
+        "print(json.dumps(out))\n"
+    )
+    env = hub_env(hub, home)
+    env["RQL_CHECKPOINTS"] = str(bundled)
+    requests_before = len(hub.state.requests)
+    result = subprocess.run([sys.executable, "-c", script, str(work), str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout.strip().splitlines()[-1])
+    assert resolved["alice/agent in work"] == "alice/agent"  # the local folder, not the Hub repo
+    hub_path = Path(resolved["alice/agent in " + tmp_path.name])
+    assert hub_path.parent.name == "snapshots" and hub_path.name == published
+    assert str(hub_path).startswith(str(home))
+    assert resolved["alice in " + tmp_path.name] == str(bundled / "alice")
+    assert resolved["alice/missing in " + tmp_path.name].startswith(
+        "ERROR 'alice/missing' is no local folder and no bundled checkpoint, so it was taken as a Hub id: "
+        "No model repo 'alice/missing'"
+    )
+    assert any("/alice/agent/" in path for _, path in hub.state.requests[requests_before:])
