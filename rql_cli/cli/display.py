@@ -150,7 +150,7 @@ def eval_table(report: dict[str, Any]) -> Table:
             pct(result["success_rate"]),
             f"[{pct(low)}, {pct(high)}]",
             f"{result['mean_return']:.1f}",
-            f"[{rlow:.1f}, {rhigh:.1f}]",
+            f"[{rlow:.0f}, {rhigh:.0f}]",
             str(result["episodes"]),
         )
     if len(report["tasks"]) > 1:
