@@ -139,7 +139,8 @@ class TrainDisplay:
 
 
 def eval_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"{report['dataset']} @ step {report['step']:,}")
+    name = Path(report["checkpoint"]).name
+    table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}")
     for column in ("task", "success rate", "95% CI", "mean return", "return 95% CI", "episodes"):
         table.add_column(column, justify="right")
     for result in report["tasks"]:
