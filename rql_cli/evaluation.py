@@ -68,6 +68,7 @@ def evaluate_checkpoint(
     num_envs: int | None = None,
     device: str = "auto",
     dataset: str | None = None,
+    best: bool = False,
     on_task_start: Callable[[int | None], None] | None = None,
     on_episode: Callable[[int, int, float], None] | None = None,
 ) -> CheckpointReport:
@@ -82,7 +83,7 @@ def evaluate_checkpoint(
     from rql_cli.io.checkpoint import load_agent
     from rql_cli.io.resolve import resolve_checkpoint
 
-    folder = resolve_checkpoint(ref)
+    folder = resolve_checkpoint(ref, best=best)
     torch_device = resolve_device(device)
     agent, meta = load_agent(folder, torch_device)
     env_name = dataset or meta.env_id

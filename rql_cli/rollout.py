@@ -107,6 +107,7 @@ def run_rollout(
     task: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    best: bool = False,
     max_episode_steps: int | None = None,
     fast_render: bool = True,
     on_frame: FrameCallback | None = None,
@@ -128,6 +129,7 @@ def run_rollout(
         seed: episode i is reset with env seed ``seed + i``; the flow noise is seeded like
             ``rql eval --seed``'s.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the policy.
+        best: for a run folder, its best-evaluated checkpoint instead of the latest.
         max_episode_steps: override the env's time limit (steps), for quick looks and tests.
         fast_render: lower the shadow map and multisampling (``rql_cli.envs.render.FAST``);
             False keeps the model's own (slow in software) settings.
@@ -157,7 +159,7 @@ def run_rollout(
     if video_path is not None:
         rendering.check_video_path(video_path, width, height)
 
-    folder = resolve_checkpoint(ref)
+    folder = resolve_checkpoint(ref, best=best)
     torch_device = resolve_device(device)
     agent, meta = load_agent(folder, torch_device)
     parsed = parse_task_name(meta.env_id)

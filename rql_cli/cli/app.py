@@ -187,6 +187,7 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
     save: bool = typer.Option(False, "--save", help="Write the report into the checkpoint's metrics.json."),
+    best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result table."),
 ) -> None:
     """Measure success rate and return of a checkpoint's EMA policy, with 95% intervals.
@@ -225,7 +226,7 @@ def eval_command(
             progress.update(bar, completed=done, info=f"success {pct(rate)}")
 
         report = evaluate_checkpoint(
-            checkpoint, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs, device=device,
+            checkpoint, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs, device=device, best=best,
             on_task_start=on_task_start, on_episode=on_episode,
         )
     result = report.to_dict()

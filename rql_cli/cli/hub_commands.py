@@ -72,6 +72,7 @@ def push(
     with_train_state: bool = typer.Option(
         False, "--with-train-state", help="Also publish train_state.safetensors (optimiser and RNG state for exact --resume)."
     ),
+    best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
     video: bool = typer.Option(
         True, "--video/--no-video", help="Publish rollout.mp4 from the checkpoint folder, or render one episode for it."
     ),
@@ -87,7 +88,7 @@ def push(
 
     require_hub_ref(repo_id, revision)
     token = find_token(token)  # before rendering or any network call: no token, nothing happens
-    folder = resolve_checkpoint(run_or_checkpoint)
+    folder = resolve_checkpoint(run_or_checkpoint, best=best)
     with tempfile.TemporaryDirectory(prefix="rql-video-") as workdir:
         video_path = _video_for_push(folder, Path(workdir)) if video else None
         with _status(f"Pushing {folder} to {repo_id} ..."):

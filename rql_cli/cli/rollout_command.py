@@ -38,6 +38,7 @@ def rollout(
     ),
     seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise as `rql eval --seed`."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
     max_steps: Optional[int] = typer.Option(
         None, "--max-steps", min=1, help="Cut each episode at this many steps, for a quick look.",
         show_default="the env's time limit"
@@ -76,7 +77,7 @@ def rollout(
 
         report = run_rollout(
             checkpoint, episodes=count, render=render, out=out, fps=fps, size=(width, height), task=task,
-            seed=seed, device=device, max_episode_steps=max_steps,
+            seed=seed, device=device, best=best, max_episode_steps=max_steps,
             on_frame=on_frame if render else None, on_episode=on_episode,
         )
     console.print(_episodes_table(report))

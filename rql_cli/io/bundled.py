@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rql_cli.io.checkpoint import task_results
+
 
 def bundled_root() -> Path:
     """``$RQL_CHECKPOINTS`` if set, else the ``checkpoints/`` folder beside the package."""
@@ -24,7 +26,7 @@ def bundled_checkpoints() -> list[dict[str, Any]]:
         config = json.loads((folder / "config.json").read_text())
         metrics_path = folder / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        task = (metrics.get("tasks") or [metrics])[0] if metrics else {}
+        task = next(iter(task_results(metrics)), {})
         rate = task.get("success_rate")
         entries.append(
             dict(

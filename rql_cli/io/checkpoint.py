@@ -318,6 +318,19 @@ def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[Any
     return agent, meta
 
 
+def task_results(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-task results of a metrics.json, whichever layout wrote it.
+
+    ``rql eval --save`` writes ``{checkpoint, dataset, step, ..., tasks: [result, ...]}``; a checkpoint
+    saved during training holds one result dict ``{success_rate, success_ci95, episodes, task, ...}``.
+    """
+    if not metrics:
+        return []
+    if isinstance(metrics.get("tasks"), list):
+        return [t for t in metrics["tasks"] if isinstance(t, dict) and "success_rate" in t]
+    return [metrics] if "success_rate" in metrics else []
+
+
 def read_metrics(directory: Path) -> dict[str, Any] | None:
     path = Path(directory) / "metrics.json"
     if not path.is_file():

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rql_cli.errors import CheckpointError, HubError
+from rql_cli.io.checkpoint import task_results
 
 LIBRARY_NAME = "rql"
 TAGS = ("reinforcement-learning", "offline-rl", "flow-matching", "rql", "ogbench")
@@ -162,19 +163,6 @@ def _first_line(error: BaseException, token: str | None) -> str:
 # ------------------------------------------------------------------------------------------
 # The model card
 # ------------------------------------------------------------------------------------------
-
-
-def task_results(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per-task results of a metrics.json, whichever layout wrote it.
-
-    ``rql eval --save`` writes ``{checkpoint, dataset, step, ..., tasks: [result, ...]}``; a checkpoint
-    saved during training holds one result dict ``{success_rate, success_ci95, episodes, task, ...}``.
-    """
-    if not metrics:
-        return []
-    if isinstance(metrics.get("tasks"), list):
-        return [t for t in metrics["tasks"] if isinstance(t, dict) and "success_rate" in t]
-    return [metrics] if "success_rate" in metrics else []
 
 
 def read_checkpoint_metrics(folder: Path) -> dict[str, Any] | None:

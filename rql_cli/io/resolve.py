@@ -13,11 +13,35 @@ from pathlib import Path
 from rql_cli.errors import CheckpointError, HubError
 from rql_cli.io import run_files
 from rql_cli.io.bundled import bundled_checkpoints
+from rql_cli.io.checkpoint import read_metrics, task_results
 from rql_cli.io.hub import parse_hub_ref
 
 
-def resolve_checkpoint(ref: str) -> Path:
-    """The checkpoint folder that ``ref`` names; raises CheckpointError saying what was tried."""
+def best_checkpoint(checkpoints: list[Path]) -> Path:
+    """The checkpoint with the highest measured success rate (mean over tasks; later wins ties).
+
+    Only checkpoints with a metrics.json count; an error when none of them was evaluated.
+    """
+    scored = []
+    for folder in checkpoints:
+        results = task_results(read_metrics(folder))
+        if results:
+            scored.append((sum(r["success_rate"] for r in results) / len(results), folder))
+    if not scored:
+        raise CheckpointError(
+            f"--best needs evaluated checkpoints, and none in {checkpoints[0].parent} has a "
+            "metrics.json. Train with evaluations (--eval-episodes > 0) or run "
+            "`rql eval --checkpoint FOLDER --save` on the checkpoints first."
+        )
+    # Callers pass the newest first and max keeps the first of equals, so the newest wins a tie.
+    return max(scored, key=lambda item: item[0])[1]
+
+
+def resolve_checkpoint(ref: str, best: bool = False) -> Path:
+    """The checkpoint folder that ``ref`` names; raises CheckpointError saying what was tried.
+
+    A run folder means its latest checkpoint, or with ``best`` its best-evaluated one.
+    """
     path = Path(ref).expanduser()
     if (path / "config.json").is_file() and (path / "velocity.safetensors").exists():
         return path
@@ -25,7 +49,7 @@ def resolve_checkpoint(ref: str) -> Path:
         checkpoints = run_files.list_checkpoints(path)
         if not checkpoints:
             raise CheckpointError(f"Run folder {path} has no checkpoint yet.")
-        return checkpoints[-1]
+        return best_checkpoint(checkpoints[::-1]) if best else checkpoints[-1]
     if path.is_dir():
         if (path / "config.json").is_file():
             return path  # a checkpoint folder missing its weights: read_meta names what is missing
