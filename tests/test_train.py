@@ -96,12 +96,16 @@ def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary leftovers
 
 
-def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
+def saved_tiny_checkpoint(tmp_path: Path) -> Path:
+    """A freshly initialised TINY agent saved as tmp_path/ckpt."""
     from rql_cli.core.rql import RQLAgent
 
     config = RQLConfig(**TINY)
-    agent = RQLAgent(config, 28, 5, torch.device("cpu"))
-    folder = save_checkpoint(tmp_path / "ckpt", agent, make_meta(config))
+    return save_checkpoint(tmp_path / "ckpt", RQLAgent(config, 28, 5, torch.device("cpu")), make_meta(config))
+
+
+def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
+    folder = saved_tiny_checkpoint(tmp_path)
     data = (folder / "value.safetensors").read_bytes()
     (folder / "value.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="value.safetensors.*truncated or corrupt"):
@@ -112,10 +116,7 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
 
 
 def test_checkpoint_from_a_newer_format_is_refused_and_unknown_fields_warn(tmp_path):
-    from rql_cli.core.rql import RQLAgent
-
-    config = RQLConfig(**TINY)
-    folder = save_checkpoint(tmp_path / "ckpt", RQLAgent(config, 28, 5, torch.device("cpu")), make_meta(config))
+    folder = saved_tiny_checkpoint(tmp_path)
     payload = json.loads((folder / "config.json").read_text())
     payload["config"]["from_the_future"] = 1
     (folder / "config.json").write_text(json.dumps(payload))
@@ -129,10 +130,7 @@ def test_checkpoint_from_a_newer_format_is_refused_and_unknown_fields_warn(tmp_p
 
 
 def test_checkpoint_with_other_network_dims_names_both_shapes(tmp_path):
-    from rql_cli.core.rql import RQLAgent
-
-    config = RQLConfig(**TINY)
-    folder = save_checkpoint(tmp_path / "ckpt", RQLAgent(config, 28, 5, torch.device("cpu")), make_meta(config))
+    folder = saved_tiny_checkpoint(tmp_path)
     payload = json.loads((folder / "config.json").read_text())
     payload["obs_dim"] = 37
     (folder / "config.json").write_text(json.dumps(payload))
