@@ -1,11 +1,22 @@
 """One typed configuration object for an RQL run, its JSON round-trip and the per-task presets.
 
-Field names follow the official code's ``get_config()`` so a reader can check them side by side.
-The field docstrings (``FIELD_HELP``) are what ``rql train --help`` and error messages show.
+Field names follow the official code's ``get_config()`` so a reader can check them side by side,
+except four that we renamed to say what they are (``OFFICIAL_NAMES`` maps them; ``--set`` and config
+dicts accept the official names as aliases, so a flag pasted from the paper's scripts works):
+
+    official      here
+    h             horizon
+    ensemble_ct   ensemble_size
+    ema           actor_ema
+    layer_norm    value_layer_norm
+
+Each field's help text lives in its ``metadata['help']`` (``FIELD_HELP``): the one source of
+``rql train --help``, the model card's config table and error messages.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
@@ -13,6 +24,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rql_cli.errors import ConfigError, UnknownNameError, closest_names
+from rql_cli.names import TaskName, parse_task_name
+
+OFFICIAL_NAMES: dict[str, str] = {
+    "h": "horizon",
+    "ensemble_ct": "ensemble_size",
+    "ema": "actor_ema",
+    "layer_norm": "value_layer_norm",
+}
+"""Official ``get_config()`` names that we renamed -> our field names (accepted as aliases)."""
+
+
+def _field(default: Any, help: str) -> Any:
+    """A dataclass field with its help text; mutable defaults get a fresh copy per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -20,89 +47,145 @@ class RQLConfig:
     """Every hyperparameter of the RQL agent and every setting of a training run."""
 
     # --- networks -------------------------------------------------------------------------
-    actor_hidden_dims: list[int] = field(default_factory=lambda: [512, 512, 512, 512])
-    """Hidden widths of the velocity field v(s, x, t) (GELU, no LayerNorm)."""
-    value_hidden_dims: list[int] = field(default_factory=lambda: [512, 512, 512, 512])
-    """Hidden widths of each value-ensemble member V(s, x, t) (GELU + LayerNorm)."""
-    value_layer_norm: bool = True
-    """LayerNorm after the activation on every hidden layer of the value network."""
-    ensemble_size: int = 10
-    """Number K of value-ensemble members."""
+    actor_hidden_dims: list[int] = _field(
+        [512, 512, 512, 512],
+        'Hidden widths of the velocity field v(s, x, t) (GELU, no LayerNorm).',
+    )
+    value_hidden_dims: list[int] = _field(
+        [512, 512, 512, 512],
+        'Hidden widths of each value-ensemble member V(s, x, t) (GELU + LayerNorm).',
+    )
+    value_layer_norm: bool = _field(
+        True,
+        'LayerNorm after the activation on every hidden layer of the value network.',
+    )
+    ensemble_size: int = _field(
+        10,
+        'Number K of value-ensemble members.',
+    )
     # --- flow and chunks ------------------------------------------------------------------
-    flow_steps: int = 10
-    """Euler steps F from noise (t=0) to a finished action chunk (t=1)."""
-    horizon: int = 3
-    """Action-chunk length h; 1 means ordinary single actions."""
-    policy_loss_points: str = "interpolation"
-    """Where the policy loss is evaluated: 'interpolation' (the BC points, official code) or 'reversed'."""
+    flow_steps: int = _field(
+        10,
+        'Euler steps F from noise (t=0) to a finished action chunk (t=1).',
+    )
+    horizon: int = _field(
+        3,
+        'Action-chunk length h; 1 means ordinary single actions.',
+    )
+    policy_loss_points: str = _field(
+        "interpolation",
+        "Where the policy loss is evaluated: 'interpolation' (the BC points, official code) or 'reversed'.",
+    )
     # --- objective ------------------------------------------------------------------------
-    alpha: float = 1.0
-    """Weight of the flow-matching behaviour-cloning loss (larger = closer to BC)."""
-    expectile: float = 0.5
-    """Expectile kappa of the value loss (0.5 = mean squared error)."""
-    rho: float = 0.0
-    """Pessimism: the target is mean - rho * std over the ensemble."""
-    discount: float = 0.99
-    """Per-environment-step discount gamma."""
-    tau: float = 0.005
-    """Polyak rate of the target value ensemble, applied after every gradient step."""
-    actor_ema: float = 0.999
-    """EMA decay of the target velocity field used for evaluation."""
-    lr: float = 3e-4
-    """Adam learning rate (no weight decay, no gradient clipping)."""
-    batch_size: int = 256
-    """Windows per gradient step."""
-    sparse_rewards: bool = False
-    """Turn every non-zero reward into -1 (solved or not), as the paper does for scene and puzzle."""
+    alpha: float = _field(
+        1.0,
+        'Weight of the flow-matching behaviour-cloning loss (larger = closer to BC).',
+    )
+    expectile: float = _field(
+        0.5,
+        'Expectile kappa of the value loss (0.5 = mean squared error).',
+    )
+    rho: float = _field(
+        0.0,
+        'Pessimism: the target is mean - rho * std over the ensemble.',
+    )
+    discount: float = _field(
+        0.99,
+        'Per-environment-step discount gamma.',
+    )
+    tau: float = _field(
+        0.005,
+        'Polyak rate of the target value ensemble, applied after every gradient step.',
+    )
+    actor_ema: float = _field(
+        0.999,
+        'EMA decay of the target velocity field used for evaluation.',
+    )
+    lr: float = _field(
+        3e-4,
+        'Adam learning rate (no weight decay, no gradient clipping).',
+    )
+    batch_size: int = _field(
+        256,
+        'Windows per gradient step.',
+    )
+    sparse_rewards: bool = _field(
+        False,
+        'Turn every non-zero reward into -1 (solved or not), as the paper does for scene and puzzle.',
+    )
     # --- run ------------------------------------------------------------------------------
-    steps: int = 1_000_000
-    """Gradient steps in total."""
-    eval_interval: int = 100_000
-    """Evaluate and save a checkpoint every this many steps (0: only at the end)."""
-    eval_episodes: int = 50
-    """Episodes per periodic evaluation (0 disables periodic evaluation)."""
-    eval_envs: int = 1
-    """Parallel environments for periodic evaluation."""
-    log_interval: int = 100
-    """Write a row of metrics.csv every this many steps."""
-    save_interval: int = 0
-    """Save a checkpoint every this many steps in addition to evaluations (0: with evaluations only)."""
-    seed: int = 0
-    """Seed of network init, batch sampling, flow noise and evaluation episodes."""
-    device: str = "auto"
-    """'auto', 'cpu', 'cuda' or 'cuda:N'."""
-    dataset_on_device: bool = True
-    """Keep the dataset on the training device so sampling needs no host transfer."""
+    steps: int = _field(
+        1_000_000,
+        'Gradient steps in total.',
+    )
+    eval_interval: int = _field(
+        100_000,
+        'Evaluate and save a checkpoint every this many steps (0: only at the end).',
+    )
+    eval_episodes: int = _field(
+        50,
+        'Episodes per periodic evaluation (0 disables periodic evaluation).',
+    )
+    eval_envs: int = _field(
+        1,
+        'Parallel environments for periodic evaluation.',
+    )
+    log_interval: int = _field(
+        100,
+        'Write a row of metrics.csv every this many steps.',
+    )
+    save_interval: int = _field(
+        0,
+        'Save a checkpoint every this many steps in addition to evaluations (0: with evaluations only).',
+    )
+    seed: int = _field(
+        0,
+        'Seed of network init, batch sampling, flow noise and evaluation episodes.',
+    )
+    device: str = _field(
+        "auto",
+        "'auto', 'cpu', 'cuda' or 'cuda:N'.",
+    )
+    dataset_on_device: bool = _field(
+        True,
+        'Keep the dataset on the training device so sampling needs no host transfer.',
+    )
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name, JSON-friendly (lists, numbers, strings, bools)."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """``to_dict`` as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, strict: bool = True) -> tuple[RQLConfig, list[str]]:
         """Build a config from a dict; returns (config, unknown field names).
 
-        With ``strict`` an unknown field is an error; otherwise it is returned for a warning
-        (checkpoints written by a newer rql may carry fields we do not know).
+        Official field names (``OFFICIAL_NAMES``) are accepted for ours. With ``strict`` an unknown
+        field is an error; otherwise it is returned for a warning (checkpoints written by a newer
+        rql may carry fields we do not know).
         """
-        known = {f.name for f in fields(cls)}
-        unknown = [k for k in data if k not in known]
+        if not isinstance(data, dict):
+            raise ConfigError(f"A config must be a JSON object of fields, got {type(data).__name__}.")
+        known = set(field_names())
+        unknown = [k for k in data if canonical_field_name(k) not in known]
         if unknown and strict:
             raise ConfigError(_unknown_field_message(unknown[0]))
-        config = cls()
-        for key, value in data.items():
-            if key in known:
-                setattr(config, key, coerce_field(key, value))
+        values = {canonical_field_name(k): v for k, v in data.items() if k not in unknown}
+        config = cls(**{k: coerce_field(k, v) for k, v in values.items()})
         config.validate()
         return config, unknown
 
     @classmethod
     def from_json(cls, text: str, *, strict: bool = True) -> tuple[RQLConfig, list[str]]:
+        """``from_dict`` of JSON text."""
         return cls.from_dict(json.loads(text), strict=strict)
 
     def replace(self, **changes: Any) -> RQLConfig:
+        """A copy with ``changes`` applied (each checked against its field's type), validated."""
+        changes = {canonical_field_name(k): v for k, v in changes.items()}
         new = dataclasses.replace(self, **{k: coerce_field(k, v) for k, v in changes.items()})
         new.validate()
         return new
@@ -133,30 +216,23 @@ class RQLConfig:
                 raise ConfigError(f"Invalid config: {message}.")
 
 
-FIELD_HELP: dict[str, str] = {}
-
-
-def _collect_field_help() -> None:
-    """Read the attribute docstrings under each field of RQLConfig (one source for --help)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(RQLConfig)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, following in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            FIELD_HELP[node.target.id] = following.value.value.strip()
+FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in fields(RQLConfig)}
+"""Help text of every config field, by name (from the fields' metadata)."""
 
 
 def field_names() -> list[str]:
+    """The config's field names, in declaration order."""
     return [f.name for f in fields(RQLConfig)]
+
+
+def field_default(name: str) -> Any:
+    """The default value of field ``name`` (before any task preset)."""
+    return getattr(RQLConfig(), canonical_field_name(name))
+
+
+def canonical_field_name(name: str) -> str:
+    """Our name for a field given by our name or by its official name (``h`` -> ``horizon``)."""
+    return OFFICIAL_NAMES.get(name, name)
 
 
 def _field_type(name: str) -> Any:
@@ -164,7 +240,8 @@ def _field_type(name: str) -> Any:
 
 
 def _unknown_field_message(name: str) -> str:
-    near = closest_names(name, field_names())
+    near = closest_names(name, [*field_names(), *OFFICIAL_NAMES])
+    near = list(dict.fromkeys(canonical_field_name(n) for n in near))
     hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
     return (
         f"Unknown config field '{name}'.{hint} Valid fields: {', '.join(field_names())}."
@@ -174,8 +251,10 @@ def _unknown_field_message(name: str) -> str:
 def coerce_field(name: str, value: Any) -> Any:
     """Check ``value`` against the declared type of field ``name`` and return it in that type.
 
-    Ints are accepted for float fields; bools are never accepted as numbers.
+    Ints are accepted for float fields; bools are never accepted as numbers. ``name`` may be an
+    official alias (``h``).
     """
+    name = canonical_field_name(name)
     if name not in field_names():
         raise ConfigError(_unknown_field_message(name))
     kind = _field_type(name)
@@ -225,7 +304,11 @@ def _describe(kind: Any) -> str:
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:
-    """Parse one ``--set key=value``; the value is JSON (bare words are taken as strings)."""
+    """Parse one ``--set key=value`` into (field name, typed value).
+
+    The value is JSON (bare words are taken as strings); ``key`` may be an official name
+    (``--set h=5`` sets ``horizon``), and the returned name is always ours.
+    """
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got '{text}' (e.g. --set alpha=3.0).")
     key, raw = text.split("=", 1)
@@ -234,7 +317,7 @@ def parse_set_option(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw  # bare strings such as device=cuda:1
-    return key, coerce_field(key, value)
+    return canonical_field_name(key), coerce_field(key, value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -269,18 +352,13 @@ CPU_NETWORKS: dict[str, Any] = dict(
 and the bundled CPU checkpoints use them. Everything else stays at the paper's values."""
 
 
-def env_family(dataset_name: str) -> str | None:
-    """'cube-double-play-singletask-task2-v0' -> 'cube-double'; None if no preset family matches."""
-    best = None
-    for family in PRESETS:
-        if dataset_name == family or dataset_name.startswith(family + "-"):
-            if best is None or len(family) > len(best):
-                best = family
-    return best
+def preset_for(
+    task_name: str | TaskName, preset: str | None = None
+) -> tuple[str | None, dict[str, Any]]:
+    """(family, values) of the preset chosen by ``--preset`` (a family name) or by the task's family.
 
-
-def preset_for(dataset_name: str, preset: str | None = None) -> tuple[str | None, dict[str, Any]]:
-    """The preset chosen by ``--preset`` (a family name) or, if None, by the dataset name."""
+    A family without a preset (e.g. the point mazes) gives ``(None, {})``: the defaults.
+    """
     if preset is not None:
         if preset not in PRESETS:
             near = closest_names(preset, list(PRESETS))
@@ -289,18 +367,15 @@ def preset_for(dataset_name: str, preset: str | None = None) -> tuple[str | None
                 f"Unknown preset '{preset}'.{hint} Presets: {', '.join(PRESETS)} (see `rql list`)."
             )
         return preset, dict(PRESETS[preset])
-    family = env_family(dataset_name)
-    return family, dict(PRESETS[family]) if family else {}
+    family = parse_task_name(task_name).family
+    return (family, dict(PRESETS[family])) if family in PRESETS else (None, {})
 
 
 def make_config(
-    dataset_name: str, preset: str | None = None, overrides: dict[str, Any] | None = None
+    task_name: str | TaskName, preset: str | None = None, overrides: dict[str, Any] | None = None
 ) -> RQLConfig:
     """Defaults, then the task preset, then ``--set`` overrides (each checked against its type)."""
-    _, values = preset_for(dataset_name, preset)
+    _, values = preset_for(task_name, preset)
     values.update(overrides or {})
     config, _ = RQLConfig.from_dict(values, strict=True)
     return config
-
-
-_collect_field_help()

@@ -42,8 +42,9 @@ ENV_FAMILIES: dict[str, tuple[tuple[str, ...], int]] = {
     "antsoccer-arena": (("navigate", "stitch"), 4),
     "antsoccer-medium": (("navigate", "stitch"), 4),
 }
-DATASET_TYPES = ("play", "noisy", "navigate", "stitch", "explore")
 NUM_TASKS = 5  # every OGBench singletask env has task1..task5
+TASKS = tuple(range(1, NUM_TASKS + 1))
+"""Every task number a singletask env has (``--task all`` runs these)."""
 
 
 _NAME_RE = re.compile(r"^(?P<stem>.+?)(?:-singletask(?:-task(?P<task>\d+))?)?-(?P<version>v\d+)$")
@@ -74,6 +75,11 @@ class TaskName:
     def dataset_name(self) -> str:
         """The dataset file stem, e.g. ``'cube-single-play-v0'`` (file ``cube-single-play-v0.npz``)."""
         return f"{self.family}-{self.dataset_type}-{self.version}"
+
+    @property
+    def tasks(self) -> tuple[int, ...]:
+        """Every task number of this env: (1, 2, 3, 4, 5)."""
+        return TASKS
 
     @property
     def default_task(self) -> int:
@@ -109,12 +115,15 @@ class TaskName:
         return f"{self.family}-singletask{self._task_suffix(task)}-{self.version}"
 
 
-def parse_task_name(name: str) -> TaskName:
+def parse_task_name(name: str | TaskName) -> TaskName:
     """Parse a dataset or singletask name; raise ``UnknownNameError`` with suggestions if unknown.
 
     Accepts ``cube-single-play-v0``, ``cube-single-play-singletask-v0`` and
     ``cube-single-play-singletask-task3-v0`` (and the same shapes for every family in ``ENV_FAMILIES``).
+    A ``TaskName`` is returned as it is, so callers may pass either.
     """
+    if isinstance(name, TaskName):
+        return name
     match = _NAME_RE.match(name.strip())
     family = kind = None
     if match:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rql_cli.errors import RQLError
+from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
 
 DEFAULT_SIZE = (640, 480)
 """(width, height) of rendered frames: the cube is about 25 px wide, readable in a browser."""
@@ -97,7 +98,7 @@ class RolloutReport:
 
 
 def run_rollout(
-    ref: str,
+    ref: str | LoadedCheckpoint,
     *,
     episodes: int = 1,
     render: bool = False,
@@ -116,7 +117,8 @@ def run_rollout(
     """Run ``episodes`` episodes of checkpoint ``ref``'s EMA policy; with ``render``, film them.
 
     Args:
-        ref: checkpoint reference (folder, run folder, bundled name, Hub id): ``resolve_checkpoint``.
+        ref: checkpoint reference (folder, run folder, bundled name, Hub id), or a checkpoint that
+            ``rql_cli.io.resolve.load_checkpoint`` already loaded (``device`` and ``best`` then unused).
         episodes: number of episodes, run one after another in one env in this process.
         render: write the episodes, one after another, into the video ``out``, each frame labelled
             ``episode k/N  step t  success so far x/y`` (y: episodes finished, an episode's last
@@ -138,13 +140,28 @@ def run_rollout(
     Returns:
         RolloutReport.
     """
-    from rql_cli.core.device import make_generator, resolve_device
+    from rql_cli.device import resolve_device
+
+    video_path = _check_rollout_args(episodes, render, out, fps, size, max_episode_steps)
+    loaded = ref if isinstance(ref, LoadedCheckpoint) else load_checkpoint(ref, resolve_device(device), best=best)
+    env, report = _open_env(loaded, task, seed, fps, render, size, max_episode_steps, fast_render)
+    try:
+        policy = _policy(loaded, seed)
+        if video_path is None:
+            _run_episodes(report, env, policy, episodes, on_episode=on_episode)
+        else:
+            _film_episodes(report, env, policy, episodes, video_path, on_frame, on_episode)
+    finally:
+        env.close()
+    return report
+
+
+def _check_rollout_args(
+    episodes: int, render: bool, out: Path | str | None, fps: float, size: tuple[int, int],
+    max_episode_steps: int | None,
+) -> Path | None:
+    """Refuse bad arguments before anything is loaded; returns the video path (None without render)."""
     from rql_cli.envs import render as rendering
-    from rql_cli.envs.make import episode_limit, make_eval_env, parse_task_name
-    from rql_cli.envs.policy import chunk_policy
-    from rql_cli.evaluation import check_dims_against_env
-    from rql_cli.io.checkpoint import load_agent
-    from rql_cli.io.resolve import resolve_checkpoint
 
     if episodes < 1:
         raise RQLError(f"--episodes must be at least 1, got {episodes}.")
@@ -155,38 +172,49 @@ def run_rollout(
     width, height = (int(v) for v in size)
     if width < 1 or height < 1:
         raise RQLError(f"--size must be positive, got {width}x{height}.")
-    video_path = Path(out if out is not None else "rollout.mp4").expanduser() if render else None
-    if video_path is not None:
-        rendering.check_video_path(video_path, width, height)
+    if not render:
+        return None
+    video_path = Path(out if out is not None else "rollout.mp4").expanduser()
+    rendering.check_video_path(video_path, width, height)
+    return video_path
 
-    folder = resolve_checkpoint(ref, best=best)
-    torch_device = resolve_device(device)
-    agent, meta = load_agent(folder, torch_device)
-    parsed = parse_task_name(meta.env_id)
-    task_number = parsed.resolve_task(task)
+
+def _open_env(
+    loaded: Any, task: int | None, seed: int, fps: float, render: bool, size: tuple[int, int],
+    max_episode_steps: int | None, fast_render: bool,
+) -> tuple[Any, RolloutReport]:
+    """The env for the checkpoint's task (rendering or not), checked against its dims, and an empty report."""
+    from rql_cli.envs import render as rendering
+    from rql_cli.envs.make import check_env_fits, episode_limit, make_eval_env
+
+    meta = loaded.meta
+    task_name = meta.task_name
+    task_number = task_name.resolve_task(task)
+    width, height = (int(v) for v in size)
     if render:
-        env = rendering.make_render_env(
-            meta.env_id, task_number, width, height, max_episode_steps,
-            quality=rendering.FAST if fast_render else None,
-        )
+        quality = rendering.FAST if fast_render else None
+        env = rendering.make_render_env(task_name, task_number, width, height, max_episode_steps, quality=quality)
     else:
-        env = make_eval_env(meta.env_id, task_number, max_episode_steps=max_episode_steps)
+        env = make_eval_env(task_name, task_number, max_episode_steps=max_episode_steps)
     try:
-        check_dims_against_env(meta, meta.env_id, task_number, env=env)
-        report = RolloutReport(
-            checkpoint=str(folder), dataset=meta.dataset, env_id=parsed.env_id(task_number),
-            task=task_number, step=meta.step, device=str(torch_device), seed=seed,
-            max_episode_steps=int(max_episode_steps or episode_limit(meta.env_id)), fps=fps,
-        )
-        # The same generator seed as evaluate_checkpoint's first task: identical flow noise.
-        policy = chunk_policy(agent, make_generator(torch_device, seed * 1000))
-        if video_path is None:
-            _run_episodes(report, env, policy, episodes, on_episode=on_episode)
-        else:
-            _film_episodes(report, env, policy, episodes, video_path, on_frame, on_episode)
-    finally:
+        check_env_fits(env.observation_space, env.action_space, meta.obs_dim, meta.action_dim, meta.env_id)
+    except Exception:
         env.close()
-    return report
+        raise
+    report = RolloutReport(
+        checkpoint=str(loaded.folder), dataset=meta.dataset, env_id=task_name.env_id(task_number),
+        task=task_number, step=meta.step, device=str(loaded.agent.device), seed=seed,
+        max_episode_steps=int(max_episode_steps or episode_limit(task_name)), fps=fps,
+    )
+    return env, report
+
+
+def _policy(loaded: Any, seed: int) -> Any:
+    """The EMA policy with the same generator seed as ``evaluate_checkpoint``'s first task."""
+    from rql_cli.device import make_generator
+    from rql_cli.envs.policy import chunk_policy
+
+    return chunk_policy(loaded.agent, make_generator(loaded.agent.device, seed * 1000))
 
 
 def _run_episodes(
@@ -248,28 +276,31 @@ def _film_episodes(
 
 
 def render_video_for_push(
-    checkpoint_folder: Path, out_path: Path, *, max_episode_steps: int | None = None
+    checkpoint: LoadedCheckpoint | Path, out_path: Path, *, max_episode_steps: int | None = None
 ) -> Path:
-    """Film one episode of a checkpoint at the default settings into ``out_path``; returns it.
+    """Film one episode of a checkpoint (loaded, or its folder) at the default settings into ``out_path``.
 
-    For ``rql push --video``. If this process already imported mujoco without choosing a GL
-    backend (glfw, which fails without a display), rendering happens in a fresh child process,
-    which picks EGL; otherwise here.
+    For ``rql push --video``; returns the video's path. If this process already imported mujoco
+    without choosing a GL backend (glfw, which fails without a display), rendering happens in a
+    fresh child process, which picks EGL and loads the (local) checkpoint folder itself; otherwise
+    here, with the agent already loaded.
     """
     out_path = Path(out_path)
+    folder = checkpoint.folder if isinstance(checkpoint, LoadedCheckpoint) else Path(checkpoint)
     if _gl_backend_settled_without_display():
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(_render_one_episode, Path(checkpoint_folder), out_path, max_episode_steps).result()
-    return _render_one_episode(Path(checkpoint_folder), out_path, max_episode_steps)
+            return pool.submit(_render_one_episode, str(folder), out_path, max_episode_steps).result()
+    in_process = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else str(folder)
+    return _render_one_episode(in_process, out_path, max_episode_steps)
 
 
-def _render_one_episode(checkpoint_folder: Path, out_path: Path, max_episode_steps: int | None) -> Path:
-    report = run_rollout(
-        str(checkpoint_folder), episodes=1, render=True, out=out_path, max_episode_steps=max_episode_steps
-    )
+def _render_one_episode(
+    checkpoint: str | LoadedCheckpoint, out_path: Path, max_episode_steps: int | None
+) -> Path:
+    report = run_rollout(checkpoint, episodes=1, render=True, out=out_path, max_episode_steps=max_episode_steps)
     return Path(report.video)
 
 

@@ -1,103 +1,114 @@
-"""The training loop: data, agent, periodic evaluation and checkpoints, tied together.
+"""Offline training: sample, update, log, evaluate, save, stop, until ``config.steps``.
 
-It reports through a ``TrainObserver`` so the CLI can draw progress and tests can read it; it
-never prints. Ctrl-C / SIGTERM save a checkpoint at the current step; ``resume`` continues
-bit-for-bit on CPU (batches and flow noise come from generators saved in the train state).
+It reports through a ``TrainObserver`` so the CLI can draw progress and tests can read it; it never
+prints. Ctrl-C / SIGTERM save a checkpoint at the current step; ``resume`` continues bit-for-bit on
+CPU (batches and flow noise come from generators saved in the train state).
 """
 
 from __future__ import annotations
 
-import shlex
-import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from rql_cli.config import RQLConfig
-from rql_cli.errors import NonFiniteLossError, RQLError
+from rql_cli.data.sources import DataSpec
+from rql_cli.errors import RQLError
 from rql_cli.io import run_files
-from rql_cli.io.checkpoint import (
-    CheckpointMeta,
-    load_train_state_into,
-    load_weights_into,
-    read_meta,
-    save_checkpoint,
-    software_versions,
-)
+from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint
+from rql_cli.io.metrics import EvaluationReport
+from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, is_due, resume_command
 
-LOSS_TERMS = ("value", "bc", "policy", "total")  # checked in this order: name the first bad term
-METRIC_COLUMNS = ["step", *LOSS_TERMS, "value_mean", "target_mean", "steps_per_second", "wall_time"]
+__all__ = ["DataSpec", "TrainObserver", "TrainOutcome", "train"]
+
+METRIC_COLUMNS = ["step", *LOGGED_TERMS, "steps_per_second", "wall_time"]
 EVAL_COLUMNS = [
     "step", "success_rate", "success_low", "success_high", "mean_return", "episodes", "wall_time",
 ]
 
 
-@dataclass
-class DataSpec:
-    """Which dataset a run trains on and where its files are."""
-
-    name: str
-    dataset_dir: str | None = None
-    dataset_path: str | None = None
-    task: int | None = None
-
-
 class TrainObserver:
     """Hooks the loop calls; the defaults do nothing. Override what you want to see."""
 
-    def on_start(self, info: dict[str, Any]) -> None: ...
-    def on_log(self, step: int, metrics: dict[str, float]) -> None: ...
-    def on_eval_start(self, step: int, episodes: int) -> None: ...
-    def on_eval_episode(self, done: int, total: int, success_rate: float) -> None: ...
-    def on_eval(self, step: int, result: dict[str, Any]) -> None: ...
-    def on_checkpoint(self, step: int, path: Path) -> None: ...
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Once, before the first step: run_dir, device, start_step, steps, dataset stats, env_id."""
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Every log_interval steps: mean losses of the window, steps_per_second, wall_time (s)."""
+
+    def on_eval_start(self, step: int, episodes: int) -> None:
+        """Before a periodic evaluation of ``episodes`` episodes."""
+
+    def on_eval_episode(self, done: int, total: int, success_rate: float) -> None:
+        """After each evaluation episode: running success rate in [0, 1]."""
+
+    def on_eval(self, step: int, result: dict[str, Any]) -> None:
+        """After a periodic evaluation: ``EvalResult.to_dict()``."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """After a checkpoint folder was written."""
 
 
 @dataclass
 class TrainOutcome:
+    """How a call to ``train`` ended.
+
+    Attributes:
+        run_dir: the run folder.
+        step: gradient steps done.
+        last_checkpoint: the newest checkpoint folder written (or resumed from), None if none.
+        interrupted: stopped by Ctrl-C / SIGTERM (a checkpoint of this step was saved).
+        last_eval: the last periodic evaluation (``EvalResult.to_dict()``), None if none ran.
+        resume_command: the command that continues the run, when interrupted.
+    """
+
     run_dir: Path
     step: int
     last_checkpoint: Path | None
     interrupted: bool = False
     last_eval: dict[str, Any] | None = None
     resume_command: str | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
-class _StopRequest:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps. A second signal stops at once."""
+@dataclass
+class _Session:
+    """Everything one training run holds while it runs."""
 
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
+    config: RQLConfig
+    run_dir: Path
+    agent: Any
+    sampler: Any
+    meta: CheckpointMeta
+    generators: dict[str, torch.Generator]
+    data_device: torch.device
+    metrics_log: run_files.CsvLog
+    eval_log: run_files.CsvLog
+    dataset_stats: dict[str, Any]
+    last_checkpoint: Path | None = None
+    started: float = field(default_factory=time.perf_counter)
 
-    def __call__(self, signum: int, _frame: Any) -> None:
-        if self.signal_name is not None:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+    def sample(self) -> Any:
+        """One batch of chunk windows on the training device."""
+        batch = self.sampler.sample(self.config.batch_size, self.generators["sample"])
+        return batch if self.data_device == self.agent.device else batch.to(self.agent.device)
 
+    def save(self, observer: TrainObserver, report: EvaluationReport | None = None) -> Path:
+        """A checkpoint of the current step with its train state (and evaluation, if given)."""
+        self.meta.step = self.agent.step
+        path = save_checkpoint(
+            run_files.checkpoint_dir(self.run_dir, self.agent.step), self.agent, self.meta,
+            generators=self.generators, metrics=report,
+        )
+        self.last_checkpoint = path
+        observer.on_checkpoint(self.agent.step, path)
+        return path
 
-@contextmanager
-def _catch_stop_signals() -> Iterator[_StopRequest]:
-    request = _StopRequest()
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, request)
-    except ValueError:  # not the main thread: the caller handles interruption
-        previous = {}
-    try:
-        yield request
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def resume_command(run_dir: Path) -> str:
-    return f"rql train --resume {shlex.quote(str(run_dir))}"
+    def wall_time(self) -> float:
+        """Seconds since this session started."""
+        return time.perf_counter() - self.started
 
 
 def train(
@@ -113,177 +124,72 @@ def train(
     With ``resume`` the run folder's latest checkpoint with a train state is loaded and training
     continues from its step; rows logged after that step are dropped from the CSV logs.
     """
-    from rql_cli.core.device import make_generator, resolve_device
-    from rql_cli.core.rql import RQLAgent
-    from rql_cli.data.dataset import ChunkSampler
-    from rql_cli.data.sources import load_ogbench
-
     observer = observer or TrainObserver()
-    run_dir = Path(run_dir)
-    device = resolve_device(config.device)
-    data_device = device if config.dataset_on_device else torch.device("cpu")
-    torch.manual_seed(config.seed)  # network initialisation
-
-    loaded = load_ogbench(
-        data.name,
-        task=data.task,
-        dataset_dir=Path(data.dataset_dir) if data.dataset_dir else None,
-        dataset_path=Path(data.dataset_path) if data.dataset_path else None,
-        sparse_rewards=config.sparse_rewards,
-        device=data_device,
-        with_val=False,
-    )
-    dataset = loaded.train
-    sampler = ChunkSampler(dataset, config.horizon)
-    agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)
-    generators = {
-        "sample": make_generator(data_device, config.seed),
-        "noise": make_generator(device, config.seed + 1),
-    }
-    meta = CheckpointMeta(
-        config=config,
-        dataset=data.name,
-        env_id=loaded.env_id,
-        obs_dim=dataset.obs_dim,
-        action_dim=dataset.action_dim,
-        step=0,
-        versions=software_versions(),
-        success_timing=_success_timing(loaded.env_id),
-    )
-
-    metrics_log = run_files.CsvLog(_ensure_dir(run_dir) / "metrics.csv", METRIC_COLUMNS)
-    eval_log = run_files.CsvLog(run_dir / "eval.csv", EVAL_COLUMNS)
-    last_checkpoint: Path | None = None
-    if resume:
-        last_checkpoint = _resume_from(run_dir, agent, generators)
-        metrics_log.truncate_after(agent.step)
-        eval_log.truncate_after(agent.step)
-    run_files.write_run_record(
-        run_dir,
-        dict(
-            format_version=1,
-            dataset=data.name,
-            data=dict(
-                dataset_dir=data.dataset_dir, dataset_path=data.dataset_path, task=data.task
-            ),
-            env_id=loaded.env_id,
-            obs_dim=dataset.obs_dim,
-            action_dim=dataset.action_dim,
-            versions=meta.versions,
-            config=config.to_dict(),
-        ),
-    )
-    observer.on_start(
-        dict(
-            run_dir=str(run_dir), device=str(device), start_step=agent.step, steps=config.steps,
-            dataset=dataset.statistics(), env_id=loaded.env_id,
-            parameters=sum(p.numel() for p in agent.parameters()) // 2,  # online networks only
-        )
-    )
-
-    def checkpoint(metrics: dict[str, Any] | None = None) -> Path:
-        meta.step = agent.step
-        path = save_checkpoint(
-            run_files.checkpoint_dir(run_dir, agent.step), agent, meta,
-            generators=generators, metrics=metrics,
-        )
-        observer.on_checkpoint(agent.step, path)
-        return path
-
-    outcome = TrainOutcome(run_dir=run_dir, step=agent.step, last_checkpoint=last_checkpoint)
-    pending: list[torch.Tensor] = []
-    window_start, wall_start = time.perf_counter(), time.perf_counter()
-    with _catch_stop_signals() as stop:
+    session = _open_session(config, data, Path(run_dir), resume)
+    agent = session.agent
+    observer.on_start(_start_info(session))
+    outcome = TrainOutcome(run_dir=session.run_dir, step=agent.step, last_checkpoint=session.last_checkpoint)
+    window = LossWindow()
+    with StopSignals() as stop:
         while agent.step < config.steps:
-            batch = sampler.sample(config.batch_size, generators["sample"])
-            if data_device != device:
-                batch = _to_device(batch, device)
-            metrics = agent.update(batch, generators["noise"])
-            pending.append(torch.stack([metrics[k] for k in (*LOSS_TERMS, "value_mean", "target_mean")]))
+            window.add(agent.update(session.sample(), session.generators["noise"]))
             step = agent.step
-            log_due = step % config.log_interval == 0 or step == config.steps
-            eval_due = _due(step, config.eval_interval, config.steps)
+            log_due = is_due(step, config.log_interval, config.steps)
+            eval_due = is_due(step, config.eval_interval, config.steps)
             save_due = config.save_interval > 0 and step % config.save_interval == 0
-            if log_due or eval_due or save_due or stop.signal_name:
-                rows = torch.stack(pending).double().cpu()
-                _check_finite(rows, step - len(pending) + 1, last_checkpoint)
-                pending.clear()
-                if log_due:
-                    now = time.perf_counter()
-                    mean = rows.mean(dim=0).tolist()
-                    row = dict(zip((*LOSS_TERMS, "value_mean", "target_mean"), mean))
-                    row.update(
-                        step=step,
-                        steps_per_second=len(rows) / max(now - window_start, 1e-9),
-                        wall_time=now - wall_start,
-                    )
-                    window_start = now
-                    metrics_log.append(row)
-                    outcome.history.append(row)
-                    observer.on_log(step, row)
+            if log_due or eval_due or save_due or stop.requested:
+                row = window.flush(step, session.last_checkpoint)  # raises on a NaN loss
+                if log_due and row is not None:
+                    _log(session, row, observer)
             if eval_due:
-                result = None
-                if config.eval_episodes > 0:
-                    try:
-                        result = _evaluate(agent, loaded.env_id, config, observer)
-                    except Exception:
-                        # Ctrl-C also reaches evaluation worker processes, which then fail; the
-                        # checkpoint below matters more than this evaluation.
-                        if not stop.signal_name:
-                            raise
-                    if result is not None:
-                        eval_log.append(_eval_row(step, result, time.perf_counter() - wall_start))
-                        outcome.last_eval = result
-                        observer.on_eval(step, result)
-                last_checkpoint = checkpoint(metrics=result)
-                run_files.plot_curves(run_dir, metrics_log.read(), eval_log.read())
-            elif save_due:
-                last_checkpoint = checkpoint()
-            if stop.signal_name:
-                if not eval_due and not save_due:
-                    last_checkpoint = checkpoint()
-                outcome.interrupted = True
-                outcome.resume_command = resume_command(run_dir)
+                outcome.last_eval = _evaluate_and_save(session, observer, stop) or outcome.last_eval
+            elif save_due or stop.requested:
+                session.save(observer)
+            if stop.requested:
+                outcome.interrupted, outcome.resume_command = True, resume_command(session.run_dir)
                 break
-    outcome.step = agent.step
-    outcome.last_checkpoint = last_checkpoint
+    outcome.step, outcome.last_checkpoint = agent.step, session.last_checkpoint
     return outcome
 
 
-def _due(step: int, interval: int, total: int) -> bool:
-    return step == total or (interval > 0 and step % interval == 0)
-
-
-def _check_finite(rows: torch.Tensor, first_step: int, last_checkpoint: Path | None) -> None:
-    """rows: (n, terms) losses of consecutive steps; raise naming the first bad step and term."""
-    bad = ~torch.isfinite(rows)
-    if bad.any():
-        index, term = (int(i) for i in torch.nonzero(bad)[0])
-        names = (*LOSS_TERMS, "value_mean", "target_mean")
-        raise NonFiniteLossError(
-            first_step + index, names[term], float(rows[index, term]), last_checkpoint
-        )
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    from dataclasses import fields, replace
-
-    return replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in fields(batch)})
-
-
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _success_timing(env_id: str) -> str:
+def _open_session(config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool) -> _Session:
+    """Load the data, build (or restore) the agent and its generators, and open the run's files."""
+    from rql_cli.core.rql import RQLAgent
+    from rql_cli.data.dataset import ChunkSampler
+    from rql_cli.device import make_generator, resolve_device
     from rql_cli.envs.make import success_timing
+    from rql_cli.io.checkpoint import software_versions
 
-    return success_timing(env_id)
+    device = resolve_device(config.device)
+    data_device = device if config.dataset_on_device else torch.device("cpu")
+    torch.manual_seed(config.seed)  # network initialisation
+    loaded = data.load(sparse_rewards=config.sparse_rewards, device=data_device, with_val=False)
+    dataset = loaded.train
+    agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)
+    meta = CheckpointMeta(
+        config=config, dataset=data.name, env_id=loaded.env_id, obs_dim=dataset.obs_dim,
+        action_dim=dataset.action_dim, step=0, versions=software_versions(),
+        success_timing=success_timing(loaded.env_id),
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    session = _Session(
+        config=config, run_dir=run_dir, agent=agent, sampler=ChunkSampler(dataset, config.horizon),
+        meta=meta, data_device=data_device, dataset_stats=dataset.statistics(),
+        generators={"sample": make_generator(data_device, config.seed), "noise": make_generator(device, config.seed + 1)},
+        metrics_log=run_files.CsvLog(run_dir / "metrics.csv", METRIC_COLUMNS),
+        eval_log=run_files.CsvLog(run_dir / "eval.csv", EVAL_COLUMNS),
+    )
+    if resume:
+        session.last_checkpoint = _restore(session)
+    _write_record(session, data, resume)
+    return session
 
 
-def _resume_from(run_dir: Path, agent: Any, generators: dict[str, torch.Generator]) -> Path:
-    """Load the latest checkpoint of ``run_dir`` that has a train state; returns its folder."""
+def _restore(session: _Session) -> Path:
+    """Load the run's latest checkpoint that has a train state; drop log rows past its step."""
+    from rql_cli.io.checkpoint import load_train_state_into, load_weights_into, read_meta
+
+    agent, run_dir = session.agent, session.run_dir
     candidates = [p for p in run_files.list_checkpoints(run_dir) if (p / "train_state.safetensors").is_file()]
     if not candidates:
         raise RQLError(f"{run_dir} has no checkpoint with a training state to resume from.")
@@ -295,27 +201,84 @@ def _resume_from(run_dir: Path, agent: Any, generators: dict[str, torch.Generato
             f"but the dataset has obs_dim {agent.obs_dim} and action_dim {agent.action_dim}."
         )
     load_weights_into(agent, latest)
-    load_train_state_into(agent, latest, generators)
+    load_train_state_into(agent, latest, session.generators)
+    session.metrics_log.truncate_after(agent.step)
+    session.eval_log.truncate_after(agent.step)
     return latest
 
 
-def _evaluate(agent: Any, env_id: str, config: RQLConfig, observer: TrainObserver) -> dict[str, Any]:
-    from rql_cli.core.device import make_generator
+def _write_record(session: _Session, data: DataSpec, resume: bool) -> None:
+    """Write train_config.json; on resume keep its history and add what changed at which step."""
+    meta, config = session.meta, session.config
+    record = run_files.RunRecord(
+        dataset=data.name, data=data.location(), env_id=meta.env_id, obs_dim=meta.obs_dim,
+        action_dim=meta.action_dim, config=config, versions=meta.versions,
+    )
+    event: dict[str, Any] = {"step": session.agent.step, "event": "resume" if resume else "start"}
+    if resume:
+        previous = run_files.read_run_record(session.run_dir)
+        record.parent, record.history = previous.parent, previous.history
+        old, new = previous.config.to_dict(), config.to_dict()
+        event["changes"] = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
+    record.history = [*record.history, event]
+    run_files.write_run_record(session.run_dir, record)
+
+
+def _start_info(session: _Session) -> dict[str, Any]:
+    agent = session.agent
+    return dict(
+        run_dir=str(session.run_dir), device=str(agent.device), start_step=agent.step,
+        steps=session.config.steps, dataset=session.dataset_stats, env_id=session.meta.env_id,
+        parameters=sum(p.numel() for p in agent.parameters()) // 2,  # online networks only
+    )
+
+
+def _log(session: _Session, row: dict[str, float], observer: TrainObserver) -> None:
+    row = {**row, "wall_time": session.wall_time()}
+    session.metrics_log.append(row)
+    observer.on_log(int(row["step"]), row)
+
+
+def _evaluate_and_save(session: _Session, observer: TrainObserver, stop: StopSignals) -> dict[str, Any] | None:
+    """Evaluate (when episodes are asked for), then save the checkpoint whatever the evaluation did.
+
+    An evaluation broken by Ctrl-C (the signal also reaches its worker processes) is dropped: the
+    checkpoint of this step matters more.
+    """
+    config, agent = session.config, session.agent
+    result = None
+    if config.eval_episodes > 0:
+        try:
+            result = _evaluate(session, observer)
+        except Exception:
+            if not stop.requested:
+                raise
+    report = None
+    if result is not None:
+        session.eval_log.append(_eval_row(agent.step, result, session.wall_time()))
+        observer.on_eval(agent.step, result)
+        report = EvaluationReport(
+            checkpoint=str(run_files.checkpoint_dir(session.run_dir, agent.step)),
+            dataset=session.meta.dataset, step=agent.step, device=str(agent.device), tasks=[result],
+        )
+    session.save(observer, report)
+    run_files.plot_curves(session.run_dir, session.metrics_log.read(), session.eval_log.read())
+    return result
+
+
+def _evaluate(session: _Session, observer: TrainObserver) -> dict[str, Any]:
+    from rql_cli.device import make_generator
     from rql_cli.envs.evaluate import evaluate
     from rql_cli.envs.policy import chunk_policy
 
+    config, agent = session.config, session.agent
     # Evaluation draws its flow noise from its own generator, so it never shifts the training
     # stream: a run with and without evaluations trains the same weights.
     generator = make_generator(agent.device, config.seed + 7919 * (agent.step + 1))
     observer.on_eval_start(agent.step, config.eval_episodes)
     result = evaluate(
-        chunk_policy(agent, generator),
-        env_id,
-        None,
-        episodes=config.eval_episodes,
-        num_envs=config.eval_envs,
-        seed=config.seed,
-        on_episode=observer.on_eval_episode,
+        chunk_policy(agent, generator), session.meta.env_id, None, episodes=config.eval_episodes,
+        num_envs=config.eval_envs, seed=config.seed, on_episode=observer.on_eval_episode,
     )
     return result.to_dict()
 

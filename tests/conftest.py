@@ -35,3 +35,12 @@ def tiny_run_dir(tiny_dataset_dir, tmp_path_factory) -> Path:
     )
     train(config, DataSpec(name=TINY_NAME, dataset_dir=str(tiny_dataset_dir)), run)
     return run
+
+
+@pytest.fixture
+def hub():
+    """A local Hub-API server on 127.0.0.1 (tests/hub_server.py), stopped after the test."""
+    from hub_server import HubServer
+
+    with HubServer() as server:
+        yield server

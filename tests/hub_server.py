@@ -25,12 +25,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -447,3 +449,16 @@ class HubServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def hub_env(hub: HubServer, home: Path, *, token: str | None = None, offline: bool = False) -> dict[str, str]:
+    """The environment for an unmodified huggingface_hub client pointed at ``hub``, caching under ``home``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+               RQL_CHECKPOINTS=str(home / "no-bundled-checkpoints"))
+    if token:
+        env["HF_TOKEN"] = token
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env

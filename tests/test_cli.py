@@ -185,3 +185,27 @@ def test_list_shows_presets_and_generatable_datasets():
 def test_placeholder_commands_say_they_are_not_available(tmp_path):
     result = run("finetune", "--checkpoint", str(tmp_path))
     assert_clean_error(result, "not available in this release yet")
+
+
+def test_run_flags_are_made_from_the_config_and_official_names_work_in_set(tiny_dataset_dir, tmp_path):
+    from rql_cli.config import FIELD_HELP
+
+    help_text = " ".join(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output.split())
+    for flag in ("--steps", "--eval-interval", "--eval-every", "--eval-episodes", "--eval-envs", "--seed", "--device"):
+        assert flag in help_text, flag
+    assert FIELD_HELP["eval_interval"].split("(")[0].strip() in help_text
+    assert "official name: ensemble_ct" in help_text
+
+    out = tmp_path / "run"
+    result = run(
+        "train", "--dataset", "cube-single-play-v0", "--dataset-dir", str(tiny_dataset_dir), "--steps", "2",
+        "--eval-every", "1", "--eval-episodes", "0", "--out", str(out), *SMALL, "--set", "h=2", "--set", "ema=0.9",
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "checkpoints" / "step_00000002" / "config.json").read_text())["config"]
+    assert (config["horizon"], config["actor_ema"], config["eval_interval"]) == (2, 0.9, 1)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+
+
+def test_eval_task_all_runs_every_task_and_a_bad_task_is_refused(tiny_run_dir):
+    assert_clean_error(run("eval", "--checkpoint", str(tiny_run_dir), "--task", "7"), "--task expects a number 1-5")

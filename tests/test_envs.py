@@ -1,4 +1,4 @@
-"""Environments and evaluation: name parsing, intervals, chunked vectorised evaluation on real OGBench."""
+"""Environments and evaluation: versions, intervals, chunked vectorised evaluation on real OGBench."""
 
 from __future__ import annotations
 
@@ -12,91 +12,17 @@ import numpy as np
 import pytest
 
 from rql_cli.envs import evaluate as evaluate_module
-from rql_cli.envs.evaluate import evaluate, mean_interval, wilson_interval
-from rql_cli.envs.make import env_versions, known_dataset_names, make_eval_env, parse_task_name
-from rql_cli.errors import RQLError, UnknownNameError
+from rql_cli.envs.evaluate import evaluate, mean_interval, run_episode, wilson_interval
+from rql_cli.envs.make import check_env_fits, env_versions, make_eval_env
+from rql_cli.errors import CheckpointError, RQLError
+from rql_cli.names import parse_task_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CUBE = "cube-single-play-v0"
 OBS_DIM, ACTION_DIM = 28, 5
 
 
-# ----------------------------------------------------------------------------- names
-
-
-@pytest.mark.parametrize(
-    "name, task, env_id",
-    [
-        ("cube-single-play-v0", None, "cube-single-play-singletask-v0"),
-        ("cube-single-play-singletask-v0", None, "cube-single-play-singletask-v0"),
-        ("cube-single-play-singletask-task3-v0", 3, "cube-single-play-singletask-task3-v0"),
-    ],
-)
-def test_parse_accepts_dataset_and_singletask_names(name, task, env_id):
-    parsed = parse_task_name(name)
-    assert parsed.dataset_name == "cube-single-play-v0"
-    assert parsed.task == task
-    assert parsed.env_id() == env_id
-    assert parsed.env_id(4) == "cube-single-play-singletask-task4-v0"
-    assert parsed.gym_id(4) == "cube-single-singletask-task4-v0"
-
-
-@pytest.mark.parametrize(
-    "name, default_task",
-    [
-        ("cube-double-play-v0", 2),
-        ("scene-noisy-v0", 2),
-        ("puzzle-3x3-play-v0", 4),
-        ("puzzle-4x4-play-v0", 4),
-        ("antmaze-large-navigate-v0", 1),
-        ("humanoidmaze-medium-stitch-v0", 1),
-        ("antsoccer-arena-navigate-v0", 4),
-    ],
-)
-def test_default_task_per_family(name, default_task):
-    parsed = parse_task_name(name)
-    assert parsed.default_task == default_task
-    assert parsed.resolve_task() == default_task
-
-
-def test_explicit_task_wins_over_the_task_in_the_name():
-    parsed = parse_task_name("scene-play-singletask-task5-v0")
-    assert parsed.resolve_task() == 5
-    assert parsed.resolve_task(1) == 1
-
-
-def test_unknown_name_suggests_the_closest_and_how_to_list():
-    with pytest.raises(UnknownNameError) as caught:
-        parse_task_name("cube-singel-play-v0")
-    message = str(caught.value)
-    assert "'cube-single-play-v0'" in message
-    assert "rql list" in message
-    with pytest.raises(UnknownNameError, match="cube-double-play-v0"):
-        parse_task_name("cube-duoble-play-singletask-task2-v0")
-
-
-@pytest.mark.parametrize("name", ["hopper-medium-v2", "cube-single-v0", "cube-single-navigate-v0", ""])
-def test_names_that_are_not_ogbench_datasets_are_rejected(name):
-    with pytest.raises(UnknownNameError):
-        parse_task_name(name)
-
-
-@pytest.mark.parametrize("task", [0, 6])
-def test_task_outside_one_to_five_is_rejected(task):
-    with pytest.raises(RQLError, match="tasks 1 to 5"):
-        parse_task_name("cube-single-play-v0").resolve_task(task)
-    with pytest.raises(RQLError, match="tasks 1 to 5"):
-        parse_task_name(f"cube-single-play-singletask-task{task}-v0")
-
-
-def test_every_known_name_is_registered_by_ogbench():
-    import gymnasium
-    import ogbench  # noqa: F401
-
-    for name in known_dataset_names():
-        parsed = parse_task_name(name)
-        for task in (None, 1, 5):
-            assert parsed.gym_id(task) in gymnasium.registry, parsed.gym_id(task)
+# ----------------------------------------------------------------------------- versions
 
 
 def test_env_versions_record_ogbench_and_success_timing():
@@ -227,6 +153,63 @@ def test_result_serialises_to_json():
     assert data["episodes"] == 2 and data["seeds"] == [0, 1]
     assert data["success_ci95"] == pytest.approx([0.0, 0.65762], abs=1e-5)
     assert data["ogbench_version"] == env_versions()["ogbench"]
+
+
+def test_run_episode_plays_the_episodes_evaluate_plays_with_one_env():
+    steps, horizon = 9, 4
+    evaluated = evaluate(RecordingPolicy(horizon), CUBE, episodes=2, num_envs=1, seed=5, max_episode_steps=steps)
+    env = make_eval_env(CUBE, evaluated.task, max_episode_steps=steps)
+    try:
+        policy = RecordingPolicy(horizon)
+        outcomes = [run_episode(env, policy, seed) for seed in evaluated.seeds]
+    finally:
+        env.close()
+    assert [o.length for o in outcomes] == evaluated.lengths
+    assert [o.episode_return for o in outcomes] == evaluated.returns
+    assert [o.success for o in outcomes] == evaluated.successes
+    assert policy.rows == evaluated.policy_rows == 2 * math.ceil(steps / horizon)
+
+
+def test_a_task_name_and_its_parsed_form_evaluate_alike():
+    by_text = evaluate(RecordingPolicy(3), "cube-single-play-singletask-task4-v0", episodes=1, num_envs=1,
+                       max_episode_steps=4)  # fmt: skip
+    parsed = parse_task_name("cube-single-play-singletask-task4-v0")
+    by_parsed = evaluate(RecordingPolicy(3), parsed, episodes=1, num_envs=1, max_episode_steps=4)
+    assert by_parsed.to_dict().keys() == by_text.to_dict().keys()
+    assert (by_parsed.env_id, by_parsed.returns) == (by_text.env_id, by_text.returns)
+    assert by_parsed.dataset_name == "cube-single-play-v0" and by_parsed.task == 4
+
+
+# ----------------------------------------------------------------------------- checkpoint fit
+
+
+def test_check_env_fits_names_both_sizes():
+    import gymnasium
+
+    observations = gymnasium.spaces.Box(-1.0, 1.0, (OBS_DIM,))
+    actions = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,))
+    check_env_fits(observations, actions, OBS_DIM, ACTION_DIM, CUBE)
+    with pytest.raises(CheckpointError) as caught:
+        check_env_fits(observations, actions, 40, ACTION_DIM, CUBE)
+    assert str(caught.value) == (
+        f"The checkpoint does not fit {CUBE}: the checkpoint expects observations of size 40 and actions "
+        f"of size {ACTION_DIM}; the environment gives observations of size {OBS_DIM} and actions of size "
+        f"{ACTION_DIM}."
+    )
+
+
+def test_evaluate_refuses_a_misfit_before_any_policy_call_and_leaves_no_workers():
+    import multiprocessing
+
+    def policy(obs):
+        raise AssertionError("the policy must not be called when the sizes do not fit")
+
+    with pytest.raises(CheckpointError, match=f"does not fit {CUBE}: .* observations of size 40"):
+        evaluate(policy, CUBE, episodes=2, num_envs=2, expected_dims=(40, ACTION_DIM))
+    assert multiprocessing.active_children() == []
+    fits = evaluate(RecordingPolicy(2), CUBE, episodes=1, num_envs=1, max_episode_steps=2,
+                    expected_dims=(OBS_DIM, ACTION_DIM))  # fmt: skip
+    assert fits.episodes == 1
 
 
 # ----------------------------------------------------------------------------- evaluation, scripted env

@@ -231,6 +231,27 @@ def test_table_covers_the_official_manipulation_sets():
     assert GENERATABLE["puzzle-4x4-noisy-v0"].p_random_action == 0.2
 
 
+def test_table_has_both_dataset_types_of_every_manipulation_family():
+    families = ["cube-single", "cube-double", "cube-triple", "cube-quadruple", "scene",
+                "puzzle-3x3", "puzzle-4x4", "puzzle-4x5", "puzzle-4x6"]  # fmt: skip
+    assert sorted(GENERATABLE) == sorted(f"{family}-{kind}-v0" for family in families for kind in ("play", "noisy"))
+    for family in families:
+        play, noisy = GENERATABLE[f"{family}-play-v0"], GENERATABLE[f"{family}-noisy-v0"]
+        assert play.env_id == noisy.env_id == f"{family}-v0"
+        assert (play.oracle, play.p_random_action) == ("plan", 0.0)
+        assert noisy.oracle == "markov" and noisy.p_random_action == (0.2 if family.startswith("puzzle") else 0.1)
+        assert (play.num_episodes, play.p_stack) == (noisy.num_episodes, noisy.p_stack)
+    assert GENERATABLE["cube-quadruple-noisy-v0"].num_episodes == 5000
+    assert GENERATABLE["cube-triple-play-v0"].p_stack == (0.05, 0.35)
+
+
+def test_a_task_name_is_answered_with_its_dataset_file(tmp_path):
+    with pytest.raises(UnknownNameError, match="its dataset file is 'scene-noisy-v0'"):
+        generate_dataset("scene-noisy-singletask-v0", tmp_path, **SMALL)
+    with pytest.raises(UnknownNameError, match="Cannot generate dataset 'antmaze-large-navigate-singletask-v0'"):
+        generate_dataset("antmaze-large-navigate-singletask-v0", tmp_path, **SMALL)
+
+
 def test_scene_rows_carry_integer_button_states_the_loader_accepts(tmp_path):
     import ogbench
 

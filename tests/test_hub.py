@@ -9,7 +9,6 @@ tests because each subprocess pays about three seconds of imports.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,16 +18,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hub_server import HubServer  # tests/ is on sys.path under pytest
+from hub_server import hub_env  # tests/ is on sys.path under pytest
 
 PUBLISHED = ("config.json", "velocity.safetensors", "value.safetensors")
 SECRET = "hf_wrong_secret_value_123"
-
-
-@pytest.fixture
-def hub():
-    with HubServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -37,18 +30,6 @@ def checkpoint(tiny_run_dir, tmp_path) -> Path:
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_run_dir / "checkpoints" / "step_00000002", folder)
     return folder
-
-
-def hub_env(hub: HubServer, home: Path, *, token: str | None = None, offline: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
-               RQL_CHECKPOINTS=str(home / "no-bundled-checkpoints"))
-    if token:
-        env["HF_TOKEN"] = token
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
-    return env
 
 
 def rql(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -193,74 +174,59 @@ def test_pull_of_an_unknown_repo_names_it(hub, tmp_path):
                        "No model repo 'alice/does-not-exist'", hub.url)
 
 
-def _make_checkpoint(folder: Path, source: Path) -> Path:
-    shutil.copytree(source, folder)
-    return folder
+COUNTING_RUNNER = """
+import atexit, json, sys
+import ogbench
+import rql_cli.io.checkpoint as checkpoint
+
+counts = {"weight_loads": 0, "envs_built": 0}
+real_load, real_make = checkpoint.load_weights_into, ogbench.make_env_and_datasets
+
+def counting_load(*args, **kwargs):
+    counts["weight_loads"] += 1
+    return real_load(*args, **kwargs)
+
+def counting_make(*args, **kwargs):
+    counts["envs_built"] += 1
+    return real_make(*args, **kwargs)
+
+checkpoint.load_weights_into, ogbench.make_env_and_datasets = counting_load, counting_make
+atexit.register(lambda: print("COUNTS " + json.dumps(counts)))
+from rql_cli.cli.app import main
+sys.argv = ["rql", *sys.argv[1:]]
+main()
+"""
 
 
-def test_resolver_order_local_folder_then_bundled_name_then_hub_id(hub, tiny_run_dir, tmp_path, monkeypatch):
-    from rql_cli.errors import CheckpointError
-    from rql_cli.io.resolve import resolve_checkpoint
+def counted(*args: str, env: dict[str, str]) -> tuple[str, dict[str, int]]:
+    """Run `rql ARGS` with weight loads and env constructions counted; (output, counts)."""
+    result = subprocess.run([sys.executable, "-c", COUNTING_RUNNER, *args], env=env, capture_output=True,
+                            text=True, timeout=180)
+    text = assert_ok(result)
+    return text, json.loads(text.split("COUNTS ", 1)[1].split("}", 1)[0] + "}")
 
-    source = tiny_run_dir / "checkpoints" / "step_00000002"
-    bundled = tmp_path / "bundled"
-    _make_checkpoint(bundled / "alice", source)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("RQL_CHECKPOINTS", str(bundled))
-    monkeypatch.chdir(work)
 
-    # A bundled name resolves while no local folder has that name ...
-    assert resolve_checkpoint("alice") == bundled / "alice"
-    # ... a local folder of the same name wins over it; a run folder means its latest checkpoint.
-    _make_checkpoint(work / "alice", source)
-    assert resolve_checkpoint("alice") == Path("alice")
-    assert resolve_checkpoint(str(tiny_run_dir)) == source
-
-    # Errors say what was tried; names that are not Hub ids never reach the network.
-    with pytest.raises(CheckpointError, match="no bundled checkpoint of that name. Bundled: alice"):
-        resolve_checkpoint("bob")
-    (work / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
-        resolve_checkpoint("empty")
-    (work / "notes.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="is a file"):
-        resolve_checkpoint("notes.txt")
-
-    # Bundled names are single folder names and Hub ids need USER/NAME, so those two never collide.
-    # The Hub id comes last: a local folder alice/agent wins over the Hub repo alice/agent, and only
-    # without one does the resolver pull. The real resolver runs in a subprocess, pointed at the test Hub.
+def test_a_hub_checkpoint_is_downloaded_and_loaded_once_per_command(hub, checkpoint, tmp_path):
+    assert_ok(rql("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video",
+                  env=hub_env(hub, tmp_path / "publisher", token=hub.token)))
     home = tmp_path / "hf"
-    published = hub.state.add_repo("alice/agent", {name: (source / name).read_bytes() for name in PUBLISHED})
-    _make_checkpoint(work / "alice" / "agent", source)
-    script = (
-        "import json, os, sys\n"
-        "from rql_cli.io.resolve import resolve_checkpoint\n"
-        "from rql_cli.errors import RQLError\n"
-        "out = {}\n"
-        "for ref, cwd in [('alice/agent', sys.argv[1]), ('alice/agent', sys.argv[2]), ('alice', sys.argv[2]),\n"
-        "                 ('alice/missing', sys.argv[2])]:\n"
-        "    os.chdir(cwd)\n"
-        "    try:\n"
-        "        out[ref + ' in ' + os.path.basename(cwd)] = str(resolve_checkpoint(ref))\n"
-        "    except RQLError as error:\n"
-        "        out[ref + ' in ' + os.path.basename(cwd)] = 'ERROR ' + str(error)\n"
-        "print(json.dumps(out))\n"
-    )
-    env = hub_env(hub, home)
-    env["RQL_CHECKPOINTS"] = str(bundled)
-    requests_before = len(hub.state.requests)
-    result = subprocess.run([sys.executable, "-c", script, str(work), str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    resolved = json.loads(result.stdout.strip().splitlines()[-1])
-    assert resolved["alice/agent in work"] == "alice/agent"  # the local folder, not the Hub repo
-    hub_path = Path(resolved["alice/agent in " + tmp_path.name])
-    assert hub_path.parent.name == "snapshots" and hub_path.name == published
-    assert str(hub_path).startswith(str(home))
-    assert resolved["alice in " + tmp_path.name] == str(bundled / "alice")
-    assert resolved["alice/missing in " + tmp_path.name].startswith(
-        "ERROR 'alice/missing' is no local folder and no bundled checkpoint, so it was taken as a Hub id: "
-        "No model repo 'alice/missing'"
-    )
-    assert any("/alice/agent/" in path for _, path in hub.state.requests[requests_before:])
+
+    def downloads(since: int) -> int:
+        return sum(1 for method, path in hub.state.requests[since:]
+                   if method == "GET" and path.endswith("/velocity.safetensors"))
+
+    before = len(hub.state.requests)
+    text, counts = counted("eval", "--checkpoint", "alice/agent", "--episodes", "2", "--envs", "1",
+                           env=hub_env(hub, home))
+    assert "cube-single-play-v0 @ step 2" in text
+    assert counts == {"weight_loads": 1, "envs_built": 1} and downloads(before) == 1
+
+    before = len(hub.state.requests)
+    _, counts = counted("rollout", "--checkpoint", "alice/agent", "--episodes", "1", "--max-steps", "5",
+                        env=hub_env(hub, home))
+    assert counts == {"weight_loads": 1, "envs_built": 1} and downloads(before) == 0  # the cache serves it
+
+    _, counts = counted("push", "alice/agent", "--repo-id", "alice/copy", "--no-video",
+                        env=hub_env(hub, home, token=hub.token))
+    assert counts == {"weight_loads": 1, "envs_built": 0}
+    assert hub.state.files("alice/copy")["velocity.safetensors"] == (checkpoint / "velocity.safetensors").read_bytes()

@@ -1,7 +1,7 @@
 """`rql push` and `rql pull`: share checkpoints through the Hugging Face Hub.
 
-Plain command functions; app.py registers them with ``app.command()(push)`` and
-``app.command()(pull)``. Heavy imports (torch, huggingface_hub) happen inside the commands.
+Plain command functions that app.py registers. Heavy imports (torch, huggingface_hub) happen
+inside the commands.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from rql_cli.cli.common import handles_errors, state
+from rql_cli.cli.common import CHECKPOINT_HELP, debug_enabled, handles_errors
 from rql_cli.cli.display import console
 
 
@@ -34,21 +34,18 @@ def _status(message: str) -> Any:
     return contextlib.nullcontext()
 
 
-def _video_for_push(folder: Path, workdir: Path) -> Optional[Path]:
+def _video_for_push(loaded: Any, workdir: Path) -> Optional[Path]:
     """rollout.mp4 of the checkpoint when there is one, else one rendered now; None when neither works."""
+    from rql_cli.rollout import render_video_for_push
+
     for name in ("rollout.mp4", "rollout.gif"):
-        if (folder / name).is_file():
-            return folder / name
-    try:
-        from rql_cli.rollout import render_video_for_push
-    except ImportError:
-        console.print("[yellow]Note:[/] this rql cannot render videos, so the push carries none (--no-video hides this note).")
-        return None
+        if (loaded.folder / name).is_file():
+            return loaded.folder / name
     try:
         with _status("Rendering one episode for the model card ..."):
-            return render_video_for_push(folder, workdir / "rollout.mp4")
+            return render_video_for_push(loaded, workdir / "rollout.mp4")
     except Exception as error:  # rendering is a nicety: GL or ffmpeg trouble must not block a push
-        if state["debug"]:
+        if debug_enabled():
             raise
         console.print(f"[yellow]Note:[/] could not render a video ({type(error).__name__}: {error}); pushing without one.")
         return None
@@ -56,9 +53,7 @@ def _video_for_push(folder: Path, workdir: Path) -> Optional[Path]:
 
 @handles_errors
 def push(
-    run_or_checkpoint: str = typer.Argument(
-        ..., help="Run folder (its latest checkpoint), checkpoint folder, bundled name or Hub id."
-    ),
+    run_or_checkpoint: str = typer.Argument(..., help=CHECKPOINT_HELP),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub model repo to publish to, USER/NAME (made if missing)."),
     private: bool = typer.Option(False, "--private", help="Make the repo private when it is created."),
     token: Optional[str] = typer.Option(
@@ -83,17 +78,18 @@ def push(
 
     Example: rql push runs/demo --repo-id alice/rql-cube-single
     """
-    from rql_cli.io.hub import find_token, push_checkpoint, require_hub_ref
-    from rql_cli.io.resolve import resolve_checkpoint
+    from rql_cli.io.hub import check_can_push, push_checkpoint
+    from rql_cli.io.resolve import load_checkpoint
 
-    require_hub_ref(repo_id, revision)
-    token = find_token(token)  # before rendering or any network call: no token, nothing happens
-    folder = resolve_checkpoint(run_or_checkpoint, best=best)
+    # Before loading, rendering or any network call: a push that will be refused does nothing.
+    token, _ = check_can_push(repo_id, revision, token)
+    loaded = load_checkpoint(run_or_checkpoint, "cpu", best=best)  # never publish what would not load
+    folder = loaded.folder
     with tempfile.TemporaryDirectory(prefix="rql-video-") as workdir:
-        video_path = _video_for_push(folder, Path(workdir)) if video else None
+        video_path = _video_for_push(loaded, Path(workdir)) if video else None
         with _status(f"Pushing {folder} to {repo_id} ..."):
             result = push_checkpoint(
-                folder, repo_id, token=token, private=private, revision=revision,
+                folder, loaded.meta, repo_id, token=token, private=private, revision=revision,
                 commit_message=commit_message, with_train_state=with_train_state, video_path=video_path,
             )
     ref = result.repo_id if result.revision == "main" else f"{result.repo_id}@{result.revision}"
@@ -131,13 +127,9 @@ def pull(
 
     import huggingface_hub  # noqa: F401  (imported before the clock starts: time the download, not imports)
 
-    from rql_cli.io.hub import (
-        pull_checkpoint,
-        read_checkpoint_metrics,
-        require_hub_ref,
-        task_results,
-        verify_checkpoint,
-    )
+    from rql_cli.io.hub import pull_checkpoint, verify_checkpoint
+    from rql_cli.io.hub_ref import require_hub_ref
+    from rql_cli.io.metrics import read_metrics
 
     ref = require_hub_ref(repo_id, revision)
     started = time.perf_counter()
@@ -153,21 +145,26 @@ def pull(
         f"({meta.dataset}, step {meta.step:,}, observations {meta.obs_dim}, actions {meta.action_dim}, "
         f"chunks of {meta.config.horizon})."
     )
-    results = task_results(read_checkpoint_metrics(folder))
-    if not results:
+    report = read_metrics(folder)
+    if report is None or not report.tasks:
         console.print("[yellow]Not evaluated yet[/]: the repo has no metrics.json. "
                       f"Measure it with: rql eval --checkpoint {ref}")
     else:
-        from rich.table import Table
-
-        from rql_cli.cli.display import pct
-
-        table = Table(title=f"Model card results of {ref}")
-        for column in ("task", "environment", "success rate", "95% CI", "episodes"):
-            table.add_column(column, justify="right")
-        for result in results:
-            low, high = result["success_ci95"]
-            table.add_row(str(result.get("task", "")), str(result.get("env_id", meta.env_id)),
-                          pct(result["success_rate"]), f"[{pct(low)}, {pct(high)}]", str(result["episodes"]))
-        console.print(table)
+        console.print(_results_table(f"Model card results of {ref}", report.tasks, meta.env_id))
     console.print(f"Evaluate it with: rql eval --checkpoint {folder if dir else ref}")
+
+
+def _results_table(title: str, results: list[dict], env_id: str) -> Any:
+    """A rich table of per-task results as a model card states them."""
+    from rich.table import Table
+
+    from rql_cli.cli.display import pct
+
+    table = Table(title=title)
+    for column in ("task", "environment", "success rate", "95% CI", "episodes"):
+        table.add_column(column, justify="right")
+    for result in results:
+        low, high = result.get("success_ci95", [float("nan")] * 2)
+        table.add_row(str(result.get("task", "")), str(result.get("env_id", env_id)),
+                      pct(result["success_rate"]), f"[{pct(low)}, {pct(high)}]", str(result.get("episodes", "?")))
+    return table

@@ -1,6 +1,6 @@
 """`rql rollout`: run a checkpoint's policy for a few episodes and, with --render, film them.
 
-Registered by the app (``app.command()(rollout)``); heavy modules are imported when it runs.
+Registered by the app; heavy modules are imported when it runs.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any, Optional
 
 import typer
 
-from rql_cli.cli.common import handles_errors
+from rql_cli.cli.common import CHECKPOINT_HELP, handles_errors
 from rql_cli.cli.display import console
+from rql_cli.names import TASKS
 
 EPISODES_WITH_RENDER = 1
 EPISODES_WITHOUT_RENDER = 5
@@ -20,9 +21,7 @@ EPISODES_WITHOUT_RENDER = 5
 
 @handles_errors
 def rollout(
-    checkpoint: str = typer.Option(
-        ..., "--checkpoint", "-c", help="Run folder, checkpoint folder, bundled name, or Hub id USER/NAME (USER/NAME@REVISION for a revision)."
-    ),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     episodes: Optional[int] = typer.Option(
         None, "--episodes", "-n", min=1, help="Episodes to run, one after another.",
         show_default=f"{EPISODES_WITH_RENDER} with --render, else {EPISODES_WITHOUT_RENDER}",
@@ -34,7 +33,8 @@ def rollout(
     fps: int = typer.Option(30, "--fps", min=1, help="Playback frames per second (the env steps 20 times a second)."),
     size: str = typer.Option("640x480", "--size", help="Frame size WIDTHxHEIGHT in pixels (even sides for mp4)."),
     task: Optional[int] = typer.Option(
-        None, "--task", min=1, max=5, help="Task 1-5.", show_default="the checkpoint's task"
+        None, "--task", min=TASKS[0], max=TASKS[-1], help=f"Task {TASKS[0]}-{TASKS[-1]}.",
+        show_default="the checkpoint's task",
     ),
     seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise as `rql eval --seed`."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),

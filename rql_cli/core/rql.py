@@ -7,12 +7,12 @@ Pure torch: no files, no terminal, no environments. Randomness comes from explic
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from rql_cli.config import RQLConfig
+from rql_cli.core.batch import ChunkBatch
 from rql_cli.core.flow import (
     euler_generate,
     flow_matching_points,
@@ -20,23 +20,6 @@ from rql_cli.core.flow import (
     sample_reversal_depth,
 )
 from rql_cli.core.networks import ValueEnsemble, VelocityField
-
-
-@dataclass
-class ChunkBatch:
-    """B windows of h consecutive dataset rows starting at s_0.
-
-    observations: (B, obs_dim) s_0.  actions: (B, h, A) the dataset chunk a_0..a_{h-1}.
-    rewards, masks, terminals: (B, h) per row (rows past an episode's end repeat its last row).
-    next_observations: (B, obs_dim) the state after the chunk's last action (bootstrap state).
-    """
-
-    observations: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    masks: torch.Tensor
-    terminals: torch.Tensor
-    next_observations: torch.Tensor
 
 
 def past_end_flags(terminals: torch.Tensor) -> torch.Tensor:

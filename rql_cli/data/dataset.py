@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from rql_cli.core.rql import ChunkBatch
+from rql_cli.core.batch import ChunkBatch
 
 ACTION_CLIP = 1.0 - 1e-5
 

@@ -19,6 +19,20 @@ Procedure, per episode:
 
 Each row holds the state *before* the step: the observation, the clipped action taken from it, and
 ``info['prev_qpos']``, ``info['prev_qvel']`` (and ``info['prev_button_states']``) from the step's info.
+
+Files: ``{name}.npz`` (train) and ``{name}-val.npz`` are ``np.savez_compressed`` archives in the
+official layout, N = episodes x ``episode_length`` rows, episodes back to back:
+
+- ``observations``: (N, obs_dim) float32, the observation before the step.
+- ``actions``: (N, 5) float32 in [-1, 1], the clipped action taken from that observation
+  (relative effector x, y, z, yaw and gripper opening, normalised).
+- ``terminals``: (N,) bool, True on the last row of each episode.
+- ``qpos``: (N, nq) float32 and ``qvel``: (N, nv) float32, MuJoCo state before the step.
+- ``button_states``: (N, num_buttons) int64, scene and puzzle only, button states before the step
+  (int64 like the env's own array: ``env.unwrapped.set_state`` indexes with it).
+
+ogbench's loader drops each episode's last row, so E episodes give E x (episode_length - 1)
+transitions.
 """
 
 from __future__ import annotations
@@ -34,12 +48,16 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 
 from rql_cli.errors import RQLError, UnknownNameError, closest_names
+from rql_cli.names import ENV_FAMILIES, TaskName, parse_task_name
 
 # Bump when the collection procedure changes, so cached partial episodes from an older version are
 # not mixed into a new file.
 _PROCEDURE_VERSION = 1
 
 _SPLIT_CODES = {"train": 0, "val": 1}
+
+Key = tuple[str, int]
+"""An episode's identity: (split ``'train'`` or ``'val'``, index within the split)."""
 
 # Official `play` oracle settings: plan-noise scale and its Gaussian smoothing (in plan steps).
 _PLAN_NOISE = 0.1
@@ -93,25 +111,42 @@ class DatasetRecipe:
         return self.family in ("scene", "puzzle")
 
 
+# The families our oracles can collect, with what the official collection used for each: train
+# episodes and the p_stack range. Their dataset types come from rql_cli.names.ENV_FAMILIES.
+_OFFICIAL_COLLECTION: dict[str, tuple[int, tuple[float, float]]] = {
+    "cube-single": (1000, (0.0, 0.0)),
+    "cube-double": (1000, (0.0, 0.25)),
+    "cube-triple": (3000, (0.05, 0.35)),
+    "cube-quadruple": (5000, (0.1, 0.5)),
+    "scene": (1000, (0.5, 0.5)),
+    "puzzle-3x3": (1000, (0.0, 0.0)),
+    "puzzle-4x4": (1000, (0.0, 0.0)),
+    "puzzle-4x5": (3000, (0.0, 0.0)),
+    "puzzle-4x6": (5000, (0.0, 0.0)),
+}
+_ORACLE_OF_DATASET_TYPE: dict[str, Literal["plan", "markov"]] = {"play": "plan", "noisy": "markov"}
+
+
+def _random_action_probability(family: str, dataset_type: str) -> float:
+    """Per-step probability of a uniform random action: ``noisy`` sets only, higher for puzzles."""
+    if dataset_type != "noisy":
+        return 0.0
+    return 0.2 if family.startswith("puzzle") else 0.1
+
+
 def _recipes() -> dict[str, DatasetRecipe]:
-    # env stem: (official train episodes, p_stack range)
-    envs = {
-        "cube-single": (1000, (0.0, 0.0)),
-        "cube-double": (1000, (0.0, 0.25)),
-        "cube-triple": (3000, (0.05, 0.35)),
-        "cube-quadruple": (5000, (0.1, 0.5)),
-        "scene": (1000, (0.5, 0.5)),
-        "puzzle-3x3": (1000, (0.0, 0.0)),
-        "puzzle-4x4": (1000, (0.0, 0.0)),
-        "puzzle-4x5": (3000, (0.0, 0.0)),
-        "puzzle-4x6": (5000, (0.0, 0.0)),
-    }
+    """One recipe per dataset type that rql_cli.names lists for each family we can collect."""
     table = {}
-    for stem, (episodes, p_stack) in envs.items():
-        env_id = f"{stem}-v0"
-        table[f"{stem}-play-v0"] = DatasetRecipe(env_id, "plan", episodes, p_stack)
-        p_random = 0.2 if stem.startswith("puzzle") else 0.1
-        table[f"{stem}-noisy-v0"] = DatasetRecipe(env_id, "markov", episodes, p_stack, p_random)
+    for family, (episodes, p_stack) in _OFFICIAL_COLLECTION.items():
+        dataset_types, _ = ENV_FAMILIES[family]
+        for dataset_type in dataset_types:
+            table[TaskName(family, dataset_type).dataset_name] = DatasetRecipe(
+                env_id=f"{family}-v0",
+                oracle=_ORACLE_OF_DATASET_TYPE[dataset_type],
+                num_episodes=episodes,
+                p_stack=p_stack,
+                p_random_action=_random_action_probability(family, dataset_type),
+            )
     return table
 
 
@@ -132,19 +167,7 @@ def generate_dataset(
 ) -> list[Path]:
     """Collect a dataset and write ``{out_dir}/{name}.npz`` and ``{out_dir}/{name}-val.npz``.
 
-    Both files are ``np.savez_compressed`` archives in the official layout, N = episodes x
-    ``episode_length`` rows, episodes back to back:
-
-    - ``observations``: (N, obs_dim) float32, the observation before the step.
-    - ``actions``: (N, 5) float32 in [-1, 1], the clipped action taken from that observation
-      (relative effector x, y, z, yaw and gripper opening, normalised).
-    - ``terminals``: (N,) bool, True on the last row of each episode.
-    - ``qpos``: (N, nq) float32 and ``qvel``: (N, nv) float32, MuJoCo state before the step.
-    - ``button_states``: (N, num_buttons) int64, scene and puzzle only, button states before the step
-      (int64 like the env's own array: ``env.unwrapped.set_state`` indexes with it).
-
-    ogbench's loader drops each episode's last row, so E episodes give E x (episode_length - 1)
-    transitions.
+    The files hold N = episodes x ``episode_length`` rows in the official layout (module docstring).
 
     Episode k of split s (``'train'`` or ``'val'``) depends only on (seed, s, k): the same seed gives
     identical arrays for any ``workers``, and changing ``num_episodes`` keeps the episodes both runs
@@ -177,8 +200,21 @@ def generate_dataset(
     if num_val_episodes is None:
         num_val_episodes = max(1, num_episodes // 10)
     _check_counts(num_episodes, num_val_episodes, workers, episode_length)
-
     out_dir = Path(out_dir)
+    train_path, val_path = _claim_output_paths(out_dir, name, force)
+
+    cache = _EpisodeCache(out_dir / f".{name}.partial", name, seed, episode_length)
+    jobs = [("train", k) for k in range(num_episodes)] + [("val", k) for k in range(num_val_episodes)]
+    episodes = _collect_episodes(jobs, cache, name, seed, episode_length, workers, on_episode)
+    train = _concatenate([episodes[("train", k)] for k in range(num_episodes)])
+    val = _concatenate([episodes[("val", k)] for k in range(num_val_episodes)])
+    _write_npz_pair([(train_path, train), (val_path, val)])
+    cache.remove()
+    return [train_path, val_path]
+
+
+def _claim_output_paths(out_dir: Path, name: str, force: bool) -> tuple[Path, Path]:
+    """The train and val paths; refuses existing files unless ``force``, and creates ``out_dir``."""
     train_path = out_dir / f"{name}.npz"
     val_path = out_dir / f"{name}-val.npz"
     existing = [p for p in (train_path, val_path) if p.exists()]
@@ -187,62 +223,74 @@ def generate_dataset(
         verb = "exists" if len(existing) == 1 else "exist"
         raise RQLError(f"{listed} already {verb}. Pass --force to overwrite, or choose another folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
+    return train_path, val_path
 
-    cache = _EpisodeCache(out_dir / f".{name}.partial", name, seed, episode_length)
-    jobs = [("train", k) for k in range(num_episodes)] + [("val", k) for k in range(num_val_episodes)]
-    episodes: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-    total = len(jobs)
 
-    def finished(key: tuple[str, int], episode: dict[str, np.ndarray], cached: bool) -> None:
+def _collect_episodes(
+    jobs: list[Key], cache: _EpisodeCache, name: str, seed: int, episode_length: int, workers: int,
+    on_episode: Callable[[int, int], None] | None,
+) -> dict[Key, dict[str, np.ndarray]]:
+    """Every episode of ``jobs``: cached ones first, then the missing ones, each cached as it comes.
+
+    ``on_episode(done, len(jobs))`` follows every episode, cached or new.
+    """
+    episodes: dict[Key, dict[str, np.ndarray]] = {}
+
+    def finished(key: Key, episode: dict[str, np.ndarray]) -> None:
         episodes[key] = episode
-        if not cached:
-            cache.save(key, episode)
         if on_episode is not None:
-            on_episode(len(episodes), total)
+            on_episode(len(episodes), len(jobs))
 
     for key in jobs:
         episode = cache.load(key)
         if episode is not None:
-            finished(key, episode, cached=True)
+            finished(key, episode)
     todo = [key for key in jobs if key not in episodes]
-
-    if todo and workers == 1:
-        collector = _EpisodeCollector(name, seed, episode_length)
-        saved_global_state = np.random.get_state()  # the oracles draw from np.random; leave ours as it was
-        try:
-            for key in todo:
-                finished(key, collector.collect(*key), cached=False)
-        finally:
-            np.random.set_state(saved_global_state)
-            collector.close()
-    elif todo:
+    if not todo:
+        return episodes
+    if workers == 1:
+        stream = _collect_in_this_process(todo, name, seed, episode_length)
+    else:
         stream = _collect_in_processes(todo, workers, name, seed, episode_length)
-        try:
-            for key, episode in stream:
-                finished(key, episode, cached=False)
-        finally:
-            stream.close()  # stops the workers now if on_episode raised or the user interrupted
+    try:
+        for key, episode in stream:
+            cache.save(key, episode)
+            finished(key, episode)
+    finally:
+        stream.close()  # stops the collection now if on_episode raised or the user interrupted
+    return episodes
 
-    train = _concatenate([episodes[("train", k)] for k in range(num_episodes)])
-    val = _concatenate([episodes[("val", k)] for k in range(num_val_episodes)])
-    _write_npz_pair([(train_path, train), (val_path, val)])
-    cache.remove()
-    return [train_path, val_path]
+
+def _collect_in_this_process(
+    todo: list[Key], name: str, seed: int, episode_length: int
+) -> Iterator[tuple[Key, dict[str, np.ndarray]]]:
+    """Episodes of ``todo`` collected here, one after another, yielded as they finish."""
+    collector = _EpisodeCollector(name, seed, episode_length)
+    saved_global_state = np.random.get_state()  # the oracles draw from np.random; leave ours as it was
+    try:
+        for key in todo:
+            yield key, collector.collect(*key)
+    finally:
+        np.random.set_state(saved_global_state)
+        collector.close()
 
 
 def _lookup(name: str) -> DatasetRecipe:
+    """The recipe of ``name``; UnknownNameError naming the dataset file for a task name, or the
+    closest generatable names otherwise."""
     if name in GENERATABLE:
         return GENERATABLE[name]
     names = sorted(GENERATABLE)
-    parts = name.split("-")
-    if "singletask" in parts:
+    try:
+        parsed = parse_task_name(name)
+    except RQLError:  # an unknown name, or a task outside 1..5: answered with suggestions below
+        parsed = None
+    if parsed is not None and parsed.dataset_name in GENERATABLE and parsed.env_id() == name:
         # Users often pass the env name they train on; the file behind it drops 'singletask' and 'taskN'.
-        stem = [p for p in parts if p != "singletask" and not (p.startswith("task") and p[4:].isdigit())]
-        if "-".join(stem) in GENERATABLE:
-            file_stem = "-".join(stem)
-            raise UnknownNameError(
-                f"'{name}' is a task name; its dataset file is '{file_stem}'. Generate '{file_stem}' instead."
-            )
+        file_stem = parsed.dataset_name
+        raise UnknownNameError(
+            f"'{name}' is a task name; its dataset file is '{file_stem}'. Generate '{file_stem}' instead."
+        )
     close = closest_names(name, names)
     hint = f" Did you mean {', '.join(repr(n) for n in close)}?" if close else ""
     raise UnknownNameError(
@@ -430,8 +478,8 @@ def _make_oracles(env, recipe: DatasetRecipe) -> dict[str, object]:
 
 
 def _collect_in_processes(
-    todo: list[tuple[str, int]], workers: int, name: str, seed: int, episode_length: int
-) -> Iterator[tuple[tuple[str, int], dict[str, np.ndarray]]]:
+    todo: list[Key], workers: int, name: str, seed: int, episode_length: int
+) -> Iterator[tuple[Key, dict[str, np.ndarray]]]:
     """Episodes of ``todo`` from ``workers`` spawned processes, yielded as they finish."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -467,7 +515,7 @@ def _init_worker(name: str, seed: int, episode_length: int) -> None:
     _worker_collector = _EpisodeCollector(name, seed, episode_length)
 
 
-def _collect_in_worker(key: tuple[str, int]) -> tuple[tuple[str, int], dict[str, np.ndarray]]:
+def _collect_in_worker(key: Key) -> tuple[Key, dict[str, np.ndarray]]:
     assert _worker_collector is not None, "worker used before _init_worker"
     return key, _worker_collector.collect(*key)
 
@@ -499,11 +547,11 @@ class _EpisodeCache:
             folder.mkdir(parents=True)
             meta_path.write_text(json.dumps(self.meta, indent=2))
 
-    def _path(self, key: tuple[str, int]) -> Path:
+    def _path(self, key: Key) -> Path:
         split, index = key
         return self.folder / f"{split}-{index:06d}.npz"
 
-    def load(self, key: tuple[str, int]) -> dict[str, np.ndarray] | None:
+    def load(self, key: Key) -> dict[str, np.ndarray] | None:
         path = self._path(key)
         if not path.exists():
             return None
@@ -514,7 +562,7 @@ class _EpisodeCache:
             path.unlink(missing_ok=True)  # a torn write: collect it again
             return None
 
-    def save(self, key: tuple[str, int], episode: dict[str, np.ndarray]) -> None:
+    def save(self, key: Key, episode: dict[str, np.ndarray]) -> None:
         path = self._path(key)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:

@@ -13,9 +13,41 @@ import torch
 
 from rql_cli.data.dataset import OfflineDataset
 from rql_cli.errors import DatasetNotFoundError, RQLError
-from rql_cli.names import parse_task_name
+from rql_cli.names import TaskName, parse_task_name
 
 DEFAULT_DATASET_DIR = Path("~/.ogbench/data")
+
+
+@dataclass
+class DataSpec:
+    """Which dataset a run trains on and where its files are (JSON-friendly, kept in the run record).
+
+    Attributes:
+        name: dataset or singletask name, e.g. ``'cube-single-play-v0'``.
+        dataset_dir: folder holding ``NAME.npz`` and ``NAME-val.npz`` (None: ``DEFAULT_DATASET_DIR``).
+        dataset_path: the training ``.npz`` itself (its ``-val.npz`` beside it); wins over the folder.
+        task: reward task 1..5; None: the task in the name, else the family's default.
+    """
+
+    name: str
+    dataset_dir: str | None = None
+    dataset_path: str | None = None
+    task: int | None = None
+
+    def location(self) -> dict[str, str | int | None]:
+        """Where the files are, as the run record keeps it: dataset_dir, dataset_path, task."""
+        return dict(dataset_dir=self.dataset_dir, dataset_path=self.dataset_path, task=self.task)
+
+    def load(
+        self, *, sparse_rewards: bool, device: torch.device | str = "cpu", with_val: bool = True
+    ) -> LoadedData:
+        """``load_ogbench`` of this spec."""
+        return load_ogbench(
+            self.name, task=self.task,
+            dataset_dir=Path(self.dataset_dir) if self.dataset_dir else None,
+            dataset_path=Path(self.dataset_path) if self.dataset_path else None,
+            sparse_rewards=sparse_rewards, device=device, with_val=with_val,
+        )
 
 
 @dataclass
@@ -29,7 +61,7 @@ class LoadedData:
     train_path: Path
 
 
-def resolve_dataset_path(name: str, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
+def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
     """The training file for ``name``; raises DatasetNotFoundError naming where we looked."""
     stem = parse_task_name(name).dataset_name
     if dataset_path is not None:
@@ -53,7 +85,7 @@ def resolve_dataset_path(name: str, dataset_dir: Path | None, dataset_path: Path
 
 
 def load_ogbench(
-    name: str,
+    name: str | TaskName,
     *,
     task: int | None = None,
     dataset_dir: Path | None = None,
@@ -64,12 +96,14 @@ def load_ogbench(
 ) -> LoadedData:
     """Load an OGBench dataset through ``ogbench.make_env_and_datasets`` with singletask rewards.
 
-    Official files and files made by ``rql data generate`` load the same way.
+    Official files and files made by ``rql data generate`` load the same way. ``task`` picks the
+    reward task (None: the name's, else the default); ``sparse_rewards`` as in ``RQLConfig``.
     """
     import ogbench  # noqa: F401  (registers the env ids)
 
-    train_path = resolve_dataset_path(name, dataset_dir, dataset_path)
-    env_id = parse_task_name(name).env_id(task)
+    parsed = parse_task_name(name)
+    train_path = resolve_dataset_path(parsed, dataset_dir, dataset_path)
+    env_id = parsed.env_id(task)
     try:
         env, train, val = ogbench.make_env_and_datasets(
             env_id, dataset_path=str(train_path), compact_dataset=False

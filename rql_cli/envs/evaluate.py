@@ -1,9 +1,9 @@
 """Vectorised evaluation of an action-chunk policy on an OGBench single-task env.
 
-The policy is asked for a chunk only by envs whose action queue is empty; chunks then run open loop,
-one action per env step. The official evaluator computes a chunk every step and throws it away unless
-the queue is empty: the same behaviour (for a stochastic policy, the same action distribution) at a
-fraction of the cost.
+The policy is asked for a chunk only by envs whose action queue is empty (``ChunkQueue``, shared with
+``run_episode``); chunks then run open loop, one action per env step. The official evaluator computes a
+chunk every step and throws it away unless the queue is empty: the same behaviour (for a stochastic
+policy, the same action distribution) at a fraction of the cost.
 
 Heavy imports (gymnasium, ogbench, mujoco) happen inside functions.
 """
@@ -20,10 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from rql_cli.envs.make import env_versions, episode_limit, make_eval_env, parse_task_name
-
-PolicyFn = Callable[[np.ndarray], np.ndarray]
-"""obs: (E, obs_dim) float32 -> action chunks: (E, h, A), one chunk per row, actions in [-1, 1]."""
+from rql_cli.envs.chunks import ChunkQueue, PolicyFn
+from rql_cli.envs.make import check_env_fits, env_versions, episode_limit, make_eval_env
+from rql_cli.names import TaskName, parse_task_name
 
 EpisodeCallback = Callable[[int, int, float], None]
 """on_episode(episodes_done, episodes_total, running_success_rate in [0, 1])."""
@@ -129,7 +128,7 @@ class EvalResult:
         return out
 
 
-def _make_worker_env(dataset_name: str, task: int | None, max_episode_steps: int | None):
+def _make_worker_env(task_name: str | TaskName, task: int | None, max_episode_steps: int | None):
     """Env factory run inside each vector-env worker (never build an env before forking).
 
     Keeps only ``info['success']``: ogbench's step info carries ~20 arrays (qpos, qvel, ...), which
@@ -146,7 +145,7 @@ def _make_worker_env(dataset_name: str, task: int | None, max_episode_steps: int
             observation, reward, terminated, truncated, info = self.env.step(action)
             return observation, reward, terminated, truncated, {"success": bool(info["success"])}
 
-    env = make_eval_env(dataset_name, task=task, render=False, max_episode_steps=max_episode_steps)
+    env = make_eval_env(task_name, task=task, render=False, max_episode_steps=max_episode_steps)
     return SuccessOnlyInfo(env)
 
 
@@ -164,13 +163,14 @@ def default_num_envs(episodes: int) -> int:
 
 def evaluate(
     policy_fn: PolicyFn,
-    dataset_name: str,
+    task_name: str | TaskName,
     task: int | None = None,
     episodes: int = 50,
     num_envs: int | None = None,
     seed: int = 0,
     on_episode: EpisodeCallback | None = None,
     max_episode_steps: int | None = None,
+    expected_dims: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of an action-chunk policy and measure success and return.
 
@@ -179,34 +179,62 @@ def evaluate(
             whose action queue is empty, batched over exactly those envs. A chunk runs open loop, one
             action per env step (clipped to the action space); leftovers are dropped when an episode
             ends. ``(E, A)`` is accepted as h = 1.
-        dataset_name: dataset or singletask name, e.g. ``'cube-single-play-v0'``.
+        task_name: dataset or singletask name (``'cube-single-play-singletask-task2-v0'``) or its TaskName.
         task: task number 1..5; None: the task in the name, else the family default.
         episodes: number of episodes counted, exactly.
-        num_envs: parallel envs; None: ``default_num_envs(episodes)``. 1 runs in this process;
-            more run in worker processes (gymnasium AsyncVectorEnv).
+        num_envs: parallel envs; None: ``default_num_envs(episodes)``. 1 runs in this process; more run
+            in worker processes (gymnasium AsyncVectorEnv).
         seed: episode ``i`` is reset with seed ``seed + i`` whichever env runs it, so initial states
             do not depend on ``num_envs`` (a stochastic policy's own noise may).
         on_episode: called after each finished episode as ``(done, total, running_success_rate)``.
         max_episode_steps: override the env's time limit (steps); None keeps OGBench's.
+        expected_dims: ``(obs_dim, action_dim)`` the policy takes and gives; None checks nothing.
+            Checked with ``check_env_fits`` before any reset or policy call (CheckpointError).
 
     Returns:
         EvalResult. Success is the final step's ``info['success']``; return is the sum of rewards.
     """
-    from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+    env_count = _checked_env_count(episodes, num_envs, max_episode_steps)
+    parsed = parse_task_name(task_name)
+    task_number = parsed.resolve_task(task)
 
+    started = time.perf_counter()
+    vector_env = _make_vector_env(parsed, task_number, max_episode_steps, env_count)
+    failed = True
+    try:
+        if expected_dims is not None:
+            # The error names the env as the caller did (a TaskName: its resolved singletask name).
+            shown = task_name if isinstance(task_name, str) else parsed.env_id(task_number)
+            spaces = vector_env.single_observation_space, vector_env.single_action_space
+            check_env_fits(*spaces, *expected_dims, shown)
+        tally = _EpisodeTally(episodes, seed, env_count, on_episode)
+        observations, _ = vector_env.reset(seed=tally.seeds[:env_count])
+        startup_time = time.perf_counter() - started
+        policy_calls, policy_rows = _run_until_counted(vector_env, policy_fn, observations, tally)
+        failed = False
+    finally:
+        _close_vector_env(vector_env, terminate=failed)
+    return _eval_result(
+        tally, parsed, task_number, time_limit=max_episode_steps or episode_limit(parsed), num_envs=env_count,
+        wall_time=time.perf_counter() - started, startup_time=startup_time,
+        policy_calls=policy_calls, policy_rows=policy_rows,
+    )
+
+
+def _checked_env_count(episodes: int, num_envs: int | None, max_episode_steps: int | None) -> int:
+    """Refuse impossible counts; returns the number of parallel envs to run (1..episodes)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
     if max_episode_steps is not None and max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}.")
-    parsed = parse_task_name(dataset_name)
-    task_number = parsed.resolve_task(task)
-    env_count = default_num_envs(episodes) if num_envs is None else max(1, min(int(num_envs), episodes))
+    return default_num_envs(episodes) if num_envs is None else max(1, min(int(num_envs), episodes))
 
-    started = time.perf_counter()
-    factories = [
-        functools.partial(_make_worker_env, dataset_name, task_number, max_episode_steps)
-        for _ in range(env_count)
-    ]
+
+def _make_vector_env(parsed: TaskName, task: int, max_episode_steps: int | None, env_count: int):
+    """``env_count`` copies of the task's env, stepped together, with autoreset off."""
+    from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+    factories = [functools.partial(_make_worker_env, parsed, task, max_episode_steps) for _ in range(env_count)]
     # Autoreset is DISABLED and resets are issued by hand with a mask: an env that finishes is reset
     # with the seed of the episode it takes next. gymnasium 1.x's default NEXT_STEP mode would turn
     # the step after a done into a reset step (its action ignored, its reward 0), and neither
@@ -214,131 +242,133 @@ def evaluate(
     # AsyncVectorEnv also builds one env in this process to read the spaces (about a second of
     # start-up); it renders nothing, so no GL context exists here to be inherited.
     if env_count == 1:
-        vector_env = SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
+        return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
+    return AsyncVectorEnv(factories, context=_start_method(), autoreset_mode=AutoresetMode.DISABLED)
+
+
+def _close_vector_env(vector_env, terminate: bool) -> None:
+    """Close the envs; ``terminate`` kills worker processes instead of waiting for them."""
+    from gymnasium.vector import AsyncVectorEnv
+
+    # After a failure (policy error, Ctrl-C) workers may be mid-step: waiting on them could hang.
+    if isinstance(vector_env, AsyncVectorEnv):
+        vector_env.close(terminate=terminate)
     else:
-        vector_env = AsyncVectorEnv(factories, context=_start_method(), autoreset_mode=AutoresetMode.DISABLED)
+        vector_env.close()
 
-    failed = True
-    try:
-        time_limit = max_episode_steps or episode_limit(dataset_name)
-        low = vector_env.single_action_space.low
-        high = vector_env.single_action_space.high
-        action_dim = vector_env.single_action_space.shape[0]
 
-        successes = np.zeros(episodes, dtype=bool)
-        returns = np.zeros(episodes, dtype=np.float64)
-        lengths = np.zeros(episodes, dtype=np.int64)
-        seeds = [seed + index for index in range(episodes)]
+class _EpisodeTally:
+    """Which env runs which episode, and each episode's outcome, for one ``evaluate`` call.
 
-        # slot_episode[i]: episode index running in env i, or -1 when env i has nothing left to run
-        # (it keeps stepping with zero actions because a vector env steps all envs together, but
-        # nothing it does is counted).
-        slot_episode = np.arange(env_count)
-        next_episode = env_count
-        observations, _ = vector_env.reset(seed=[seeds[i] for i in range(env_count)])
-        startup_time = time.perf_counter() - started
+    Attributes:
+        seeds: N reset seeds; episode ``i`` starts from ``seeds[i]``.
+        successes: (N,) bool, the final step's ``info['success']``.
+        returns: (N,) float64, summed env rewards. lengths: (N,) int64, env steps.
+        slot_episode: (E,) int, the episode env ``i`` runs, or -1 once it has nothing left to run
+            (it keeps stepping with zero actions, since a vector env steps all envs together, but
+            nothing it does is counted).
+    """
 
-        chunks: list[np.ndarray | None] = [None] * env_count
-        chunk_position = [0] * env_count
-        policy_calls = policy_rows = finished = solved = 0
+    def __init__(self, episodes: int, seed: int, env_count: int, on_episode: EpisodeCallback | None):
+        self.seeds = [seed + index for index in range(episodes)]
+        self.successes = np.zeros(episodes, dtype=bool)
+        self.returns = np.zeros(episodes, dtype=np.float64)
+        self.lengths = np.zeros(episodes, dtype=np.int64)
+        self.slot_episode = np.arange(env_count)
+        self.next_episode = env_count
+        self.finished = self.solved = 0
+        self.on_episode = on_episode
 
-        while (slot_episode >= 0).any():
-            need = [i for i in range(env_count) if slot_episode[i] >= 0 and chunks[i] is None]
-            if need:
-                new_chunks = _call_policy(policy_fn, observations[need], action_dim)
-                policy_calls += 1
-                policy_rows += len(need)
-                for row, i in enumerate(need):
-                    chunks[i], chunk_position[i] = new_chunks[row], 0
+    @property
+    def active(self) -> np.ndarray:
+        """(E,) bool: envs running a counted episode."""
+        return self.slot_episode >= 0
 
-            actions = np.zeros((env_count, action_dim), dtype=np.float32)
-            for i in range(env_count):
-                if slot_episode[i] >= 0:
-                    actions[i] = chunks[i][chunk_position[i]]
-                    chunk_position[i] += 1
-                    if chunk_position[i] == len(chunks[i]):
-                        chunks[i] = None
-            np.clip(actions, low, high, out=actions)
+    def record_step(self, rewards: np.ndarray, done: np.ndarray, infos: dict) -> list[int]:
+        """Count one vector step: rewards (E,), done (E,) bool. Returns the envs whose episode ended."""
+        ended = []
+        for i in np.flatnonzero(self.active):
+            episode = self.slot_episode[i]
+            self.returns[episode] += float(rewards[i])
+            self.lengths[episode] += 1
+            if done[i]:
+                self.successes[episode] = bool(infos["success"][i])
+                self.finished += 1
+                self.solved += int(self.successes[episode])
+                if self.on_episode is not None:
+                    self.on_episode(self.finished, len(self.seeds), self.solved / self.finished)
+                ended.append(int(i))
+        return ended
 
-            observations, rewards, terminated, truncated, infos = vector_env.step(actions)
-            done = np.logical_or(terminated, truncated)
+    def hand_out(self, i: int) -> int | None:
+        """Give env ``i`` the next episode; returns its reset seed, or None when none is left."""
+        if self.next_episode >= len(self.seeds):
+            self.slot_episode[i] = -1
+            return None
+        self.slot_episode[i] = self.next_episode
+        self.next_episode += 1
+        return self.seeds[self.slot_episode[i]]
 
-            reset_seeds: list[int | None] = [None] * env_count
-            for i in range(env_count):
-                episode = slot_episode[i]
-                if episode < 0:
-                    continue
-                returns[episode] += float(rewards[i])
-                lengths[episode] += 1
-                if not done[i]:
-                    continue
-                successes[episode] = bool(infos["success"][i])
-                finished += 1
-                solved += int(successes[episode])
-                if on_episode is not None:
-                    on_episode(finished, episodes, solved / finished)
-                chunks[i] = None  # a new episode never inherits the old one's leftover actions
-                if next_episode < episodes:
-                    slot_episode[i] = next_episode
-                    reset_seeds[i] = seeds[next_episode]
-                    next_episode += 1
-                else:
-                    slot_episode[i] = -1
 
-            if done.any() and (slot_episode >= 0).any():
-                # Every finished env is reset, idle ones included (seed None continues their RNG):
-                # with autoreset disabled a finished env must not be stepped again.
-                observations, _ = vector_env.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
-        failed = False
-    finally:
-        # A failure (policy error, Ctrl-C) must not wait on workers that may be mid-step.
-        if isinstance(vector_env, AsyncVectorEnv):
-            vector_env.close(terminate=failed)
-        else:
-            vector_env.close()
+def _run_until_counted(
+    vector_env, policy_fn: PolicyFn, observations: np.ndarray, tally: _EpisodeTally
+) -> tuple[int, int]:
+    """Step all envs until every episode is counted; returns (policy calls, policy rows).
 
-    wall_time = time.perf_counter() - started
-    versions = env_versions(dataset_name)
+    observations: (E, obs_dim), the envs' first observations after their reset.
+    """
+    space = vector_env.single_action_space
+    queue = ChunkQueue(len(tally.slot_episode), space.shape[0])
+    policy_calls = policy_rows = 0
+    while tally.active.any():
+        rows = queue.refill(policy_fn, observations, tally.active)
+        policy_calls += int(rows > 0)
+        policy_rows += rows
+        actions = np.clip(queue.pop_actions(tally.active), space.low, space.high)
+        observations, rewards, terminated, truncated, infos = vector_env.step(actions)
+        done = np.logical_or(terminated, truncated)
+        reset_seeds: list[int | None] = [None] * len(done)
+        for i in tally.record_step(rewards, done, infos):
+            queue.clear(i)
+            reset_seeds[i] = tally.hand_out(i)
+        if done.any() and tally.active.any():
+            # Every finished env is reset, idle ones included (seed None continues their RNG):
+            # with autoreset disabled a finished env must not be stepped again.
+            observations, _ = vector_env.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
+    return policy_calls, policy_rows
+
+
+def _eval_result(
+    tally: _EpisodeTally, parsed: TaskName, task: int, *, time_limit: int, num_envs: int,
+    wall_time: float, startup_time: float, policy_calls: int, policy_rows: int,
+) -> EvalResult:  # fmt: skip
+    """The EvalResult of a finished tally; times in seconds."""
+    versions = env_versions(parsed)
+    episodes = len(tally.seeds)
     return EvalResult(
-        success_rate=float(successes.mean()),
-        success_ci95=wilson_interval(int(successes.sum()), episodes),
-        mean_return=float(returns.mean()),
-        return_ci95=mean_interval(returns),
+        success_rate=float(tally.successes.mean()),
+        success_ci95=wilson_interval(int(tally.successes.sum()), episodes),
+        mean_return=float(tally.returns.mean()),
+        return_ci95=mean_interval(tally.returns),
         episodes=episodes,
-        successes=[bool(s) for s in successes],
-        returns=[float(r) for r in returns],
-        lengths=[int(n) for n in lengths],
-        seeds=seeds,
-        task=task_number,
+        successes=[bool(s) for s in tally.successes],
+        returns=[float(r) for r in tally.returns],
+        lengths=[int(n) for n in tally.lengths],
+        seeds=list(tally.seeds),
+        task=task,
         dataset_name=parsed.dataset_name,
-        env_id=parsed.env_id(task_number),
+        env_id=parsed.env_id(task),
         ogbench_version=versions["ogbench"],
         success_timing=versions["success_timing"],
         max_episode_steps=int(time_limit),
-        num_envs=env_count,
+        num_envs=num_envs,
         wall_time_s=wall_time,
         startup_time_s=startup_time,
-        env_steps=int(lengths.sum()),
+        env_steps=int(tally.lengths.sum()),
         policy_calls=policy_calls,
         policy_rows=policy_rows,
         versions=versions,
     )
-
-
-def _call_policy(policy_fn: PolicyFn, observations: np.ndarray, action_dim: int) -> np.ndarray:
-    """Call the policy on ``(E, obs_dim)`` observations; return ``(E, h, A)`` float32 chunks."""
-    rows = observations.shape[0]
-    chunks = np.asarray(policy_fn(np.ascontiguousarray(observations, dtype=np.float32)), dtype=np.float32)
-    if chunks.ndim == 2:
-        chunks = chunks[:, None, :]
-    if chunks.ndim != 3 or chunks.shape[0] != rows or chunks.shape[1] < 1 or chunks.shape[2] != action_dim:
-        raise ValueError(
-            f"policy_fn must return action chunks of shape ({rows}, h, {action_dim}) for {rows} "
-            f"observations, got {tuple(chunks.shape)}."
-        )
-    if not np.isfinite(chunks).all():
-        raise ValueError("policy_fn returned NaN or infinite actions.")
-    return chunks
 
 
 @dataclass
@@ -378,22 +408,20 @@ def run_episode(
         seed: env seed of the reset.
         on_step: called after the reset and after every env step, while the env shows that state
             (a renderer draws the frame here).
+
+    Returns:
+        EpisodeOutcome of the episode; the env is left at its last state, open.
     """
     low, high = env.action_space.low, env.action_space.high
-    action_dim = env.action_space.shape[0]
+    queue = ChunkQueue(1, env.action_space.shape[0])
     observation, info = env.reset(seed=seed)
     if on_step is not None:
         on_step(0, info, False)
-    chunk: np.ndarray | None = None
-    position = length = 0
+    length = 0
     episode_return = 0.0
     while True:
-        if chunk is None:
-            chunk, position = _call_policy(policy_fn, np.asarray(observation)[None], action_dim)[0], 0
-        action = np.clip(chunk[position], low, high)
-        position += 1
-        if position == len(chunk):
-            chunk = None
+        queue.refill(policy_fn, np.asarray(observation)[None])
+        action = np.clip(queue.pop_actions()[0], low, high)
         observation, reward, terminated, truncated, info = env.step(action)
         episode_return += float(reward)
         length += 1
@@ -401,4 +429,5 @@ def run_episode(
         if on_step is not None:
             on_step(length, info, done)
         if done:
-            return EpisodeOutcome(seed=seed, success=bool(info["success"]), episode_return=episode_return, length=length)
+            success = bool(info["success"])
+            return EpisodeOutcome(seed=seed, success=success, episode_return=episode_return, length=length)

@@ -1,6 +1,6 @@
-"""The one place that turns a dataset name into an OGBench evaluation environment.
+"""The one place that turns a dataset or task name into an OGBench evaluation environment.
 
-Name parsing lives in ``rql_cli.names`` (shared with the data layer); it is re-exported here.
+Name parsing lives in ``rql_cli.names`` (shared with the data layer); import names from there.
 
 Heavy imports (ogbench, gymnasium, mujoco) happen inside functions, so importing this module is free.
 """
@@ -14,15 +14,8 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from rql_cli.errors import RQLError
-from rql_cli.names import (  # noqa: F401  (re-exported: the env layer's view of names)
-    DATASET_TYPES,
-    ENV_FAMILIES,
-    NUM_TASKS,
-    TaskName,
-    known_dataset_names,
-    parse_task_name,
-)
+from rql_cli.errors import CheckpointError, RQLError
+from rql_cli.names import ENV_FAMILIES, TaskName, parse_task_name
 
 # Values of MUJOCO_GL that mujoco's own import accepts on Linux; anything else makes `import mujoco`
 # raise, deep inside gymnasium.make, before any env exists.
@@ -53,7 +46,7 @@ def _check_mujoco_gl(render: bool) -> None:
 
 
 def make_eval_env(
-    dataset_name: str,
+    task_name: str | TaskName,
     task: int | None = None,
     render: bool = False,
     width: int = 256,
@@ -64,7 +57,8 @@ def make_eval_env(
     """Build the evaluation env for a dataset or singletask name.
 
     Args:
-        dataset_name: e.g. ``'cube-single-play-v0'`` or ``'cube-single-play-singletask-task3-v0'``.
+        task_name: e.g. ``'cube-single-play-v0'`` or ``'cube-single-play-singletask-task3-v0'``, or
+            the ``TaskName`` parsed from one.
         task: task number 1..5; None means the task in the name, else the family's default task.
         render: prepare for ``env.render()`` (rgb frames, ``(height, width, 3)`` uint8). Sets
             ``MUJOCO_GL=egl`` if the user has not set it. Without it no GL is touched.
@@ -79,7 +73,7 @@ def make_eval_env(
         A gymnasium env (TimeLimit-wrapped) with observations ``(obs_dim,)`` float64 and actions
         ``(A,)`` float32 in [-1, 1]; ``info['success']`` on every step.
     """
-    parsed = parse_task_name(dataset_name)
+    parsed = parse_task_name(task_name)
     resolved_env_id = parsed.env_id(task)
     _check_mujoco_gl(render)
 
@@ -147,8 +141,9 @@ def _check_rendering(env, before_first_frame: Callable[[Any], Any] | None = None
         ) from error
 
 
-def success_timing(dataset_name: str) -> str:
-    """When the singletask env evaluates success: ``'pre'`` (before the action) or ``'post'``.
+def success_timing(task_name: str | TaskName) -> str:
+    """When the singletask env of a dataset or task name evaluates success: ``'pre'`` (before the
+    action) or ``'post'``.
 
     Read from the gymnasium registration ogbench makes (``success_timing`` kwarg, ogbench >= 1.2);
     older ogbench has no such kwarg and always evaluated after the action (``'post'``).
@@ -156,25 +151,26 @@ def success_timing(dataset_name: str) -> str:
     import gymnasium
     import ogbench  # noqa: F401  (registers the ids)
 
-    parsed = parse_task_name(dataset_name)
+    parsed = parse_task_name(task_name)
     return gymnasium.spec(parsed.gym_id()).kwargs.get("success_timing", "post")
 
 
-def episode_limit(dataset_name: str) -> int:
-    """The registered time limit of the dataset's singletask env, in env steps (cube-single: 200)."""
+def episode_limit(task_name: str | TaskName) -> int:
+    """The registered time limit of a dataset or task name's singletask env, in env steps
+    (cube-single: 200)."""
     import gymnasium
     import ogbench  # noqa: F401  (registers the ids)
 
-    return int(gymnasium.spec(parse_task_name(dataset_name).gym_id()).max_episode_steps)
+    return int(gymnasium.spec(parse_task_name(task_name).gym_id()).max_episode_steps)
 
 
-def env_versions(dataset_name: str | None = None) -> dict:
+def env_versions(task_name: str | TaskName | None = None) -> dict:
     """Versions that decide evaluation numbers, for checkpoints and evaluation reports.
 
     Returns:
         ``{'ogbench': str, 'gymnasium': str, 'mujoco': str, 'success_timing': str}``. The timing is
-        the given dataset's; without a name, the timing shared by every family (``'mixed'`` if they
-        differ).
+        the given dataset or task name's; without a name, the timing shared by every family
+        (``'mixed'`` if they differ).
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -184,8 +180,8 @@ def env_versions(dataset_name: str | None = None) -> dict:
         except PackageNotFoundError:
             return "not installed"
 
-    if dataset_name is not None:
-        timing = success_timing(dataset_name)
+    if task_name is not None:
+        timing = success_timing(task_name)
     else:
         timings = {success_timing(f"{family}-{kinds[0]}-v0") for family, (kinds, _) in ENV_FAMILIES.items()}
         timing = timings.pop() if len(timings) == 1 else "mixed"
@@ -195,3 +191,27 @@ def env_versions(dataset_name: str | None = None) -> dict:
         "mujoco": package_version("mujoco"),
         "success_timing": timing,
     }
+
+
+def check_env_fits(observation_space, action_space, obs_dim: int, action_dim: int, env_name: str) -> None:
+    """Refuse a checkpoint whose observation or action size differs from the env's.
+
+    Reads the sizes from spaces the caller already has (an env's, or a vector env's
+    ``single_observation_space``/``single_action_space``), so no env is built just to read them.
+
+    Args:
+        observation_space, action_space: gymnasium Boxes; their last dimension is the size.
+        obs_dim, action_dim: the sizes the checkpoint's networks take and produce.
+        env_name: the name shown in the error, as the user gave it.
+
+    Raises:
+        CheckpointError: the sizes differ.
+    """
+    env_obs = int(observation_space.shape[-1])
+    env_act = int(action_space.shape[-1])
+    if (env_obs, env_act) != (int(obs_dim), int(action_dim)):
+        raise CheckpointError(
+            f"The checkpoint does not fit {env_name}: the checkpoint expects observations of size "
+            f"{obs_dim} and actions of size {action_dim}; the environment gives observations of size "
+            f"{env_obs} and actions of size {env_act}."
+        )

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-PolicyFn = Callable[[np.ndarray], np.ndarray]
+from rql_cli.envs.chunks import PolicyFn
 
 
 def chunk_policy(agent: Any, generator: torch.Generator, use_ema: bool = True) -> PolicyFn:
-    """obs (E, obs_dim) float32 -> action chunks (E, h, A) float32, on the agent's device.
+    """The agent as a numpy policy: obs (E, obs_dim) float32 -> action chunks (E, h, A) float32.
 
-    Evaluation uses the EMA velocity field (``use_ema``) and fresh noise from ``generator`` each call.
+    Args:
+        agent: an RQL agent; it acts on its own device (``agent.device``).
+        generator: torch generator on that device; each call draws fresh flow noise from it, so the
+            same generator seed gives the same actions for the same calls.
+        use_ema: act with the EMA velocity field, as evaluation does.
     """
 
     def policy(obs: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 
 from rql_cli.envs.make import make_eval_env
 from rql_cli.errors import RQLError
+from rql_cli.names import TaskName
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def apply_render_quality(env: Any, quality: RenderQuality = FAST) -> RenderQuali
 
 
 def make_render_env(
-    dataset_name: str,
+    task_name: str | TaskName,
     task: int | None = None,
     width: int = 320,
     height: int = 240,
@@ -78,10 +79,17 @@ def make_render_env(
 
     Sets ``MUJOCO_GL=egl`` if the user has not chosen a backend, and renders one frame to check
     that rendering works (a clear error otherwise).
+
+    Args:
+        task_name: dataset or singletask name (or its parsed ``TaskName``).
+        task: task number 1..5; None: the task in the name, else the family default.
+        width, height: frame size in pixels; ``env.render()`` gives ``(height, width, 3)`` uint8.
+        max_episode_steps: override the registered time limit (steps); None keeps OGBench's.
+        quality: GL settings applied before the first frame; None keeps the model's own.
     """
     prepare = None if quality is None else functools.partial(apply_render_quality, quality=quality)
     return make_eval_env(
-        dataset_name, task, render=True, width=width, height=height,
+        task_name, task, render=True, width=width, height=height,
         max_episode_steps=max_episode_steps, before_first_frame=prepare,
     )
 

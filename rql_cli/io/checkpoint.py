@@ -6,9 +6,14 @@ A checkpoint folder holds::
     velocity.safetensors     velocity field ("velocity.*") and its EMA target ("velocity_target.*")
     value.safetensors        value ensemble ("value.*") and its Polyak target ("value_target.*")
     train_state.safetensors  Adam moments, step, RNG states (for --resume; optional when shared)
-    metrics.json             the latest evaluation (optional)
+    metrics.json             the latest evaluation (optional; schema and reader in metrics.py)
 
-Nothing is pickled, so loading a stranger's checkpoint never runs code.
+Nothing is pickled, so loading a stranger's checkpoint never runs code. ``config.json`` has one
+schema (``CheckpointMeta``), one writer (``save_checkpoint``) and one reader (``read_meta``), which
+migrates older formats:
+
+    format 1   training wrote metrics.json as one result dict (``metrics.read_metrics`` migrates it)
+    format 2   metrics.json always holds ``{..., tasks: [...]}``; config.json fields unchanged
 """
 
 from __future__ import annotations
@@ -19,22 +24,39 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rql_cli.config import RQLConfig
-from rql_cli.errors import CheckpointError
+from rql_cli.errors import CheckpointError, RQLError
+from rql_cli.io.atomic import fsync_folder_files, write_bytes_synced
+from rql_cli.io.metrics import EvaluationReport, write_metrics
+from rql_cli.names import TaskName, parse_task_name
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from rql_cli.core.rql import RQLAgent
+
+FORMAT_VERSION = 2
+CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("velocity.safetensors", "value.safetensors")
 TRAIN_STATE_FILE = "train_state.safetensors"
-REQUIRED_FILES = ("config.json", *WEIGHT_FILES)
+REQUIRED_FILES = (CONFIG_FILE, *WEIGHT_FILES)
 
 
 @dataclass
 class CheckpointMeta:
-    """What config.json says about a checkpoint besides the config itself."""
+    """A checkpoint's config.json: the typed config and what the weights were trained for.
+
+    Attributes:
+        config: the full RQLConfig of the run that wrote it.
+        dataset: dataset file stem, e.g. ``'cube-single-play-v0'``.
+        env_id: ogbench singletask name the rewards were relabelled for (names the task).
+        obs_dim, action_dim: sizes of one observation and one action (not a chunk).
+        step: gradient steps taken when it was saved.
+        versions: rql, torch and ogbench versions that wrote it.
+        success_timing: ogbench's 'pre' or 'post' success semantics (None if unknown).
+    """
 
     config: RQLConfig
     dataset: str
@@ -44,12 +66,17 @@ class CheckpointMeta:
     step: int
     versions: dict[str, str] = field(default_factory=dict)
     success_timing: str | None = None
-    format_version: int = FORMAT_VERSION
+
+    @property
+    def task_name(self) -> TaskName:
+        """``env_id`` parsed (family, dataset type, task): the env this checkpoint acts in."""
+        return parse_task_name(self.env_id)
 
     def to_json(self) -> str:
+        """The config.json text (always the current ``FORMAT_VERSION``)."""
         return json.dumps(
             dict(
-                format_version=self.format_version,
+                format_version=FORMAT_VERSION,
                 dataset=self.dataset,
                 env_id=self.env_id,
                 obs_dim=self.obs_dim,
@@ -83,26 +110,12 @@ def software_versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_bytes(tmp, (json.dumps(payload, indent=2) + "\n").encode())
-    os.replace(tmp, path)
-
-
 def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def weight_tensors(agent: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """The two weight files' contents, keyed by file name."""
+def weight_tensors(agent: RQLAgent) -> dict[str, dict[str, torch.Tensor]]:
+    """The two weight files' contents, keyed by file name then tensor name (``velocity.mlp...``)."""
     def prefixed(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
@@ -118,8 +131,8 @@ def weight_tensors(agent: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]
     }
 
 
-def train_state_tensors(agent: Any, generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    """Adam moments per parameter index, the step counter and RNG states."""
+def train_state_tensors(agent: RQLAgent, generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    """Adam moments per parameter index (``optimizer.{i}.{exp_avg,...}``), ``step`` and ``rng.{name}``."""
     tensors: dict[str, torch.Tensor] = {"step": torch.tensor(agent.step, dtype=torch.int64)}
     for index, state in agent.optimizer.state_dict()["state"].items():
         for key, value in state.items():
@@ -131,11 +144,11 @@ def train_state_tensors(agent: Any, generators: dict[str, torch.Generator]) -> d
 
 def save_checkpoint(
     directory: Path,
-    agent: Any,
+    agent: RQLAgent,
     meta: CheckpointMeta,
     *,
     generators: dict[str, torch.Generator] | None = None,
-    metrics: dict[str, Any] | None = None,
+    metrics: EvaluationReport | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically: into a temporary sibling, fsync, then rename.
 
@@ -158,12 +171,16 @@ def save_checkpoint(
             str(tmp / TRAIN_STATE_FILE),
             metadata={"step": str(agent.step)},
         )
-    _write_bytes(tmp / "config.json", (meta.to_json() + "\n").encode())
+    write_bytes_synced(tmp / CONFIG_FILE, (meta.to_json() + "\n").encode())
     if metrics is not None:
-        _write_bytes(tmp / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
-    for path in tmp.iterdir():  # safetensors writes without fsync
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+        write_metrics(tmp, metrics)
+    fsync_folder_files(tmp)
+    _swap_into_place(tmp, directory)
+    return directory
+
+
+def _swap_into_place(tmp: Path, directory: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``directory``, replacing an older one whole."""
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old")
         if old.exists():
@@ -173,7 +190,6 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         os.replace(tmp, directory)
-    return directory
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,13 +198,16 @@ def save_checkpoint(
 
 
 def _migrate(payload: dict[str, Any]) -> dict[str, Any]:
-    """Bring an older config.json up to FORMAT_VERSION (version 1 is the first; nothing to do)."""
-    return payload
+    """Bring an older config.json up to FORMAT_VERSION.
+
+    Format 1 -> 2 changed no field of config.json (only metrics.json's layout, which
+    ``metrics.read_metrics`` migrates), so the payload is only relabelled.
+    """
+    return {**payload, "format_version": FORMAT_VERSION}
 
 
-def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
-    """Parse config.json; returns the meta and the config fields this rql does not know."""
-    directory = Path(directory)
+def _read_config_payload(directory: Path) -> dict[str, Any]:
+    """config.json of a checkpoint folder as a dict, after checking the folder's files and format."""
     if not directory.is_dir():
         raise CheckpointError(f"Checkpoint folder {directory} does not exist.")
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
@@ -197,35 +216,52 @@ def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
             f"Checkpoint {directory} is missing {', '.join(missing)}; a checkpoint folder needs "
             f"{', '.join(REQUIRED_FILES)}."
         )
+    path = directory / CONFIG_FILE
     try:
-        payload = json.loads((directory / "config.json").read_text())
+        payload = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{directory / 'config.json'} is not valid JSON: {error}.") from error
+        raise CheckpointError(f"{path} is not valid JSON: {error}.") from error
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not a {type(payload).__name__}.")
     version = payload.get("format_version")
-    if not isinstance(version, int):
-        raise CheckpointError(f"{directory / 'config.json'} has no integer format_version.")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} has no integer format_version.")
     if version > FORMAT_VERSION:
-        writer = payload.get("versions", {}).get("rql", "a newer release")
+        versions = payload.get("versions")
+        writer = versions.get("rql", "a newer release") if isinstance(versions, dict) else "a newer release"
         raise CheckpointError(
             f"Checkpoint {directory} has format_version {version}, written by rql {writer}; this "
             f"rql reads up to format_version {FORMAT_VERSION}. Upgrade rql to load it."
         )
-    payload = _migrate(payload)
+    return _migrate(payload)
+
+
+def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
+    """Parse a checkpoint's config.json; returns the meta and the config fields this rql does not know.
+
+    Raises CheckpointError naming the file for a missing file, invalid JSON, a newer format, a
+    missing field or a value of the wrong type. Unknown config fields only warn.
+    """
+    directory = Path(directory)
+    payload = _read_config_payload(directory)
+    path = directory / CONFIG_FILE
     try:
         config, unknown = RQLConfig.from_dict(payload["config"], strict=False)
+        versions = payload.get("versions") or {}
         meta = CheckpointMeta(
             config=config,
-            dataset=payload["dataset"],
-            env_id=payload["env_id"],
-            obs_dim=int(payload["obs_dim"]),
-            action_dim=int(payload["action_dim"]),
-            step=int(payload["step"]),
-            versions=dict(payload.get("versions", {})),
+            dataset=_text(payload["dataset"], "dataset"),
+            env_id=_text(payload["env_id"], "env_id"),
+            obs_dim=_count(payload["obs_dim"], "obs_dim"),
+            action_dim=_count(payload["action_dim"], "action_dim"),
+            step=_count(payload["step"], "step", minimum=0),
+            versions={str(k): str(v) for k, v in dict(versions).items()},
             success_timing=payload.get("success_timing"),
-            format_version=FORMAT_VERSION,
         )
     except KeyError as error:
-        raise CheckpointError(f"{directory / 'config.json'} lacks the field {error}.") from error
+        raise CheckpointError(f"{path} lacks the field {error}.") from None
+    except (RQLError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a valid checkpoint config: {error}") from None
     if unknown:
         warnings.warn(
             f"Checkpoint {directory} has config fields this rql does not know and ignores: "
@@ -233,6 +269,18 @@ def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
             stacklevel=2,
         )
     return meta, unknown
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"'{name}' must be a string, got {json.dumps(value)}.")
+    return value
+
+
+def _count(value: Any, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"'{name}' must be an integer >= {minimum}, got {json.dumps(value)}.")
+    return value
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -253,7 +301,7 @@ def _split(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
 
 
-def load_weights_into(agent: Any, directory: Path) -> None:
+def load_weights_into(agent: RQLAgent, directory: Path) -> None:
     """Load both weight files into ``agent``; shape mismatches name the tensor and both shapes."""
     directory = Path(directory)
     parts = {
@@ -283,7 +331,7 @@ def load_weights_into(agent: Any, directory: Path) -> None:
 
 
 def load_train_state_into(
-    agent: Any, directory: Path, generators: dict[str, torch.Generator]
+    agent: RQLAgent, directory: Path, generators: dict[str, torch.Generator]
 ) -> None:
     """Restore Adam moments, the step counter and RNG states saved by ``save_checkpoint``."""
     path = Path(directory) / TRAIN_STATE_FILE
@@ -307,8 +355,13 @@ def load_train_state_into(
         generator.set_state(tensors[f"rng.{name}"])
 
 
-def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[Any, CheckpointMeta]:
-    """Build an RQLAgent from a checkpoint folder and load its weights."""
+def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[RQLAgent, CheckpointMeta]:
+    """Build an RQLAgent on ``device`` from a checkpoint folder and load its weights (no train state).
+
+    Every tensor is checked against the networks config.json describes; CheckpointError names the
+    file and both shapes otherwise. ``rql_cli.io.resolve.load_checkpoint`` is the entry point that
+    takes any ``--checkpoint`` reference.
+    """
     from rql_cli.core.rql import RQLAgent
 
     meta, _ = read_meta(directory)
@@ -316,26 +369,3 @@ def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[Any
     load_weights_into(agent, directory)
     agent.step = meta.step
     return agent, meta
-
-
-def task_results(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per-task results of a metrics.json, whichever layout wrote it.
-
-    ``rql eval --save`` writes ``{checkpoint, dataset, step, ..., tasks: [result, ...]}``; a checkpoint
-    saved during training holds one result dict ``{success_rate, success_ci95, episodes, task, ...}``.
-    """
-    if not metrics:
-        return []
-    if isinstance(metrics.get("tasks"), list):
-        return [t for t in metrics["tasks"] if isinstance(t, dict) and "success_rate" in t]
-    return [metrics] if "success_rate" in metrics else []
-
-
-def read_metrics(directory: Path) -> dict[str, Any] | None:
-    path = Path(directory) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None

@@ -9,9 +9,7 @@ config.json before anyone uses them.
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 import shutil
 import tempfile
 import time
@@ -20,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from rql_cli.errors import CheckpointError, HubError
-from rql_cli.io.checkpoint import task_results
+from rql_cli.io.checkpoint import REQUIRED_FILES, TRAIN_STATE_FILE, CheckpointMeta
+from rql_cli.io.hub_ref import require_hub_ref
+from rql_cli.io.metrics import METRICS_FILE, read_metrics
+from rql_cli.io.model_card import LIBRARY_NAME, build_model_card, pct
 
-LIBRARY_NAME = "rql"
-TAGS = ("reinforcement-learning", "offline-rl", "flow-matching", "rql", "ogbench")
 VIDEO_SUFFIXES = (".mp4", ".gif")
 # Files rql publishes; a push deletes the ones the new checkpoint lacks (a stale metrics.json or
 # video from an earlier push must not describe this one) and leaves anything else in the repo alone.
@@ -31,54 +30,7 @@ MANAGED_FILES = (
     "config.json", "velocity.safetensors", "value.safetensors", "train_state.safetensors",
     "metrics.json", "README.md", *(f"rollout{suffix}" for suffix in VIDEO_SUFFIXES),
 )
-CITATION = """@article{oberai2026reversal,
-  title   = {Reversal Q-Learning},
-  author  = {Oberai and Park and Levine},
-  journal = {arXiv preprint arXiv:2606.17551},
-  year    = {2026}
-}"""
-
-# owner/name as the Hub spells them (letters, digits, '-', '_', '.'), then an optional @revision.
-_HUB_REF = re.compile(
-    r"(?P<repo_id>[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95})(?:@(?P<revision>[^\s@]+))?"
-)
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass(frozen=True)
-class HubRef:
-    """A Hub model repo and, optionally, a revision (branch, tag or commit id)."""
-
-    repo_id: str
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
-
-
-def parse_hub_ref(text: str) -> HubRef | None:
-    """``'user/name'`` or ``'user/name@revision'`` as a HubRef; None when ``text`` is not shaped so."""
-    match = _HUB_REF.fullmatch(text.strip())
-    if match is None or ".." in match["repo_id"] or match["repo_id"].endswith((".git", ".")):
-        return None
-    return HubRef(match["repo_id"], match["revision"])
-
-
-def require_hub_ref(text: str, revision: str | None = None) -> HubRef:
-    """Parse ``text`` as a Hub id (RQLError if it is not one); ``revision`` fills in a missing @rev."""
-    ref = parse_hub_ref(text)
-    if ref is None:
-        raise HubError(
-            f"'{text}' is not a Hub repo id. Hub ids look like USER/NAME or USER/NAME@REVISION "
-            "(letters, digits, '-', '_' and '.'), e.g. alice/rql-cube-single."
-        )
-    if revision and ref.revision and revision != ref.revision:
-        raise HubError(
-            f"Two revisions given for {ref.repo_id}: '@{ref.revision}' in the id and '{revision}' in "
-            "--revision. Give one."
-        )
-    return HubRef(ref.repo_id, ref.revision or revision)
-
 
 @dataclass
 class PushResult:
@@ -161,214 +113,34 @@ def _first_line(error: BaseException, token: str | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# The model card
-# ------------------------------------------------------------------------------------------
-
-
-def read_checkpoint_metrics(folder: Path) -> dict[str, Any] | None:
-    """metrics.json of a checkpoint folder, None when absent; CheckpointError when unreadable."""
-    path = Path(folder) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(
-            f"{path} is not valid JSON ({error}). Measure the checkpoint again with "
-            f"`rql eval --checkpoint {folder} --save`, or delete the file."
-        ) from None
-    if not isinstance(metrics, dict):
-        raise CheckpointError(f"{path} does not hold an evaluation result (a JSON object).")
-    return metrics
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def reproduce_command(meta: Any) -> str:
-    """The `rql train` command that trains this checkpoint's run: the preset plus --set for what differs."""
-    from rql_cli.config import make_config
-    from rql_cli.errors import RQLError
-    from rql_cli.names import parse_task_name
-
-    parts = ["rql", "train", "--dataset", meta.dataset]
-    try:
-        if parse_task_name(meta.env_id).resolve_task() != parse_task_name(meta.dataset).resolve_task():
-            parts += ["--task", str(parse_task_name(meta.env_id).resolve_task())]
-    except RQLError:
-        pass  # a name this rql does not know: the dataset name alone is the best we can say
-    preset = make_config(meta.dataset).to_dict()
-    for name, value in meta.config.to_dict().items():
-        if name != "device" and preset.get(name) != value:  # the device is the machine's, not the recipe's
-            parts += ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
-    return " ".join(shlex.quote(part) for part in parts)
-
-
-def _config_table(meta: Any) -> str:
-    from rql_cli.config import FIELD_HELP, make_config
-
-    preset = make_config(meta.dataset).to_dict()
-    rows = ["| field | value | preset | meaning |", "|---|---|---|---|"]
-    for name, value in meta.config.to_dict().items():
-        default = preset.get(name)
-        differs = json.dumps(default) if default != value else ""
-        meaning = FIELD_HELP.get(name, "").replace("|", "\\|")
-        rows.append(f"| `{name}` | `{json.dumps(value)}` | {f'`{differs}`' if differs else ''} | {meaning} |")
-    return "\n".join(rows)
-
-
-def build_model_card(
-    meta: Any,
-    metrics: dict[str, Any] | None,
-    repo_id: str,
-    *,
-    files: list[str],
-    video_name: str | None = None,
-    revision: str | None = None,
-) -> Any:
-    """The README.md of a pushed checkpoint as a ``huggingface_hub.ModelCard``.
-
-    Its metadata carries ``eval_results`` made from the measured metrics.json only; without one the
-    card says the checkpoint is not evaluated yet and how to measure it.
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from rql_cli.config import env_family
-
-    results = task_results(metrics)
-    name = repo_id.split("/")[-1]
-    load_ref = f"{repo_id}@{revision}" if revision and revision != "main" else repo_id
-    eval_results = []
-    for result in results:
-        env_id = result.get("env_id", meta.env_id)
-        common = dict(
-            task_type="reinforcement-learning", task_name="Offline reinforcement learning",
-            dataset_type=result.get("dataset_name") or meta.dataset, dataset_name=env_id,
-            dataset_config=f"task{result['task']}" if result.get("task") is not None else None,
-        )
-        eval_results.append(EvalResult(
-            **common, metric_type="success_rate", metric_name="success rate",
-            metric_value=round(float(result["success_rate"]), 4),
-            metric_args={"episodes": int(result["episodes"]), "ci95": [round(float(x), 4) for x in result["success_ci95"]]},
-        ))
-        if "mean_return" in result:
-            eval_results.append(EvalResult(
-                **common, metric_type="mean_return", metric_name="mean return",
-                metric_value=round(float(result["mean_return"]), 3),
-                metric_args={"episodes": int(result["episodes"])},
-            ))
-    family = env_family(meta.dataset)
-    data = ModelCardData(
-        library_name=LIBRARY_NAME,
-        tags=[*TAGS, *([family] if family else [])],
-        pipeline_tag="reinforcement-learning",
-        model_name=name,
-        eval_results=eval_results or None,
-    )
-
-    lines = [
-        f"# {name}",
-        "",
-        f"A **Reversal Q-Learning** (RQL) agent: a flow-matching policy over action chunks of "
-        f"{meta.config.horizon} steps, trained offline on the OGBench dataset `{meta.dataset}` and "
-        f"evaluated in `{meta.env_id}`. Made with `rql` (the rql-cli package).",
-        "",
-        "## Results",
-        "",
-    ]
-    if results:
-        lines += ["| task | environment | success rate | 95% CI | episodes |", "|---|---|---|---|---|"]
-        for result in results:
-            low, high = result["success_ci95"]
-            lines.append(
-                f"| {result.get('task', '')} | `{result.get('env_id', meta.env_id)}` | "
-                f"{_pct(result['success_rate'])} | [{_pct(low)}, {_pct(high)}] | {result['episodes']} |"
-            )
-        first = results[0]
-        lines += [
-            "",
-            f"Measured by `rql eval` with the EMA policy (95% Wilson interval over the episodes; episode "
-            f"seeds are in `metrics.json`), ogbench {first.get('ogbench_version', '?')}, success timing "
-            f"`{first.get('success_timing', meta.success_timing)}`.",
-        ]
-    else:
-        lines += [
-            "**Not evaluated yet.** This checkpoint carries no `metrics.json`, so no success rate is "
-            "claimed. Measure it and push again:",
-            "",
-            "```bash",
-            "rql eval --checkpoint FOLDER --save",
-            "```",
-        ]
-    lines += [
-        "",
-        "## Use it",
-        "",
-        "```bash",
-        f"rql eval --checkpoint {load_ref}          # download into the Hub cache, then evaluate",
-        f"rql pull {load_ref}                       # download and verify only",
-        f"rql rollout --checkpoint {load_ref} --render",
-        "```",
-        "",
-        "```python",
-        "from rql_cli.io.hub import pull_checkpoint",
-        "from rql_cli.io.checkpoint import load_agent",
-        "",
-        f'agent, meta = load_agent(pull_checkpoint("{load_ref}"))',
-        "```",
-        "",
-    ]
-    if video_name:
-        lines += ["## Rollout", "", f"[{video_name}]({video_name})", ""]
-    lines += [
-        "## Training",
-        "",
-        f"- training steps: {meta.step:,}" + (f" (of a {meta.config.steps:,}-step run)" if meta.config.steps > meta.step else ""),
-        f"- dataset: `{meta.dataset}`; environment: `{meta.env_id}`; observations {meta.obs_dim}, actions {meta.action_dim}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.versions.items())),
-        "",
-        "Reproduce the run (add `--dataset-dir DIR` where the dataset files are; "
-        "`rql data generate` makes them):",
-        "",
-        "```bash",
-        reproduce_command(meta),
-        "```",
-        "",
-        "### Config",
-        "",
-        "The preset column shows the task preset's value where this run differs from it.",
-        "",
-        _config_table(meta),
-        "",
-        "## Files",
-        "",
-        *[f"- `{name}`" for name in sorted(files)],
-        "",
-        "Weights are safetensors (no pickle): loading them never runs code.",
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        CITATION,
-        "```",
-        "",
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
-
-
-# ------------------------------------------------------------------------------------------
 # Push
 # ------------------------------------------------------------------------------------------
 
 
+def check_can_push(repo_id: str, revision: str | None, token: str | None) -> tuple[str, str]:
+    """Refuse at once, before any slow work, a push that cannot succeed; returns (token, branch).
+
+    Checks the repo id, that the revision is a branch (not a commit), that a token exists and that
+    HF_HUB_OFFLINE is not set.
+    """
+    ref = require_hub_ref(repo_id, revision)
+    branch = ref.revision or "main"
+    if _COMMIT_ID.fullmatch(branch):
+        raise HubError(f"A push goes to a branch, not to the commit {branch}. Pass a branch name as --revision.")
+    token = find_token(token)
+    if is_offline():
+        raise HubError(
+            "HF_HUB_OFFLINE is set, and pushing needs the network. Unset HF_HUB_OFFLINE to push. "
+            "Nothing was uploaded."
+        )
+    return token, branch
+
+
 def _stage(folder: Path, staging: Path, with_train_state: bool, video_path: Path | None) -> tuple[list[str], str | None]:
     """Copy what is published into ``staging``; returns the file names and the video's name."""
-    from rql_cli.io.checkpoint import REQUIRED_FILES, TRAIN_STATE_FILE
-
     names = list(REQUIRED_FILES)
-    if (folder / "metrics.json").is_file():
-        names.append("metrics.json")
+    if (folder / METRICS_FILE).is_file():
+        names.append(METRICS_FILE)
     if with_train_state:
         if not (folder / TRAIN_STATE_FILE).is_file():
             raise CheckpointError(
@@ -394,6 +166,7 @@ def _stage(folder: Path, staging: Path, with_train_state: bool, video_path: Path
 
 def push_checkpoint(
     folder: Path,
+    meta: CheckpointMeta,
     repo_id: str,
     *,
     token: str | None = None,
@@ -403,45 +176,36 @@ def push_checkpoint(
     with_train_state: bool = False,
     video_path: Path | None = None,
 ) -> PushResult:
-    """Publish checkpoint ``folder`` to the Hub model repo ``repo_id`` in one commit.
+    """Publish checkpoint ``folder`` (already loaded, so known to load: ``meta`` is its config.json)
+    to the Hub model repo ``repo_id`` in one commit.
 
     Uploads config.json, the two weight files, metrics.json when present, train_state.safetensors only
     with ``with_train_state``, the video when given, and a generated README.md model card. Creates the
     repo (and the branch ``revision``) when missing. The token is checked before any network call
     and never appears in messages. A failure leaves the repo as it was: no partial commit.
     """
-    from rql_cli.io.checkpoint import load_agent
-
     folder = Path(folder)
-    ref = require_hub_ref(repo_id, revision)
-    branch = ref.revision or "main"
-    if _COMMIT_ID.fullmatch(branch):
-        raise HubError(f"A push goes to a branch, not to the commit {branch}. Pass a branch name as --revision.")
-    _, meta = load_agent(folder, "cpu")  # never publish what `rql pull` would reject
-    metrics = read_checkpoint_metrics(folder)
-    token = find_token(token)
-    if is_offline():
-        raise HubError("HF_HUB_OFFLINE is set, and pushing needs the network. Unset HF_HUB_OFFLINE to push. Nothing was uploaded.")
-
+    token, branch = check_can_push(repo_id, revision, token)
+    repo = require_hub_ref(repo_id, revision).repo_id
+    report = read_metrics(folder)
+    evaluated = bool(report and report.tasks)
     started = time.perf_counter()  # staging, the card and the upload; not the checks above
     with tempfile.TemporaryDirectory(prefix="rql-push-") as tmp:
         staging = Path(tmp)
         names, video_name = _stage(folder, staging, with_train_state, video_path)
         card = build_model_card(
-            meta, metrics, ref.repo_id, files=[*names, "README.md"], video_name=video_name, revision=branch,
+            meta, report, repo, files=[*names, "README.md"], video_name=video_name, revision=branch,
         )
         card.save(staging / "README.md")
         names.append("README.md")
         size = sum((staging / name).stat().st_size for name in names)
-        message = commit_message or (
-            f"rql: {meta.dataset} step {meta.step:,}"
-            + (f", success {_pct(task_results(metrics)[0]['success_rate'])}" if task_results(metrics) else ", not evaluated")
-        )
-        info, deleted, repo_url = _commit(ref.repo_id, branch, staging, names, message, token, private)
+        success = f", success {pct(report.tasks[0]['success_rate'])}" if evaluated else ", not evaluated"
+        message = commit_message or f"rql: {meta.dataset} step {meta.step:,}{success}"
+        info, deleted, repo_url = _commit(repo, branch, staging, names, message, token, private)
     return PushResult(
-        repo_id=ref.repo_id, revision=branch, commit_oid=info.oid, commit_url=info.commit_url,
+        repo_id=repo, revision=branch, commit_oid=info.oid, commit_url=info.commit_url,
         repo_url=str(repo_url), files=sorted(names), deleted=deleted, size_bytes=size,
-        seconds=time.perf_counter() - started, evaluated=bool(task_results(metrics)),
+        seconds=time.perf_counter() - started, evaluated=evaluated,
     )
 
 
@@ -507,15 +271,45 @@ def pull_checkpoint(
     token: str | None = None,
     verify: bool = True,
 ) -> Path:
-    """Download a checkpoint repo (``user/name`` or ``user/name@revision``) and verify it; its folder.
+    """Download a checkpoint repo (``user/name`` or ``user/name@revision``); returns its folder.
 
     Goes through ``snapshot_download``: the standard cache under HF_HOME (or ``local_dir``), the
     endpoint of HF_ENDPOINT, the login or HF_TOKEN for private repos. With HF_HUB_OFFLINE set only the
-    cache is used, and a repo that is not there fails at once. Every weight file is loaded on the
-    CPU and checked against config.json (CheckpointError names the file and what is wrong); pass
-    ``verify=False`` only to call ``verify_checkpoint`` yourself.
+    cache is used, and a repo that is not there fails at once. With ``verify`` every weight file is
+    loaded on the CPU and checked against config.json; ``rql_cli.io.resolve.load_checkpoint`` passes
+    ``verify=False`` because its own load (on the device asked for) is that check.
     """
+    ref = require_hub_ref(repo_id, revision)
+    path = _snapshot(ref.repo_id, ref.revision, local_dir, token)
+    if verify:
+        verify_checkpoint(path, source=str(ref))
+    return path
+
+
+def _snapshot(repo_id: str, revision: str | None, local_dir: Path | str | None, token: str | None) -> Path:
+    """``snapshot_download`` with progress bars off and every library error turned into a HubError."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    quiet_before = are_progress_bars_disabled()
+    disable_progress_bars()  # the CLI draws its own status; tqdm bars would tear it
+    try:
+        return Path(snapshot_download(
+            repo_id, revision=revision, local_dir=str(local_dir) if local_dir else None,
+            token=token, local_files_only=is_offline(), library_name=LIBRARY_NAME,
+        ))
+    except Exception as error:
+        raise _pull_error(error, repo_id, revision, local_dir, token) from None
+    finally:
+        if not quiet_before:
+            enable_progress_bars()
+
+
+def _pull_error(
+    error: Exception, repo_id: str, revision: str | None, local_dir: Path | str | None, token: str | None
+) -> Exception:
+    """The HubError that says what to do about a failed download (other errors pass through)."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -523,61 +317,40 @@ def pull_checkpoint(
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-    from huggingface_hub.utils import (
-        are_progress_bars_disabled,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
 
-    ref = require_hub_ref(repo_id, revision)
-    offline = is_offline()
-    endpoint = _endpoint()
-    quiet_before = are_progress_bars_disabled()
-    disable_progress_bars()  # the CLI draws its own status; tqdm bars would tear it
-    try:
-        path = snapshot_download(
-            ref.repo_id, revision=ref.revision, local_dir=str(local_dir) if local_dir else None,
-            token=token, local_files_only=offline, library_name=LIBRARY_NAME,
+    endpoint, ref = _endpoint(), f"{repo_id}@{revision}" if revision else repo_id
+    cache = local_dir or constants.HF_HUB_CACHE
+    if isinstance(error, RevisionNotFoundError):
+        return HubError(
+            f"{repo_id} on the Hub at {endpoint} has no revision '{revision}'. Use a branch, tag or "
+            f"commit id of the repo (see its history on the Hub), or drop @{revision} for the latest."
         )
-    except RevisionNotFoundError:
-        raise HubError(
-            f"{ref.repo_id} on the Hub at {endpoint} has no revision '{ref.revision}'. Use a branch, tag or "
-            f"commit id of the repo (see its history on the Hub), or drop @{ref.revision} for the latest."
-        ) from None
-    except (RepositoryNotFoundError, GatedRepoError):
-        raise HubError(
-            f"No model repo '{ref.repo_id}' on the Hub at {endpoint}, or it is private and this token "
+    if isinstance(error, (RepositoryNotFoundError, GatedRepoError)):
+        return HubError(
+            f"No model repo '{repo_id}' on the Hub at {endpoint}, or it is private and this token "
             "cannot read it. Check the id (USER/NAME); for a private repo log in with `hf auth login` or "
             "set HF_TOKEN."
-        ) from None
-    except LocalEntryNotFoundError:
-        from huggingface_hub import constants
-
-        if offline:
-            raise HubError(
-                f"We are offline (HF_HUB_OFFLINE is set) and {ref} is not in the Hub cache "
-                f"({local_dir or constants.HF_HUB_CACHE}). Unset HF_HUB_OFFLINE and pull it once with "
-                f"`rql pull {ref}`; later offline runs use the cached copy."
-            ) from None
-        raise HubError(
-            f"Could not reach the Hub at {endpoint}, and {ref} is not in the cache "
-            f"({local_dir or constants.HF_HUB_CACHE}). Check the network or HF_ENDPOINT, then try again."
-        ) from None
-    except HfHubHTTPError as error:
-        raise HubError(
+        )
+    if isinstance(error, LocalEntryNotFoundError):
+        if is_offline():
+            return HubError(
+                f"We are offline (HF_HUB_OFFLINE is set) and {ref} is not in the Hub cache ({cache}). "
+                f"Unset HF_HUB_OFFLINE and pull it once with `rql pull {ref}`; later offline runs use "
+                "the cached copy."
+            )
+        return HubError(
+            f"Could not reach the Hub at {endpoint}, and {ref} is not in the cache ({cache}). "
+            "Check the network or HF_ENDPOINT, then try again."
+        )
+    if isinstance(error, HfHubHTTPError):
+        return HubError(
             f"The Hub at {endpoint} refused to send {ref} ({_status(error)}: {_first_line(error, token)}). "
             "For a private repo log in with `hf auth login` or set HF_TOKEN."
-        ) from None
-    finally:
-        if not quiet_before:
-            enable_progress_bars()
-    folder = Path(path)
-    if verify:
-        verify_checkpoint(folder, source=str(ref))
-    return folder
+        )
+    return error
 
 
-def verify_checkpoint(folder: Path, *, source: str | None = None) -> Any:
+def verify_checkpoint(folder: Path, *, source: str | None = None) -> CheckpointMeta:
     """Load every weight file on the CPU and check the dims against config.json; returns the meta."""
     from rql_cli.io.checkpoint import load_agent
 

@@ -1,28 +1,93 @@
 """The files of a run folder besides checkpoints: the run record, CSV logs and the curve picture.
 
     RUN_DIR/
-      config.json          the run: dataset and where it lives, env id, dims, the typed config
+      train_config.json    the run: dataset and where it lives, env id, dims, the typed config,
+                           where it started from, and what changed at which step
       metrics.csv          training losses every log_interval steps
       eval.csv             one row per evaluation
       curves.png           learning curves, redrawn after each evaluation
       checkpoints/step_00010000/   checkpoint folders (see checkpoint.py)
+
+The run record has one schema (``RunRecord``), one writer and one reader. Run folders of format 1
+kept the record in ``config.json`` (the name a checkpoint's own file has); the reader still takes it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rql_cli.config import RQLConfig
 from rql_cli.errors import RQLError
-from rql_cli.io.checkpoint import write_json_atomic
+from rql_cli.io.atomic import write_json_atomic
 
-RUN_FILE = "config.json"
+RUN_FILE = "train_config.json"
+LEGACY_RUN_FILE = "config.json"  # format 1 run folders
+RUN_FORMAT = 2
 CHECKPOINTS = "checkpoints"
 
 
+@dataclass
+class RunRecord:
+    """What a run trains, on what, and its lineage (``train_config.json``).
+
+    Attributes:
+        dataset: dataset file stem or name as given, e.g. ``'cube-single-play-v0'``.
+        data: where the files live: ``{'dataset_dir', 'dataset_path', 'task'}`` (each may be None).
+        env_id: ogbench singletask name the rewards were relabelled for.
+        obs_dim, action_dim: sizes of one observation and one action.
+        config: the typed config the run trains with now.
+        versions: rql, torch and ogbench versions that started the run.
+        parent: the checkpoint a run started from (fine-tuning), None for a run from scratch.
+        history: ``{'step', 'event', 'changes'}`` entries: when the run started or resumed, and the
+            config fields that changed then (``{field: [old, new]}``).
+    """
+
+    dataset: str
+    data: dict[str, Any]
+    env_id: str
+    obs_dim: int
+    action_dim: int
+    config: RQLConfig
+    versions: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The train_config.json payload."""
+        payload = asdict(self)
+        payload["config"] = self.config.to_dict()
+        return {"format_version": RUN_FORMAT, **payload}
+
+    @classmethod
+    def from_dict(cls, payload: Any, source: str) -> RunRecord:
+        """Parse either format of the run record; RQLError names ``source`` when it is broken."""
+        if not isinstance(payload, dict):
+            raise RQLError(f"{source} must hold a JSON object, not a {type(payload).__name__}.")
+        try:
+            config, _ = RQLConfig.from_dict(payload["config"], strict=False)
+            return cls(
+                dataset=str(payload["dataset"]),
+                data=dict(payload.get("data") or {}),
+                env_id=str(payload["env_id"]),
+                obs_dim=int(payload["obs_dim"]),
+                action_dim=int(payload["action_dim"]),
+                config=config,
+                versions=dict(payload.get("versions") or {}),
+                parent=payload.get("parent"),
+                history=list(payload.get("history") or []),
+            )
+        except KeyError as error:
+            raise RQLError(f"{source} lacks the field {error}.") from None
+        except (RQLError, TypeError, ValueError) as error:
+            raise RQLError(f"{source} is not a valid run record: {error}") from None
+
+
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives: ``RUN_DIR/checkpoints/step_00001234``."""
     return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
 
 
@@ -39,28 +104,42 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (Path(path) / RUN_FILE).is_file() and (Path(path) / CHECKPOINTS).is_dir()
+    """A folder with ``checkpoints/`` and a run record (``train_config.json``, or format 1's)."""
+    path = Path(path)
+    has_record = (path / RUN_FILE).is_file() or (
+        (path / LEGACY_RUN_FILE).is_file() and not (path / "velocity.safetensors").exists()
+    )
+    return has_record and (path / CHECKPOINTS).is_dir()
 
 
-def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
+def write_run_record(run_dir: Path, record: RunRecord) -> Path:
+    """Write ``record`` as ``RUN_DIR/train_config.json`` atomically (the folder is made if missing)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(run_dir) / RUN_FILE, record)
-
-
-def read_run_record(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_FILE
+    write_json_atomic(path, record.to_dict())
+    return path
+
+
+def read_run_record(run_dir: Path) -> RunRecord:
+    """The run record of ``run_dir`` (format 2's train_config.json, else format 1's config.json)."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not path.is_file() and (run_dir / LEGACY_RUN_FILE).is_file():
+        path = run_dir / LEGACY_RUN_FILE
     if not path.is_file():
         raise RQLError(f"{run_dir} is not a run folder: it has no {RUN_FILE}.")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RQLError(f"{path} is not valid JSON: {error}.") from error
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RQLError(f"{path} is not valid JSON: {error}.") from None
+    return RunRecord.from_dict(payload, source=str(path))
 
 
 class CsvLog:
     """Append-only CSV with a fixed header; rows past a resume point can be dropped."""
 
     def __init__(self, path: Path, columns: list[str]):
+        """Open (or create, with its header) the CSV at ``path`` with these ``columns``."""
         self.path = Path(path)
         self.columns = columns
         if not self.path.exists():
@@ -68,6 +147,7 @@ class CsvLog:
                 csv.writer(handle).writerow(columns)
 
     def append(self, row: dict[str, Any]) -> None:
+        """Append one row; missing columns stay empty, floats keep 6 significant digits."""
         with open(self.path, "a", newline="") as handle:
             csv.writer(handle).writerow([_fmt(row.get(c, "")) for c in self.columns])
 
@@ -82,6 +162,7 @@ class CsvLog:
                     writer.writerow([row.get(c, "") for c in self.columns])
 
     def read(self) -> list[dict[str, str]]:
+        """Every row as a dict of strings, oldest first."""
         if not self.path.exists():
             return []
         with open(self.path, newline="") as handle:

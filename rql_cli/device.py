@@ -1,4 +1,7 @@
-"""Choosing the torch device from the user's ``--device`` string."""
+"""Choosing the torch device from the user's ``--device`` string, and seeded generators on it.
+
+Outside ``core/`` because it speaks to the user (its errors say how to fix the flag).
+"""
 
 from __future__ import annotations
 

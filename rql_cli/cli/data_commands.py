@@ -1,0 +1,114 @@
+"""`rql data generate` and `rql data info`: make and inspect OGBench datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from rql_cli.cli.common import DEFAULT_DATA_DIR, handles_errors
+from rql_cli.cli.display import console
+
+data_app = typer.Typer(
+    help="Make and inspect OGBench datasets. Example: rql data generate cube-single-play-v0 --out data",
+    no_args_is_help=True,
+)
+
+
+def default_workers() -> int:
+    """One worker process per CPU core."""
+    return max(1, os.cpu_count() or 1)
+
+
+@data_app.command("generate")
+@handles_errors
+def data_generate(
+    name: str = typer.Argument(..., help="Dataset to make, e.g. cube-single-play-v0 (see `rql list`)."),
+    out: Path = typer.Option(Path(DEFAULT_DATA_DIR), "--out", "-o", help="Folder for NAME.npz and NAME-val.npz."),
+    episodes: Optional[int] = typer.Option(None, "--episodes", help="Train episodes.", show_default="the official count"),
+    val_episodes: Optional[int] = typer.Option(None, "--val-episodes", help="Validation episodes.", show_default="a tenth"),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes, whatever --workers is."),
+    workers: int = typer.Option(default_workers(), "--workers", "-j", help="Processes collecting episodes."),
+    episode_length: int = typer.Option(1001, "--episode-length", help="Steps per episode (1001 is the official length)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Make an OGBench manipulation dataset here with ogbench's scripted oracles.
+
+    Interrupted runs resume: finished episodes are kept until both files are written.
+
+    Example: rql data generate cube-double-play-v0 --episodes 100 --out data --workers 2
+    """
+    paths = generate_with_progress(
+        name, out.expanduser(), episodes=episodes, val_episodes=val_episodes, seed=seed, workers=workers,
+        episode_length=episode_length, force=force, quiet=quiet,
+    )
+    for path in paths:
+        console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    console.print(f"Train on it with: rql train --dataset {name} --dataset-dir {out}")
+
+
+def generate_with_progress(name: str, out: Path, *, quiet: bool, **options: Any) -> list[Path]:
+    """``generate_dataset`` under a progress bar of finished episodes; returns the two files."""
+    from rql_cli.cli.display import make_progress
+    from rql_cli.data.generate import generate_dataset
+
+    episodes, val_episodes = options.pop("episodes"), options.pop("val_episodes")
+    with make_progress(quiet) as progress:
+        bar = progress.add_task(f"generate {name}", total=None, rate="", info="")
+        return generate_dataset(
+            name, out, num_episodes=episodes, num_val_episodes=val_episodes,
+            on_episode=lambda done, total: progress.update(bar, completed=done, total=total, info="episodes"),
+            **options,
+        )
+
+
+@data_app.command("info")
+@handles_errors
+def data_info(
+    name: str = typer.Argument(..., help="Dataset or singletask name, e.g. cube-single-play-v0."),
+    dataset_dir: Optional[Path] = typer.Option(None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR),
+    dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself."),
+    task: Optional[int] = typer.Option(None, "--task", help="Reward task 1-5 for the statistics."),
+    sparse: bool = typer.Option(False, "--sparse", help="Show statistics of sparse rewards."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Sizes, episode counts and reward statistics of a dataset, and where its file is.
+
+    Example: rql data info cube-single-play-v0 --dataset-dir data
+    """
+    from rich.table import Table
+
+    from rql_cli.data.sources import load_ogbench
+
+    loaded = load_ogbench(
+        name, task=task, dataset_dir=dataset_dir or Path(DEFAULT_DATA_DIR),
+        dataset_path=dataset_path, sparse_rewards=sparse,
+    )
+    info = {
+        "train_file": str(loaded.train_path),
+        "env_id": loaded.env_id,
+        "train": loaded.train.statistics(),
+        "val": loaded.val.statistics() if loaded.val else None,
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"{loaded.env_id} ({loaded.train_path})")
+    for column, justify in (("", "left"), ("train", "right"), ("val", "right")):
+        table.add_column(column, justify=justify)
+    for key, value in info["train"].items():
+        other = info["val"][key] if info["val"] else ""
+        table.add_row(key, _fmt(value), _fmt(other))
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,77 @@
+"""`rql eval`: success rate and return of a checkpoint's EMA policy, with 95% intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rql_cli.cli.common import CHECKPOINT_HELP, handles_errors
+from rql_cli.cli.display import console
+
+
+def parse_tasks(text: Optional[str]) -> list[Optional[int]]:
+    """``--task``: None -> [None] (the checkpoint's task); 'all' -> every task; 'N' -> [N]."""
+    from rql_cli.errors import RQLError
+    from rql_cli.names import TASKS
+
+    if text is None:
+        return [None]
+    if text == "all":
+        return list(TASKS)
+    if text.isdigit() and int(text) in TASKS:
+        return [int(text)]
+    raise RQLError(f"--task expects a number {TASKS[0]}-{TASKS[-1]} or 'all', got '{text}'.")
+
+
+@handles_errors
+def eval_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    episodes: int = typer.Option(50, "--episodes", "-n", min=1, help="Episodes per task."),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="Task 1-5, or 'all' for a per-task table.", show_default="the checkpoint's task"
+    ),
+    seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise is seeded too."),
+    envs: Optional[int] = typer.Option(None, "--envs", help="Parallel environments.", show_default="one per core"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
+    save: bool = typer.Option(False, "--save", help="Write the report into the checkpoint's metrics.json."),
+    best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result table."),
+) -> None:
+    """Measure success rate and return of a checkpoint's EMA policy, with 95% intervals.
+
+    Example: rql eval --checkpoint runs/demo --episodes 50 --task all --json results.json
+    """
+    from rql_cli.cli.display import eval_table, make_progress, pct
+    from rql_cli.device import resolve_device
+    from rql_cli.errors import RQLError
+    from rql_cli.evaluation import evaluate_checkpoint
+    from rql_cli.io.metrics import write_metrics
+    from rql_cli.io.resolve import load_checkpoint, reference_source
+
+    tasks = parse_tasks(task)
+    if save and reference_source(checkpoint) == "hub":
+        raise RQLError(
+            "--save writes metrics.json into the checkpoint folder, and a Hub checkpoint lives "
+            f"in the shared download cache. Pull a copy first: `rql pull {checkpoint} --dir DIR`, "
+            "then `rql eval --checkpoint DIR --save`."
+        )
+    loaded = load_checkpoint(checkpoint, resolve_device(device), best=best)
+    with make_progress(quiet) as progress:
+        bar = progress.add_task("eval", total=episodes, rate="", info="")
+        report = evaluate_checkpoint(
+            loaded, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs,
+            on_task_start=lambda number: progress.update(bar, completed=0, description=f"eval task {number}"),
+            on_episode=lambda done, total, rate: progress.update(bar, completed=done, info=f"success {pct(rate)}"),
+        )
+    result = report.to_dict()
+    console.print(eval_table(result))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"Report written to {json_path}")
+    if save:
+        console.print(f"Saved into {write_metrics(loaded.folder, report)}")

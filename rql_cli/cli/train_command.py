@@ -1,0 +1,148 @@
+"""`rql train`: offline training with the paper's preset for the dataset's task."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from rql_cli.cli.common import DEFAULT_DATA_DIR, config_option, handles_errors
+from rql_cli.cli.display import console
+
+RUN_FLAGS = ("steps", "eval_interval", "eval_episodes", "eval_envs", "seed", "device")
+"""Config fields that have a flag of their own besides --set."""
+
+
+def config_fields_epilog() -> str:
+    """Every config field, its default and its help: the one source of --set's help."""
+    from rql_cli.config import FIELD_HELP, OFFICIAL_NAMES, RQLConfig
+
+    defaults = RQLConfig().to_dict()
+    official = {ours: theirs for theirs, ours in OFFICIAL_NAMES.items()}
+    lines = [
+        f"[bold]{name}[/] = {json.dumps(value)}: {FIELD_HELP[name]}"
+        + (f" (official name: {official[name]})" if name in official else "")
+        for name, value in defaults.items()
+    ]
+    return "Config fields for --set (defaults before the task preset):\n\n" + "\n\n".join(lines)
+
+
+@handles_errors
+def train(
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", "-d", help="OGBench dataset or singletask name, e.g. cube-single-play-v0."
+    ),
+    dataset_dir: Optional[Path] = typer.Option(
+        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR
+    ),
+    dataset_path: Optional[Path] = typer.Option(
+        None, "--dataset-path", help="The training .npz itself (its -val.npz must sit beside it)."
+    ),
+    task: Optional[int] = typer.Option(
+        None, "--task", help="Singletask reward task 1-5.", show_default="the name's, else the env's default"
+    ),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="Hyperparameter preset of another task family (see `rql list`)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config field, value as JSON: --set alpha=3 --set value_hidden_dims=[256,256]."
+    ),
+    steps: Optional[int] = config_option("steps"),
+    eval_interval: Optional[int] = config_option("eval_interval", "--eval-interval", "--eval-every"),
+    eval_episodes: Optional[int] = config_option("eval_episodes"),
+    eval_envs: Optional[int] = config_option("eval_envs"),
+    seed: Optional[int] = config_option("seed"),
+    device: Optional[str] = config_option("device"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run folder.", show_default="runs/DATASET-seedS-TIMESTAMP"
+    ),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue the run in this folder from its latest checkpoint."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
+) -> None:
+    """Train an RQL agent offline, with the paper's preset for the dataset's task.
+
+    Example: rql train --dataset cube-double-play-v0 --dataset-dir data --steps 100000 --device cuda
+    """
+    from rql_cli.config import parse_set_option
+
+    overrides = dict(parse_set_option(item) for item in set_)
+    flags = dict(zip(RUN_FLAGS, (steps, eval_interval, eval_episodes, eval_envs, seed, device)))
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if resume is not None:
+        if dataset or dataset_dir or dataset_path or preset or task is not None:
+            from rql_cli.errors import RQLError
+
+            raise RQLError(
+                "--resume continues a run as it was set up; drop --dataset, --dataset-dir, "
+                "--dataset-path, --task and --preset."
+            )
+        config, spec, run_dir = _resumed_run(resume, overrides)
+    else:
+        config, spec, run_dir = _new_run(dataset, dataset_dir, dataset_path, task, preset, overrides, out)
+    run_training(config, spec, run_dir, resume=resume is not None, quiet=quiet)
+
+
+def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any, Path]:
+    """(config, data spec, run folder) of a run to continue, with ``overrides`` applied."""
+    from rql_cli.data.sources import DataSpec
+    from rql_cli.io.run_files import read_run_record
+
+    record = read_run_record(run_dir)
+    spec = DataSpec(name=record.dataset, **record.data)
+    return record.config.replace(**overrides), spec, run_dir
+
+
+def _new_run(
+    dataset: Optional[str], dataset_dir: Optional[Path], dataset_path: Optional[Path], task: Optional[int],
+    preset: Optional[str], overrides: dict[str, Any], out: Optional[Path],
+) -> tuple[Any, Any, Path]:
+    """(config, data spec, run folder) of a new run; refuses a folder that already holds a run."""
+    from rql_cli.config import make_config
+    from rql_cli.data.sources import DataSpec
+    from rql_cli.errors import RQLError
+    from rql_cli.io.run_files import is_run_dir
+    from rql_cli.names import parse_task_name
+
+    if not dataset:
+        raise RQLError("Name a dataset with --dataset (e.g. cube-single-play-v0), or continue a run with --resume RUN_DIR.")
+    task_name = parse_task_name(dataset)  # unknown names fail here, with suggestions
+    if task is not None:
+        task_name.resolve_task(task)
+    config = make_config(task_name, preset, overrides)
+    run_dir = out or Path("runs") / f"{dataset}-seed{config.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    if is_run_dir(run_dir):
+        raise RQLError(
+            f"{run_dir} already holds a run. Continue it with `rql train --resume {run_dir}`, "
+            "or choose another --out."
+        )
+    spec = DataSpec(
+        name=dataset,
+        dataset_dir=str(dataset_dir or DEFAULT_DATA_DIR) if dataset_path is None else None,
+        dataset_path=str(dataset_path) if dataset_path else None,
+        task=task,
+    )
+    return config, spec, Path(run_dir)
+
+
+def run_training(config: Any, spec: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
+    """Run the training loop under a progress display and print how it ended."""
+    from rql_cli.cli.display import TrainDisplay, success_text
+    from rql_cli.train import train as train_loop
+
+    with TrainDisplay(quiet) as display:
+        outcome = train_loop(config, spec, run_dir, resume=resume, observer=display)
+    if outcome.interrupted:
+        console.print(
+            f"[yellow]Interrupted at step {outcome.step:,}[/]; checkpoint saved to "
+            f"{outcome.last_checkpoint}.\nResume with: [bold]{outcome.resume_command}[/]"
+        )
+        raise typer.Exit(130)
+    console.print(f"Done: {outcome.step:,} steps; last checkpoint {outcome.last_checkpoint}.")
+    if outcome.last_eval:
+        console.print(f"Last evaluation: success {success_text(outcome.last_eval)}.")
+    console.print(f"Evaluate it with: rql eval --checkpoint {run_dir}")

@@ -1,0 +1,196 @@
+"""The model card (README.md) of a pushed checkpoint, built from its config.json and metrics.json.
+
+The card's metadata carries ``eval_results`` made from the measured metrics only, so the Hub shows
+a score exactly when one was measured; without metrics the card says how to measure one.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from rql_cli.config import FIELD_HELP, make_config
+from rql_cli.errors import RQLError
+from rql_cli.io.checkpoint import CheckpointMeta
+from rql_cli.io.metrics import EvaluationReport
+from rql_cli.names import parse_task_name
+
+LIBRARY_NAME = "rql"
+TAGS = ("reinforcement-learning", "offline-rl", "flow-matching", "rql", "ogbench")
+CITATION = """@article{oberai2026reversal,
+  title   = {Reversal Q-Learning},
+  author  = {Oberai and Park and Levine},
+  journal = {arXiv preprint arXiv:2606.17551},
+  year    = {2026}
+}"""
+
+
+def pct(value: float) -> str:
+    """0.1234 -> '12.3%'."""
+    return f"{100 * value:.1f}%"
+
+
+def reproduce_command(meta: CheckpointMeta) -> str:
+    """The `rql train` command that trains this checkpoint's run: the preset plus --set for what differs."""
+    parts = ["rql", "train", "--dataset", meta.dataset]
+    try:
+        task = meta.task_name.resolve_task()
+        if task != parse_task_name(meta.dataset).resolve_task():  # the task `--dataset` alone gives
+            parts += ["--task", str(task)]
+    except RQLError:
+        pass  # a name this rql does not know: the dataset name alone is the best we can say
+    preset = _preset(meta)
+    for name, value in meta.config.to_dict().items():
+        if name != "device" and preset.get(name) != value:  # the device is the machine's, not the recipe's
+            parts += ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def _preset(meta: CheckpointMeta) -> dict[str, Any]:
+    try:
+        return make_config(meta.dataset).to_dict()
+    except RQLError:
+        return {}
+
+
+def _config_table(meta: CheckpointMeta) -> list[str]:
+    preset = _preset(meta)
+    rows = ["| field | value | preset | meaning |", "|---|---|---|---|"]
+    for name, value in meta.config.to_dict().items():
+        default = preset.get(name)
+        differs = f"`{json.dumps(default)}`" if name in preset and default != value else ""
+        meaning = FIELD_HELP.get(name, "").replace("|", "\\|")
+        rows.append(f"| `{name}` | `{json.dumps(value)}` | {differs} | {meaning} |")
+    return rows
+
+
+def card_metadata(meta: CheckpointMeta, report: EvaluationReport | None, model_name: str) -> Any:
+    """``huggingface_hub.ModelCardData``: library, tags, and one success rate and mean return per task."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    eval_results = []
+    for result in report.tasks if report else []:
+        common = dict(
+            task_type="reinforcement-learning", task_name="Offline reinforcement learning",
+            dataset_type=result.get("dataset_name") or meta.dataset,
+            dataset_name=result.get("env_id", meta.env_id),
+            dataset_config=f"task{result['task']}" if result.get("task") is not None else None,
+        )
+        episodes = int(result.get("episodes", 0))
+        ci95 = [round(float(x), 4) for x in result.get("success_ci95", [])]
+        eval_results.append(EvalResult(
+            **common, metric_type="success_rate", metric_name="success rate",
+            metric_value=round(float(result["success_rate"]), 4),
+            metric_args={"episodes": episodes, "ci95": ci95},
+        ))
+        if "mean_return" in result:
+            eval_results.append(EvalResult(
+                **common, metric_type="mean_return", metric_name="mean return",
+                metric_value=round(float(result["mean_return"]), 3), metric_args={"episodes": episodes},
+            ))
+    family = _family(meta)
+    return ModelCardData(
+        library_name=LIBRARY_NAME, tags=[*TAGS, *([family] if family else [])],
+        pipeline_tag="reinforcement-learning", model_name=model_name, eval_results=eval_results or None,
+    )
+
+
+def _family(meta: CheckpointMeta) -> str | None:
+    try:
+        return meta.task_name.family
+    except RQLError:
+        return None
+
+
+def _results_section(meta: CheckpointMeta, report: EvaluationReport | None) -> list[str]:
+    if not report or not report.tasks:
+        return [
+            "**Not evaluated yet.** This checkpoint carries no `metrics.json`, so no success rate is "
+            "claimed. Measure it and push again:", "", "```bash", "rql eval --checkpoint FOLDER --save", "```",
+        ]
+    lines = ["| task | environment | success rate | 95% CI | episodes |", "|---|---|---|---|---|"]
+    for result in report.tasks:
+        low, high = result.get("success_ci95", [float("nan")] * 2)
+        lines.append(
+            f"| {result.get('task', '')} | `{result.get('env_id', meta.env_id)}` | "
+            f"{pct(result['success_rate'])} | [{pct(low)}, {pct(high)}] | {result.get('episodes', '?')} |"
+        )
+    first = report.tasks[0]
+    return [*lines, "", (
+        f"Measured by `rql eval` with the EMA policy (95% Wilson interval over the episodes; episode "
+        f"seeds are in `metrics.json`), ogbench {first.get('ogbench_version', '?')}, success timing "
+        f"`{first.get('success_timing', meta.success_timing)}`."
+    )]
+
+
+def _usage_section(load_ref: str) -> list[str]:
+    return [
+        "## Use it", "", "```bash",
+        f"rql eval --checkpoint {load_ref}          # download into the Hub cache, then evaluate",
+        f"rql pull {load_ref}                       # download and verify only",
+        f"rql rollout --checkpoint {load_ref} --render",
+        "```", "", "```python",
+        "from rql_cli.io.resolve import load_checkpoint",
+        "",
+        f'loaded = load_checkpoint("{load_ref}", device="cpu")  # loaded.agent, loaded.meta',
+        "```", "",
+    ]
+
+
+def _training_section(meta: CheckpointMeta) -> list[str]:
+    of_run = f" (of a {meta.config.steps:,}-step run)" if meta.config.steps > meta.step else ""
+    return [
+        "## Training", "",
+        f"- training steps: {meta.step:,}{of_run}",
+        f"- dataset: `{meta.dataset}`; environment: `{meta.env_id}`; observations {meta.obs_dim}, "
+        f"actions {meta.action_dim}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.versions.items())),
+        "",
+        "Reproduce the run (add `--dataset-dir DIR` where the dataset files are; "
+        "`rql data generate` makes them):",
+        "", "```bash", reproduce_command(meta), "```", "",
+        "### Config", "",
+        "The preset column shows the task preset's value where this run differs from it.", "",
+        *_config_table(meta), "",
+    ]
+
+
+def build_model_card(
+    meta: CheckpointMeta,
+    report: EvaluationReport | None,
+    repo_id: str,
+    *,
+    files: list[str],
+    video_name: str | None = None,
+    revision: str | None = None,
+) -> Any:
+    """The README.md of a pushed checkpoint as a ``huggingface_hub.ModelCard``.
+
+    Args:
+        meta: the checkpoint's config.json.
+        report: its metrics.json, or None (the card then says it is not evaluated yet).
+        repo_id: ``user/name`` the card is for; ``revision`` its branch ('main' is left out of commands).
+        files: the file names the commit publishes (listed in the card).
+        video_name: the rollout video in the repo, if one is published.
+    """
+    from huggingface_hub import ModelCard
+
+    name = repo_id.split("/")[-1]
+    load_ref = f"{repo_id}@{revision}" if revision and revision != "main" else repo_id
+    lines = [
+        f"# {name}", "",
+        f"A **Reversal Q-Learning** (RQL) agent: a flow-matching policy over action chunks of "
+        f"{meta.config.horizon} steps, trained offline on the OGBench dataset `{meta.dataset}` and "
+        f"evaluated in `{meta.env_id}`. Made with `rql` (the rql-cli package).",
+        "", "## Results", "",
+        *_results_section(meta, report), "",
+        *_usage_section(load_ref),
+        *(["## Rollout", "", f"[{video_name}]({video_name})", ""] if video_name else []),
+        *_training_section(meta),
+        "## Files", "", *[f"- `{file}`" for file in sorted(files)], "",
+        "Weights are safetensors (no pickle): loading them never runs code.", "",
+        "## Citation", "", "```bibtex", CITATION, "```", "",
+    ]
+    data = card_metadata(meta, report, name)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

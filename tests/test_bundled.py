@@ -1,0 +1,35 @@
+"""Bundled checkpoints: listed by name with their scores; a broken one never hides the others."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from rql_cli.cli.app import app
+from rql_cli.io.bundled import bundled_checkpoint_folders, bundled_checkpoints
+
+
+def test_listing_survives_broken_folders_and_names_the_problem(tiny_run_dir, tmp_path, monkeypatch):
+    source = tiny_run_dir / "checkpoints" / "step_00000002"
+    root = tmp_path / "bundled"
+    for name in ("good", "bad-metrics", "bad-config"):
+        shutil.copytree(source, root / name)
+    (root / "good" / "metrics.json").write_text(json.dumps({"tasks": [{"success_rate": 0.5, "episodes": 10}]}))
+    (root / "bad-metrics" / "metrics.json").write_text("{truncated")
+    (root / "bad-config" / "config.json").write_text("[]")
+    (root / "not-a-checkpoint").mkdir()
+    monkeypatch.setenv("RQL_CHECKPOINTS", str(root))
+    monkeypatch.setenv("COLUMNS", "240")  # table cells on one line each
+
+    assert list(bundled_checkpoint_folders()) == ["bad-config", "bad-metrics", "good"]
+    entries = {entry.name: entry for entry in bundled_checkpoints()}
+    assert (entries["good"].success, entries["good"].episodes, entries["good"].step) == ("50.0%", 10, 2)
+    assert entries["bad-metrics"].success == "unreadable metrics.json"
+    assert entries["bad-config"].dataset == "unreadable config.json"
+
+    result = CliRunner().invoke(app, ["list"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "50.0%" in text and "unreadable metrics.json" in text

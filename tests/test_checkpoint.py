@@ -1,0 +1,151 @@
+"""Checkpoint folders: round trip, errors that name the file, newer formats, migration of format 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rql_cli.config import RQLConfig
+from rql_cli.errors import CheckpointError
+from rql_cli.io.checkpoint import FORMAT_VERSION, CheckpointMeta, load_agent, read_meta, save_checkpoint
+
+TINY = dict(
+    actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=3, flow_steps=4,
+    horizon=3, batch_size=16, eval_episodes=0, log_interval=2, device="cpu",
+)
+FORMAT1_RUN = Path(__file__).parent / "data" / "format1-run"
+
+
+def make_meta(config: RQLConfig, step: int = 7) -> CheckpointMeta:
+    return CheckpointMeta(
+        config=config, dataset="cube-single-play-v0", env_id="cube-single-play-singletask-v0",
+        obs_dim=28, action_dim=5, step=step,
+    )
+
+
+def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
+    from rql_cli.core.rql import RQLAgent
+
+    torch.manual_seed(0)
+    config = RQLConfig(**TINY)
+    agent = RQLAgent(config, 28, 5, torch.device("cpu"))
+    with torch.no_grad():
+        for p in agent.value_target.parameters():
+            p.add_(1.0)  # targets differ from online nets and must come back as saved
+    folder = save_checkpoint(tmp_path / "ckpt", agent, make_meta(config))
+    loaded, meta = load_agent(folder)
+    assert meta.step == 7 and meta.config == config
+    for name in ("velocity", "velocity_target", "value", "value_target"):
+        for (key, a), b in zip(getattr(agent, name).state_dict().items(), getattr(loaded, name).state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{key}"
+    assert not (folder / "train_state.safetensors").exists()  # only with generators
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary leftovers
+
+
+def saved_tiny_checkpoint(tmp_path: Path) -> Path:
+    """A freshly initialised TINY agent saved as tmp_path/ckpt."""
+    from rql_cli.core.rql import RQLAgent
+
+    config = RQLConfig(**TINY)
+    return save_checkpoint(tmp_path / "ckpt", RQLAgent(config, 28, 5, torch.device("cpu")), make_meta(config))
+
+
+def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
+    folder = saved_tiny_checkpoint(tmp_path)
+    data = (folder / "value.safetensors").read_bytes()
+    (folder / "value.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="value.safetensors.*truncated or corrupt"):
+        load_agent(folder)
+    (folder / "value.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing value.safetensors"):
+        load_agent(folder)
+
+
+def test_checkpoint_from_a_newer_format_is_refused_and_unknown_fields_warn(tmp_path):
+    folder = saved_tiny_checkpoint(tmp_path)
+    payload = json.loads((folder / "config.json").read_text())
+    payload["config"]["from_the_future"] = 1
+    (folder / "config.json").write_text(json.dumps(payload))
+    with pytest.warns(UserWarning, match="from_the_future"):
+        read_meta(folder)
+    payload["format_version"] = 99
+    payload["versions"]["rql"] = "9.0.0"
+    (folder / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match="format_version 99, written by rql 9.0.0"):
+        read_meta(folder)
+
+
+def test_checkpoint_with_other_network_dims_names_both_shapes(tmp_path):
+    folder = saved_tiny_checkpoint(tmp_path)
+    payload = json.loads((folder / "config.json").read_text())
+    payload["obs_dim"] = 37
+    (folder / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=r"shape \(.*\) but config.json describes"):
+        load_agent(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Format 1 (the bundled checkpoint's format, and run folders of rql 0.1) still loads
+# --------------------------------------------------------------------------------------------
+
+
+def test_format1_checkpoint_loads_and_its_training_metrics_migrate(tmp_path):
+    from rql_cli.io.metrics import read_metrics
+
+    run = shutil.copytree(FORMAT1_RUN, tmp_path / "run")
+    checkpoint = run / "checkpoints" / "step_00000003"
+    on_disk = json.loads((checkpoint / "config.json").read_text())
+    assert on_disk["format_version"] == 1 < FORMAT_VERSION
+    agent, meta = load_agent(checkpoint)
+    assert (meta.step, meta.obs_dim, meta.action_dim, meta.config.actor_hidden_dims) == (3, 28, 5, [16, 16])
+    assert meta.task_name.resolve_task() == 2
+    report = read_metrics(checkpoint)  # format 1 training wrote one result dict
+    written = json.loads((checkpoint / "metrics.json").read_text())
+    assert report.tasks == [written] and report.mean_success_rate == written["success_rate"]
+    assert json.loads((checkpoint / "config.json").read_text()) == on_disk  # reading never rewrites
+
+
+def test_format1_run_folder_resolves_and_resumes(tiny_dataset_dir, tmp_path):
+    from rql_cli.io.resolve import resolve_reference
+    from rql_cli.io.run_files import RUN_FILE, read_run_record
+    from rql_cli.train import DataSpec, train
+
+    run = shutil.copytree(FORMAT1_RUN, tmp_path / "run")
+    resolved = resolve_reference(str(run))
+    assert resolved.source == "run" and resolved.folder == run / "checkpoints" / "step_00000003"
+    record = read_run_record(run)  # from the format 1 config.json of the run folder
+    assert record.dataset == "cube-single-play-v0" and record.config.ensemble_size == 2
+    data = DataSpec(name=record.dataset, dataset_dir=str(tiny_dataset_dir))
+    outcome = train(record.config.replace(steps=5, eval_episodes=0), data, run, resume=True)
+    assert outcome.step == 5
+    resumed = json.loads((run / RUN_FILE).read_text())
+    assert resumed["format_version"] == 2
+    assert resumed["history"] == [{"step": 3, "event": "resume", "changes": {
+        "steps": [3, 5], "eval_episodes": [2, 0]}}]
+
+
+def test_the_bundled_format1_checkpoint_loads_by_name():
+    from rql_cli.io.resolve import load_checkpoint
+
+    loaded = load_checkpoint("cube-single-rql-cpu", "cpu")
+    assert loaded.resolved.source == "bundled"
+    assert loaded.meta.dataset == "cube-single-play-v0" and loaded.agent.step == loaded.meta.step > 0
+
+
+def test_config_json_of_the_wrong_shape_is_a_clean_error(tmp_path):
+    folder = saved_tiny_checkpoint(tmp_path)
+    path = folder / "config.json"
+    payload = json.loads(path.read_text())
+    for broken, fragment in [
+        ([1, 2], "must hold a JSON object"),
+        ({**payload, "obs_dim": "28"}, "'obs_dim' must be an integer"),
+        ({**payload, "config": [1]}, "JSON object of fields"),
+        ({**payload, "config": {**payload["config"], "horizon": "3"}}, "'horizon' expects an integer"),
+    ]:
+        path.write_text(json.dumps(broken))
+        with pytest.raises(CheckpointError, match=fragment):
+            read_meta(folder)

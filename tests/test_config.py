@@ -1,0 +1,85 @@
+"""The typed config: JSON round trip, help text, presets from the task name, --set parsing, aliases."""
+
+from __future__ import annotations
+
+import pytest
+
+from rql_cli.config import (
+    FIELD_HELP,
+    OFFICIAL_NAMES,
+    PRESETS,
+    RQLConfig,
+    field_names,
+    make_config,
+    parse_set_option,
+)
+from rql_cli.errors import ConfigError
+from rql_cli.names import ENV_FAMILIES
+
+
+def test_config_json_round_trip_keeps_every_field():
+    config = RQLConfig(alpha=3.0, value_hidden_dims=[256, 128], sparse_rewards=True, device="cuda:1")
+    restored, unknown = RQLConfig.from_json(config.to_json())
+    assert restored == config and unknown == []
+
+
+def test_every_field_has_help_text():
+    assert set(FIELD_HELP) == set(field_names())
+
+
+def test_presets_follow_the_dataset_name_and_set_overrides_win():
+    config = make_config("puzzle-3x3-play-singletask-task2-v0")
+    assert (config.alpha, config.expectile, config.rho, config.horizon) == (1.0, 0.7, 0.5, 5)
+    assert config.sparse_rewards
+    config = make_config("cube-double-play-v0", overrides=dict(alpha=2.5))
+    assert (config.alpha, config.expectile) == (2.5, 0.9)
+    config = make_config("cube-double-play-v0", preset="humanoidmaze-large")
+    assert (config.discount, config.horizon, config.rho) == (0.995, 1, 0.0)
+
+
+def test_set_option_parses_json_and_checks_types():
+    assert parse_set_option("value_hidden_dims=[256,256]") == ("value_hidden_dims", [256, 256])
+    assert parse_set_option("alpha=3") == ("alpha", 3.0)
+    assert parse_set_option("device=cuda:1") == ("device", "cuda:1")
+    assert parse_set_option("sparse_rewards=true") == ("sparse_rewards", True)
+    with pytest.raises(ConfigError, match="horizon.*integer"):
+        parse_set_option("horizon=1.5")
+    with pytest.raises(ConfigError, match="alpha.*number"):
+        parse_set_option("alpha=true")
+    with pytest.raises(ConfigError, match="Did you mean 'expectile'"):
+        parse_set_option("expectle=0.9")
+    with pytest.raises(ConfigError, match="list of ints"):
+        parse_set_option("actor_hidden_dims=[256, 'a']")
+    with pytest.raises(ConfigError, match="expectile must lie"):
+        make_config("cube-single-play-v0", overrides=dict(expectile=1.5))
+
+
+@pytest.mark.parametrize("official, ours, value", [
+    ("h", "horizon", 5), ("ensemble_ct", "ensemble_size", 4), ("ema", "actor_ema", 0.99),
+    ("layer_norm", "value_layer_norm", False),
+])
+def test_official_field_names_are_accepted_as_aliases(official, ours, value):
+    assert OFFICIAL_NAMES[official] == ours
+    assert parse_set_option(f"{official}={str(value).lower()}") == (ours, value)
+    config, unknown = RQLConfig.from_dict({official: value})
+    assert getattr(config, ours) == value and unknown == []
+    assert getattr(make_config("cube-single-play-v0", overrides={official: value}), ours) == value
+    with pytest.raises(ConfigError, match=ours):
+        parse_set_option(f"{official}=\"not a {ours}\"")
+
+
+def test_help_text_comes_from_field_metadata_not_source_code():
+    import dataclasses
+
+    for f in dataclasses.fields(RQLConfig):
+        assert f.metadata["help"] == FIELD_HELP[f.name] and len(f.metadata["help"]) > 10
+
+
+def test_every_preset_is_a_known_env_family():
+    assert set(PRESETS) <= set(ENV_FAMILIES)
+    assert make_config("pointmaze-medium-navigate-v0") == RQLConfig()  # no preset: the defaults
+
+
+def test_a_config_that_is_not_an_object_is_refused():
+    with pytest.raises(ConfigError, match="JSON object"):
+        RQLConfig.from_dict([1, 2])

@@ -1,0 +1,41 @@
+"""What the CLI draws: result tables, success text, plain progress lines when stdout is no terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from rql_cli.cli import display
+
+RESULT = dict(task=2, success_rate=0.25, success_ci95=[0.1, 0.5], mean_return=-150.0,
+              return_ci95=[-170.0, -130.0], episodes=8)
+
+
+def render(renderable) -> str:
+    console = Console(width=200, record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_success_text_carries_the_interval_and_the_episode_count():
+    assert display.success_text(RESULT) == "25.0% [10.0%, 50.0%] over 8 episodes"
+
+
+def test_eval_table_has_a_row_per_task_and_a_mean_row_for_several():
+    report = dict(checkpoint="runs/x/checkpoints/step_00000040", dataset="cube-single-play-v0", step=40,
+                  mean_success_rate=0.5, tasks=[RESULT, {**RESULT, "task": 3, "success_rate": 0.75}])
+    text = render(display.eval_table(report))
+    assert "step_00000040: cube-single-play-v0 @ step 40" in text
+    rows = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    assert rows == ["2", "3", "mean"] and "75.0%" in text and "50.0%" in text
+    single = render(display.eval_table({**report, "tasks": [RESULT]}))
+    assert [line.split("│")[1].strip() for line in single.splitlines() if line.startswith("│")] == ["2"]
+
+
+def test_progress_prints_plain_lines_when_stdout_is_not_a_terminal(capsys):
+    progress = display.make_progress(quiet=False)  # under pytest stdout is not a terminal
+    with progress:
+        task = progress.add_task("train", total=10, rate="", info="")
+        progress.update(task, completed=4, rate="3.0 it/s", info="V 0.1")
+        progress.update(task, completed=10, rate="3.0 it/s", info="V 0.1")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "train: 4/10 3.0 it/s V 0.1" and lines[-1] == "train: 10/10 3.0 it/s V 0.1"

@@ -1,0 +1,75 @@
+"""The run folder's files: train_config.json (and format 1's config.json), CSV logs, checkpoint listing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rql_cli.config import RQLConfig
+from rql_cli.errors import RQLError
+from rql_cli.io.run_files import (
+    RUN_FILE,
+    CsvLog,
+    RunRecord,
+    checkpoint_dir,
+    is_run_dir,
+    list_checkpoints,
+    read_run_record,
+    write_run_record,
+)
+
+FORMAT1_RUN = Path(__file__).parent / "data" / "format1-run"
+
+
+def make_record(**changes) -> RunRecord:
+    values = dict(dataset="cube-single-play-v0", data={"dataset_dir": "data", "dataset_path": None, "task": 3},
+                  env_id="cube-single-play-singletask-task3-v0", obs_dim=28, action_dim=5,
+                  config=RQLConfig(alpha=3.0), versions={"rql": "0.1.0"})
+    return RunRecord(**{**values, **changes})
+
+
+def test_run_record_round_trips_through_train_config_json(tmp_path):
+    record = make_record(parent="alice/agent", history=[{"step": 0, "event": "start"}])
+    path = write_run_record(tmp_path / "run", record)
+    assert path.name == RUN_FILE and json.loads(path.read_text())["format_version"] == 2
+    assert read_run_record(tmp_path / "run") == record
+
+
+def test_format1_run_record_is_read_from_the_run_folders_config_json(tmp_path):
+    record = read_run_record(FORMAT1_RUN)
+    assert record.dataset == "cube-single-play-v0" and record.obs_dim == 28
+    assert record.config.ensemble_size == 2 and record.history == [] and record.parent is None
+
+
+def test_broken_run_records_are_clean_errors(tmp_path):
+    with pytest.raises(RQLError, match="not a run folder"):
+        read_run_record(tmp_path)
+    (tmp_path / RUN_FILE).write_text("{oops")
+    with pytest.raises(RQLError, match="not valid JSON"):
+        read_run_record(tmp_path)
+    (tmp_path / RUN_FILE).write_text(json.dumps({"dataset": "x"}))
+    with pytest.raises(RQLError, match="lacks the field 'config'"):
+        read_run_record(tmp_path)
+
+
+def test_run_folders_and_checkpoint_folders_are_told_apart(tmp_path):
+    run = shutil.copytree(FORMAT1_RUN, tmp_path / "old")
+    checkpoint = run / "checkpoints" / "step_00000003"
+    assert is_run_dir(run) and not is_run_dir(checkpoint)
+    write_run_record(tmp_path / "new", make_record())
+    assert not is_run_dir(tmp_path / "new")  # no checkpoints/ yet
+    (tmp_path / "new" / "checkpoints" / ".step_00000005.tmp").mkdir(parents=True)
+    assert is_run_dir(tmp_path / "new") and list_checkpoints(tmp_path / "new") == []
+    assert list_checkpoints(run) == [checkpoint] == [checkpoint_dir(run, 3)]
+
+
+def test_csv_log_appends_reads_and_drops_rows_after_a_resume_point(tmp_path):
+    log = CsvLog(tmp_path / "metrics.csv", ["step", "value"])
+    for step in (2, 4, 6):
+        log.append({"step": step, "value": step / 3})
+    assert [row["value"] for row in log.read()] == ["0.666667", "1.33333", "2"]
+    log.truncate_after(4)
+    assert [row["step"] for row in CsvLog(tmp_path / "metrics.csv", ["step", "value"]).read()] == ["2", "4"]
