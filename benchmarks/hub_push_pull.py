@@ -57,7 +57,8 @@ def main() -> None:
               f"value {(folder / 'value.safetensors').stat().st_size / 1e6:.1f} MB)")
         for index in range(args.pushes):
             started = time.perf_counter()
-            result = push_checkpoint(folder, "bench/rql-paper", commit_message=f"push {index + 1}")
+            meta = verify_checkpoint(folder)  # what `rql push` does first: load it, so it is never broken
+            result = push_checkpoint(folder, meta, "bench/rql-paper", commit_message=f"push {index + 1}")
             total = time.perf_counter() - started
             print(f"push {index + 1}: {result.size_bytes / 1e6:.1f} MB in {result.seconds:.2f} s upload "
                   f"({result.size_bytes / 1e6 / result.seconds:.0f} MB/s); {total:.2f} s with the load check "

@@ -13,7 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
+from rql_cli.device import resolve_device
 from rql_cli.evaluation import evaluate_checkpoint
+from rql_cli.io.resolve import load_checkpoint
 from rql_cli.io.run_files import list_checkpoints
 
 
@@ -31,9 +33,9 @@ def main() -> None:
     reports = []
     for run in args.runs:
         for checkpoint in list_checkpoints(run):
+            loaded = load_checkpoint(str(checkpoint), resolve_device(args.device))
             report = evaluate_checkpoint(
-                str(checkpoint), tasks=[None], episodes=args.episodes, seed=args.seed,
-                num_envs=args.envs, device=args.device,
+                loaded, tasks=[None], episodes=args.episodes, seed=args.seed, num_envs=args.envs,
             ).to_dict()
             reports.append(report)
             task = report["tasks"][0]

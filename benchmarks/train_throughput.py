@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from rql_cli.config import CPU_NETWORKS, RQLConfig
-from rql_cli.device import make_generator, resolve_device
 from rql_cli.core.rql import RQLAgent
 from rql_cli.data.dataset import ChunkSampler, OfflineDataset
+from rql_cli.device import make_generator, resolve_device
 
 CONFIGS = {
     # The paper's default network and batch with cube's chunking.

@@ -49,106 +49,55 @@ class RQLConfig:
     # --- networks -------------------------------------------------------------------------
     actor_hidden_dims: list[int] = _field(
         [512, 512, 512, 512],
-        'Hidden widths of the velocity field v(s, x, t) (GELU, no LayerNorm).',
+        "Hidden widths of the velocity field v(s, x, t) (GELU, no LayerNorm).",
     )
     value_hidden_dims: list[int] = _field(
         [512, 512, 512, 512],
-        'Hidden widths of each value-ensemble member V(s, x, t) (GELU + LayerNorm).',
+        "Hidden widths of each value-ensemble member V(s, x, t) (GELU + LayerNorm).",
     )
     value_layer_norm: bool = _field(
         True,
-        'LayerNorm after the activation on every hidden layer of the value network.',
+        "LayerNorm after the activation on every hidden layer of the value network.",
     )
-    ensemble_size: int = _field(
-        10,
-        'Number K of value-ensemble members.',
-    )
+    ensemble_size: int = _field(10, "Number K of value-ensemble members.")
     # --- flow and chunks ------------------------------------------------------------------
-    flow_steps: int = _field(
-        10,
-        'Euler steps F from noise (t=0) to a finished action chunk (t=1).',
-    )
-    horizon: int = _field(
-        3,
-        'Action-chunk length h; 1 means ordinary single actions.',
-    )
+    flow_steps: int = _field(10, "Euler steps F from noise (t=0) to a finished action chunk (t=1).")
+    horizon: int = _field(3, "Action-chunk length h; 1 means ordinary single actions.")
     policy_loss_points: str = _field(
         "interpolation",
         "Where the policy loss is evaluated: 'interpolation' (the BC points, official code) or 'reversed'.",
     )
     # --- objective ------------------------------------------------------------------------
-    alpha: float = _field(
-        1.0,
-        'Weight of the flow-matching behaviour-cloning loss (larger = closer to BC).',
-    )
-    expectile: float = _field(
-        0.5,
-        'Expectile kappa of the value loss (0.5 = mean squared error).',
-    )
-    rho: float = _field(
-        0.0,
-        'Pessimism: the target is mean - rho * std over the ensemble.',
-    )
-    discount: float = _field(
-        0.99,
-        'Per-environment-step discount gamma.',
-    )
-    tau: float = _field(
-        0.005,
-        'Polyak rate of the target value ensemble, applied after every gradient step.',
-    )
-    actor_ema: float = _field(
-        0.999,
-        'EMA decay of the target velocity field used for evaluation.',
-    )
-    lr: float = _field(
-        3e-4,
-        'Adam learning rate (no weight decay, no gradient clipping).',
-    )
-    batch_size: int = _field(
-        256,
-        'Windows per gradient step.',
-    )
+    alpha: float = _field(1.0, "Weight of the flow-matching behaviour-cloning loss (larger = closer to BC).")
+    expectile: float = _field(0.5, "Expectile kappa of the value loss (0.5 = mean squared error).")
+    rho: float = _field(0.0, "Pessimism: the target is mean - rho * std over the ensemble.")
+    discount: float = _field(0.99, "Per-environment-step discount gamma.")
+    tau: float = _field(0.005, "Polyak rate of the target value ensemble, applied after every gradient step.")
+    actor_ema: float = _field(0.999, "EMA decay of the target velocity field used for evaluation.")
+    lr: float = _field(3e-4, "Adam learning rate (no weight decay, no gradient clipping).")
+    batch_size: int = _field(256, "Windows per gradient step.")
     sparse_rewards: bool = _field(
         False,
-        'Turn every non-zero reward into -1 (solved or not), as the paper does for scene and puzzle.',
+        "Turn every non-zero reward into -1 (solved or not), as the paper does for scene and puzzle.",
     )
     # --- run ------------------------------------------------------------------------------
-    steps: int = _field(
-        1_000_000,
-        'Gradient steps in total.',
-    )
+    steps: int = _field(1_000_000, "Gradient steps in total.")
     eval_interval: int = _field(
         100_000,
-        'Evaluate and save a checkpoint every this many steps (0: only at the end).',
+        "Evaluate and save a checkpoint every this many steps (0: only at the end).",
     )
-    eval_episodes: int = _field(
-        50,
-        'Episodes per periodic evaluation (0 disables periodic evaluation).',
-    )
-    eval_envs: int = _field(
-        1,
-        'Parallel environments for periodic evaluation.',
-    )
-    log_interval: int = _field(
-        100,
-        'Write a row of metrics.csv every this many steps.',
-    )
+    eval_episodes: int = _field(50, "Episodes per periodic evaluation (0 disables periodic evaluation).")
+    eval_envs: int = _field(1, "Parallel environments for periodic evaluation.")
+    log_interval: int = _field(100, "Write a row of metrics.csv every this many steps.")
     save_interval: int = _field(
         0,
-        'Save a checkpoint every this many steps in addition to evaluations (0: with evaluations only).',
+        "Save a checkpoint every this many steps in addition to evaluations (0: with evaluations only).",
     )
-    seed: int = _field(
-        0,
-        'Seed of network init, batch sampling, flow noise and evaluation episodes.',
-    )
-    device: str = _field(
-        "auto",
-        "'auto', 'cpu', 'cuda' or 'cuda:N'.",
-    )
+    seed: int = _field(0, "Seed of network init, batch sampling, flow noise and evaluation episodes.")
+    device: str = _field("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'.")
     dataset_on_device: bool = _field(
         True,
-        'Keep the dataset on the training device so sampling needs no host transfer.',
+        "Keep the dataset on the training device so sampling needs no host transfer.",
     )
 
     def to_dict(self) -> dict[str, Any]:

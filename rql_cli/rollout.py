@@ -84,13 +84,16 @@ class RolloutReport:
 
     @property
     def successes(self) -> int:
+        """Episodes that ended in success."""
         return sum(record.success for record in self.episodes)
 
     @property
     def success_rate(self) -> float:
+        """Successes over episodes run, in [0, 1] (0 before any episode)."""
         return self.successes / max(len(self.episodes), 1)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict, with ``success_rate`` added."""
         out = asdict(self)
         out["success_rate"] = self.success_rate
         out["frame_size"] = list(self.frame_size) if self.frame_size else None

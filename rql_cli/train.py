@@ -21,6 +21,7 @@ from rql_cli.io import run_files
 from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, is_due, resume_command
+from rql_cli.names import TaskName, parse_task_name
 
 __all__ = ["DataSpec", "TrainObserver", "TrainOutcome", "train"]
 
@@ -87,6 +88,7 @@ class _Session:
     metrics_log: run_files.CsvLog
     eval_log: run_files.CsvLog
     dataset_stats: dict[str, Any]
+    task_name: TaskName
     last_checkpoint: Path | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -165,16 +167,17 @@ def _open_session(config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool
     torch.manual_seed(config.seed)  # network initialisation
     loaded = data.load(sparse_rewards=config.sparse_rewards, device=data_device, with_val=False)
     dataset = loaded.train
+    task_name = parse_task_name(loaded.env_id)  # parsed once; evaluation and the meta use it
     agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)
     meta = CheckpointMeta(
         config=config, dataset=data.name, env_id=loaded.env_id, obs_dim=dataset.obs_dim,
         action_dim=dataset.action_dim, step=0, versions=software_versions(),
-        success_timing=success_timing(loaded.env_id),
+        success_timing=success_timing(task_name),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     session = _Session(
         config=config, run_dir=run_dir, agent=agent, sampler=ChunkSampler(dataset, config.horizon),
-        meta=meta, data_device=data_device, dataset_stats=dataset.statistics(),
+        meta=meta, data_device=data_device, dataset_stats=dataset.statistics(), task_name=task_name,
         generators={"sample": make_generator(data_device, config.seed), "noise": make_generator(device, config.seed + 1)},
         metrics_log=run_files.CsvLog(run_dir / "metrics.csv", METRIC_COLUMNS),
         eval_log=run_files.CsvLog(run_dir / "eval.csv", EVAL_COLUMNS),
@@ -187,7 +190,11 @@ def _open_session(config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool
 
 def _restore(session: _Session) -> Path:
     """Load the run's latest checkpoint that has a train state; drop log rows past its step."""
-    from rql_cli.io.checkpoint import load_train_state_into, load_weights_into, read_meta
+    from rql_cli.io.checkpoint import (
+        load_train_state_into,
+        load_weights_into,
+        read_meta,
+    )
 
     agent, run_dir = session.agent, session.run_dir
     candidates = [p for p in run_files.list_checkpoints(run_dir) if (p / "train_state.safetensors").is_file()]
@@ -277,7 +284,7 @@ def _evaluate(session: _Session, observer: TrainObserver) -> dict[str, Any]:
     generator = make_generator(agent.device, config.seed + 7919 * (agent.step + 1))
     observer.on_eval_start(agent.step, config.eval_episodes)
     result = evaluate(
-        chunk_policy(agent, generator), session.meta.env_id, None, episodes=config.eval_episodes,
+        chunk_policy(agent, generator), session.task_name, None, episodes=config.eval_episodes,
         num_envs=config.eval_envs, seed=config.seed, on_episode=observer.on_eval_episode,
     )
     return result.to_dict()

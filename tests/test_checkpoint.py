@@ -11,7 +11,13 @@ import torch
 
 from rql_cli.config import RQLConfig
 from rql_cli.errors import CheckpointError
-from rql_cli.io.checkpoint import FORMAT_VERSION, CheckpointMeta, load_agent, read_meta, save_checkpoint
+from rql_cli.io.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointMeta,
+    load_agent,
+    read_meta,
+    save_checkpoint,
+)
 
 TINY = dict(
     actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=3, flow_steps=4,

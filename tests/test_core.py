@@ -10,7 +10,13 @@ import torch
 from rql_cli.config import RQLConfig
 from rql_cli.core.flow import euler_generate, reverse_flow, sample_reversal_depth
 from rql_cli.core.networks import ValueEnsemble, VelocityField
-from rql_cli.core.rql import ChunkBatch, RQLAgent, chunk_value_target, expectile_loss, past_end_flags
+from rql_cli.core.rql import (
+    ChunkBatch,
+    RQLAgent,
+    chunk_value_target,
+    expectile_loss,
+    past_end_flags,
+)
 
 OBS, ACT, H = 6, 2, 3
 

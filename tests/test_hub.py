@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from hub_server import hub_env  # tests/ is on sys.path under pytest
+from typer.testing import CliRunner
 
 PUBLISHED = ("config.json", "velocity.safetensors", "value.safetensors")
 SECRET = "hf_wrong_secret_value_123"

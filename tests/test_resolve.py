@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hub_server import hub_env  # tests/ is on sys.path under pytest
+
 from rql_cli.errors import CheckpointError
 from rql_cli.io.resolve import resolve_checkpoint
 

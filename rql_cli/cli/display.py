@@ -36,6 +36,7 @@ class _Progress(Progress):
         self._last_line = 0.0
 
     def update(self, task_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Update the task; off a terminal also print a line every ``plain_interval_s`` and at the end."""
         super().update(task_id, **kwargs)
         if not self.plain:
             return
@@ -49,6 +50,10 @@ class _Progress(Progress):
 
 
 def make_progress(quiet: bool = False) -> Progress:
+    """A progress display with rate, ETA and an info column; plain lines off a terminal, nothing if quiet.
+
+    Tasks need the fields ``rate`` and ``info`` (``add_task(..., rate="", info="")``).
+    """
     return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -67,10 +72,12 @@ def make_progress(quiet: bool = False) -> Progress:
 
 
 def pct(value: float) -> str:
+    """A fraction in [0, 1] as a percentage with one decimal: 0.125 -> '12.5%'."""
     return f"{100 * value:.1f}%"
 
 
 def success_text(result: dict[str, Any]) -> str:
+    """'25.0% [10.0%, 50.0%] over 8 episodes' from one ``EvalResult.to_dict()``."""
     low, high = result["success_ci95"]
     return f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result['episodes']} episodes"
 
@@ -94,6 +101,7 @@ class TrainDisplay:
         self.progress.__exit__(*exc)
 
     def on_start(self, info: dict[str, Any]) -> None:
+        """Print what is trained where, and add the progress bar."""
         data = info["dataset"]
         if not self.quiet:
             console.print(
@@ -108,6 +116,7 @@ class TrainDisplay:
         )
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Move the bar and show the latest losses and success."""
         info = (
             f"V {metrics['value']:.3g} bc {metrics['bc']:.3g} pi {metrics['policy']:.3g} "
             f"success {self.last_success}"
@@ -117,13 +126,16 @@ class TrainDisplay:
         )
 
     def on_eval_start(self, step: int, episodes: int) -> None:
+        """Add a bar for the evaluation's episodes."""
         self.eval_task = self.progress.add_task("eval", total=episodes, rate="", info="")
 
     def on_eval_episode(self, done: int, total: int, success_rate: float) -> None:
+        """Move the evaluation bar; show the running success rate."""
         if self.eval_task is not None:
             self.progress.update(self.eval_task, completed=done, info=f"success {pct(success_rate)}")
 
     def on_eval(self, step: int, result: dict[str, Any]) -> None:
+        """Drop the evaluation bar and print its result."""
         if self.eval_task is not None:
             self.progress.remove_task(self.eval_task)
             self.eval_task = None
@@ -134,11 +146,13 @@ class TrainDisplay:
             )
 
     def on_checkpoint(self, step: int, path: Path) -> None:
+        """Print where the checkpoint went."""
         if not self.quiet:
             self.progress.console.print(f"[dim]checkpoint saved: {path}[/]")
 
 
 def eval_table(report: dict[str, Any]) -> Table:
+    """One row per task of an ``EvaluationReport.to_dict()`` (and a mean row for several tasks)."""
     name = Path(report["checkpoint"]).name
     table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}")
     for column in ("task", "success rate", "95% CI", "mean return", "return 95% CI", "episodes"):

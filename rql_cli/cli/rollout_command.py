@@ -59,26 +59,11 @@ def rollout(
     count = episodes or (EPISODES_WITH_RENDER if render else EPISODES_WITHOUT_RENDER)
 
     with make_progress(quiet) as progress:
-        bar = progress.add_task("render" if render else "episodes", total=None if render else count, rate="", info="")
-        successes = [0, 0]  # solved, finished
-        first_frame_at: list[float] = []  # loading and env start-up are not frames
-
-        def on_frame(done: int, expected: int) -> None:
-            now = time.perf_counter()
-            first_frame_at[:] = first_frame_at or [now]
-            rate = f"{(done - 1) / (now - first_frame_at[0]):.1f} frames/s" if done > 1 else ""
-            progress.update(bar, completed=done, total=expected, rate=rate)
-
-        def on_episode(record: Any, total: int) -> None:
-            successes[0] += int(record.success)
-            successes[1] += 1
-            info = f"episode {successes[1]}/{total}, success {successes[0]}/{successes[1]}"
-            progress.update(bar, info=info, **({} if render else {"completed": successes[1]}))
-
+        shown = _RolloutProgress(progress, render, count)
         report = run_rollout(
             checkpoint, episodes=count, render=render, out=out, fps=fps, size=(width, height), task=task,
             seed=seed, device=device, best=best, max_episode_steps=max_steps,
-            on_frame=on_frame if render else None, on_episode=on_episode,
+            on_frame=shown.on_frame if render else None, on_episode=shown.on_episode,
         )
     console.print(_episodes_table(report))
     if report.video:
@@ -88,6 +73,31 @@ def rollout(
                 f"{report.render_fps:.1f} frames/s (step, policy, render, encode)."
             )
         console.print(f"Video written to {report.video}")
+
+
+class _RolloutProgress:
+    """Feeds a rollout's callbacks into one progress bar: frames (with --render) or episodes."""
+
+    def __init__(self, progress: Any, render: bool, episodes: int):
+        self.progress, self.render = progress, render
+        self.bar = progress.add_task("render" if render else "episodes", total=None if render else episodes,
+                                     rate="", info="")
+        self.solved = self.finished = 0
+        self.first_frame_at: float | None = None  # loading and env start-up are not frames
+
+    def on_frame(self, done: int, expected: int) -> None:
+        """A frame was written: show frames/s since the first one."""
+        now = time.perf_counter()
+        self.first_frame_at = self.first_frame_at or now
+        rate = f"{(done - 1) / (now - self.first_frame_at):.1f} frames/s" if done > 1 else ""
+        self.progress.update(self.bar, completed=done, total=expected, rate=rate)
+
+    def on_episode(self, record: Any, total: int) -> None:
+        """An episode ended: show the running success count."""
+        self.solved += int(record.success)
+        self.finished += 1
+        info = f"episode {self.finished}/{total}, success {self.solved}/{self.finished}"
+        self.progress.update(self.bar, info=info, **({} if self.render else {"completed": self.finished}))
 
 
 def _episodes_table(report: Any):

@@ -59,26 +59,32 @@ class OfflineDataset:
         return cls(**tensors).to(device)
 
     def to(self, device: torch.device | str) -> OfflineDataset:
+        """The same transitions on ``device``."""
         return OfflineDataset(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @property
     def size(self) -> int:
+        """N, the number of transitions."""
         return self.observations.shape[0]
 
     @property
     def obs_dim(self) -> int:
+        """Size of one observation."""
         return self.observations.shape[1]
 
     @property
     def action_dim(self) -> int:
+        """Size of one action."""
         return self.actions.shape[1]
 
     @property
     def num_episodes(self) -> int:
+        """Episodes (rows marked terminal)."""
         return int(self.terminals.sum().item())
 
     @property
     def device(self) -> torch.device:
+        """Where the tensors live."""
         return self.observations.device
 
     def statistics(self) -> dict[str, float | int]:

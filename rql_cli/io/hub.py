@@ -289,7 +289,11 @@ def pull_checkpoint(
 def _snapshot(repo_id: str, revision: str | None, local_dir: Path | str | None, token: str | None) -> Path:
     """``snapshot_download`` with progress bars off and every library error turned into a HubError."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     quiet_before = are_progress_bars_disabled()
     disable_progress_bars()  # the CLI draws its own status; tqdm bars would tear it
