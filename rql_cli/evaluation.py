@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.resolve import LoadedCheckpoint
+from rql_cli.names import TaskName
+
+if TYPE_CHECKING:
+    from rql_cli.config import RQLConfig
+    from rql_cli.core.rql import RQLAgent
 
 TaskCallback = Callable[[int], None]
 """on_task_start(task number 1..5), before each task's episodes."""
@@ -55,3 +60,25 @@ def evaluate_checkpoint(
         result["wall_seconds"] = time.perf_counter() - started
         report.tasks.append(result)
     return report
+
+
+def evaluate_agent(
+    agent: RQLAgent, task_name: str | TaskName, config: RQLConfig, step: int,
+    on_episode: EpisodeCallback | None = None,
+) -> dict[str, Any]:
+    """A training loop's periodic evaluation of the EMA policy: ``config.eval_episodes`` episodes.
+
+    Flow noise comes from its own generator seeded by ``config.seed`` and ``step``, so it never
+    shifts a training stream (a run with and without evaluations trains the same weights); episode
+    i is reset with env seed ``config.seed + i``. Returns ``EvalResult.to_dict()``.
+    """
+    from rql_cli.device import make_generator
+    from rql_cli.envs.evaluate import evaluate
+    from rql_cli.envs.policy import chunk_policy
+
+    generator = make_generator(agent.device, config.seed + 7919 * (step + 1))
+    result = evaluate(
+        chunk_policy(agent, generator), task_name, None, episodes=config.eval_episodes,
+        num_envs=config.eval_envs, seed=config.seed, on_episode=on_episode,
+    )
+    return result.to_dict()

@@ -103,6 +103,6 @@ def is_due(step: int, interval: int, total: int) -> bool:
     return step == total or (interval > 0 and step % interval == 0)
 
 
-def resume_command(run_dir: Path) -> str:
-    """The shell command that continues the run in ``run_dir``."""
-    return f"rql train --resume {shlex.quote(str(run_dir))}"
+def resume_command(run_dir: Path, command: str = "rql train") -> str:
+    """The shell command (``command`` plus ``--resume``) that continues the run in ``run_dir``."""
+    return f"{command} --resume {shlex.quote(str(run_dir))}"

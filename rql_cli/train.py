@@ -26,9 +26,6 @@ from rql_cli.names import TaskName, parse_task_name
 __all__ = ["DataSpec", "TrainObserver", "TrainOutcome", "train"]
 
 METRIC_COLUMNS = ["step", *LOGGED_TERMS, "steps_per_second", "wall_time"]
-EVAL_COLUMNS = [
-    "step", "success_rate", "success_low", "success_high", "mean_return", "episodes", "wall_time",
-]
 
 
 class TrainObserver:
@@ -120,14 +117,17 @@ def train(
     *,
     resume: bool = False,
     observer: TrainObserver | None = None,
+    origin: run_files.RunOrigin | None = None,
 ) -> TrainOutcome:
     """Train (or resume) an RQL agent until ``config.steps`` gradient steps.
 
     With ``resume`` the run folder's latest checkpoint with a train state is loaded and training
-    continues from its step; rows logged after that step are dropped from the CSV logs.
+    continues from its step; rows logged after that step are dropped from the CSV logs. With
+    ``origin`` (continued offline training, ``rql finetune --dataset``) a new run starts from that
+    checkpoint's weights (and its Adam state when it has one) at step 0, and records the lineage.
     """
     observer = observer or TrainObserver()
-    session = _open_session(config, data, Path(run_dir), resume)
+    session = _open_session(config, data, Path(run_dir), resume, origin)
     agent = session.agent
     observer.on_start(_start_info(session))
     outcome = TrainOutcome(run_dir=session.run_dir, step=agent.step, last_checkpoint=session.last_checkpoint)
@@ -154,7 +154,9 @@ def train(
     return outcome
 
 
-def _open_session(config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool) -> _Session:
+def _open_session(
+    config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool, origin: run_files.RunOrigin | None
+) -> _Session:
     """Load the data, build (or restore) the agent and its generators, and open the run's files."""
     from rql_cli.core.rql import RQLAgent
     from rql_cli.data.dataset import ChunkSampler
@@ -180,12 +182,37 @@ def _open_session(config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool
         meta=meta, data_device=data_device, dataset_stats=dataset.statistics(), task_name=task_name,
         generators={"sample": make_generator(data_device, config.seed), "noise": make_generator(device, config.seed + 1)},
         metrics_log=run_files.CsvLog(run_dir / "metrics.csv", METRIC_COLUMNS),
-        eval_log=run_files.CsvLog(run_dir / "eval.csv", EVAL_COLUMNS),
+        eval_log=run_files.CsvLog(run_dir / "eval.csv", run_files.EVAL_COLUMNS),
     )
     if resume:
         session.last_checkpoint = _restore(session)
-    _write_record(session, data, resume)
+    elif origin is not None:
+        start_from_checkpoint(agent, origin)
+        meta.lineage = origin.lineage
+    _write_record(session, data, resume, origin)
     return session
+
+
+def start_from_checkpoint(agent: Any, origin: run_files.RunOrigin) -> None:
+    """Load the source checkpoint's weights (and Adam moments, when saved) into a fresh agent.
+
+    The dims must match the agent's (built for the data it will train on); CheckpointError shows
+    both shapes otherwise. ``origin.lineage['optimizer']`` records whether Adam continued.
+    """
+    from rql_cli.errors import CheckpointError
+    from rql_cli.io.checkpoint import load_optimizer_state, load_weights_into, read_meta
+
+    meta, _ = read_meta(origin.folder)
+    if (meta.obs_dim, meta.action_dim) != (agent.obs_dim, agent.action_dim):
+        raise CheckpointError(
+            f"The checkpoint {origin.lineage.get('ref', origin.folder)} has observations of size "
+            f"{meta.obs_dim} and actions of size {meta.action_dim}; the data to fine-tune on has "
+            f"observations of size {agent.obs_dim} and actions of size {agent.action_dim}."
+        )
+    load_weights_into(agent, origin.folder)
+    continued = load_optimizer_state(agent, origin.folder)
+    origin.lineage["optimizer"] = "continued from its train state" if continued else "fresh (no train state)"
+    agent.step = 0
 
 
 def _restore(session: _Session) -> Path:
@@ -214,17 +241,21 @@ def _restore(session: _Session) -> Path:
     return latest
 
 
-def _write_record(session: _Session, data: DataSpec, resume: bool) -> None:
-    """Write train_config.json; on resume keep its history and add what changed at which step."""
+def _write_record(
+    session: _Session, data: DataSpec, resume: bool, origin: run_files.RunOrigin | None
+) -> None:
+    """Write train_config.json; on resume keep its lineage and history and add what changed when."""
     meta, config = session.meta, session.config
     record = run_files.RunRecord(
         dataset=data.name, data=data.location(), env_id=meta.env_id, obs_dim=meta.obs_dim,
         action_dim=meta.action_dim, config=config, versions=meta.versions,
+        parent=origin.lineage if origin else None, finetune=origin.settings if origin else None,
     )
     event: dict[str, Any] = {"step": session.agent.step, "event": "resume" if resume else "start"}
     if resume:
         previous = run_files.read_run_record(session.run_dir)
-        record.parent, record.history = previous.parent, previous.history
+        record.parent, record.finetune, record.history = previous.parent, previous.finetune, previous.history
+        meta.lineage = previous.parent
         old, new = previous.config.to_dict(), config.to_dict()
         event["changes"] = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
     record.history = [*record.history, event]
@@ -262,7 +293,7 @@ def _evaluate_and_save(session: _Session, observer: TrainObserver, stop: StopSig
                 raise
     report = None
     if result is not None:
-        session.eval_log.append(_eval_row(agent.step, result, session.wall_time()))
+        session.eval_log.append(run_files.eval_row(agent.step, result, session.wall_time()))
         observer.on_eval(agent.step, result)
         report = EvaluationReport(
             checkpoint=str(run_files.checkpoint_dir(session.run_dir, agent.step)),
@@ -274,25 +305,8 @@ def _evaluate_and_save(session: _Session, observer: TrainObserver, stop: StopSig
 
 
 def _evaluate(session: _Session, observer: TrainObserver) -> dict[str, Any]:
-    from rql_cli.device import make_generator
-    from rql_cli.envs.evaluate import evaluate
-    from rql_cli.envs.policy import chunk_policy
+    from rql_cli.evaluation import evaluate_agent
 
     config, agent = session.config, session.agent
-    # Evaluation draws its flow noise from its own generator, so it never shifts the training
-    # stream: a run with and without evaluations trains the same weights.
-    generator = make_generator(agent.device, config.seed + 7919 * (agent.step + 1))
     observer.on_eval_start(agent.step, config.eval_episodes)
-    result = evaluate(
-        chunk_policy(agent, generator), session.task_name, None, episodes=config.eval_episodes,
-        num_envs=config.eval_envs, seed=config.seed, on_episode=observer.on_eval_episode,
-    )
-    return result.to_dict()
-
-
-def _eval_row(step: int, result: dict[str, Any], wall_time: float) -> dict[str, Any]:
-    low, high = result["success_ci95"]
-    return dict(
-        step=step, success_rate=result["success_rate"], success_low=low, success_high=high,
-        mean_return=result["mean_return"], episodes=result["episodes"], wall_time=wall_time,
-    )
+    return evaluate_agent(agent, session.task_name, config, agent.step, on_episode=observer.on_eval_episode)

@@ -20,9 +20,11 @@ ALLOWED = {
     "io": {"config", "core", "errors", "names", "package"},
     "evaluation": {"config", "core", "device", "envs", "errors", "io", "names"},
     "rollout": {"config", "core", "device", "envs", "errors", "io", "names"},
-    "train": {"config", "core", "data", "device", "envs", "errors", "io", "loop", "names"},
-    "cli": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "loop", "names",
-            "rollout", "train"},
+    "train": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "loop", "names"},
+    "finetune": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "loop", "names",
+                 "train"},
+    "cli": {"config", "core", "data", "device", "envs", "errors", "evaluation", "finetune", "io", "loop",
+            "names", "rollout", "train"},
     "__main__": {"cli"},
 }
 

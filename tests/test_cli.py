@@ -182,9 +182,10 @@ def test_list_shows_presets_and_generatable_datasets():
     assert "scene-play-v0" in text
 
 
-def test_placeholder_commands_say_they_are_not_available(tmp_path):
-    result = run("finetune", "--checkpoint", str(tmp_path))
-    assert_clean_error(result, "not available in this release yet")
+def test_finetune_needs_online_steps_or_a_dataset(tiny_run_dir):
+    # `finetune` was a placeholder; it now exists and refuses a run with nothing to do.
+    result = run("finetune", "--checkpoint", str(tiny_run_dir))
+    assert_clean_error(result, "--online-steps must be a positive number", "--dataset NAME --steps N")
 
 
 def test_run_flags_are_made_from_the_config_and_official_names_work_in_set(tiny_dataset_dir, tmp_path):

@@ -50,7 +50,7 @@ def main_options(
 
 app.command(epilog=config_fields_epilog())(train)
 app.command("eval")(eval_command)
-app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(finetune)
+app.command()(finetune)
 app.command()(rollout)
 app.command()(push)
 app.command()(pull)

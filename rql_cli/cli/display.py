@@ -82,6 +82,17 @@ def success_text(result: dict[str, Any]) -> str:
     return f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result['episodes']} episodes"
 
 
+def lineage_text(lineage: dict[str, Any]) -> str:
+    """'alice/agent@1a2b3c4d5e (step 40,000), online 20,000 env steps, UTD 1' from a lineage record."""
+    where = lineage.get("repo_id") or lineage.get("ref", "?")
+    if lineage.get("commit"):
+        where += f"@{str(lineage['commit'])[:10]}"
+    how = (f"online {lineage.get('online_steps', 0):,} env steps, UTD {lineage.get('utd', 1)}"
+           + (", balanced" if lineage.get("balanced") else "")
+           if lineage.get("method") == "online" else f"offline {lineage.get('steps') or 0:,} steps")
+    return f"{where} (step {lineage.get('step', 0):,}), {how}"
+
+
 class TrainDisplay:
     """Implements every hook of ``rql_cli.train.TrainObserver`` (by name, so that importing this
     module does not import torch): a progress bar on a terminal, plain lines otherwise."""
@@ -151,10 +162,46 @@ class TrainDisplay:
             self.progress.console.print(f"[dim]checkpoint saved: {path}[/]")
 
 
-def eval_table(report: dict[str, Any]) -> Table:
-    """One row per task of an ``EvaluationReport.to_dict()`` (and a mean row for several tasks)."""
+class FinetuneDisplay(TrainDisplay):
+    """TrainDisplay for online fine-tuning: the bar counts environment steps and shows gradient
+    steps, episodes, the running success of online episodes and the latest losses."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Print the source and where the run goes, and add the progress bar (env steps)."""
+        if not self.quiet:
+            lineage = info.get("lineage") or {}
+            console.print(
+                f"Fine-tuning [bold]{lineage.get('ref', '?')}[/] (step {lineage.get('step', '?'):,}) online in "
+                f"{info['env_id']}: {info['steps']:,} environment steps, replay buffer starts with "
+                f"{info['offline_rows']:,} offline transitions; optimiser {lineage.get('optimizer', '?')}; "
+                f"device {info['device']}; run folder {info['run_dir']}"
+            )
+            if info["start_step"]:
+                console.print(f"Resuming at environment step {info['start_step']:,} (episode {info['episodes'] + 1}).")
+        self.task = self.progress.add_task("finetune", total=info["steps"], completed=info["start_step"], rate="", info="")
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Move the bar (env steps) and show gradient steps, episodes, online success and losses."""
+        online = metrics.get("online_success", float("nan"))
+        info = (
+            f"grad {int(metrics['grad_step']):,} episodes {int(metrics['episodes'])} online "
+            f"{'-' if online != online else pct(online)} V {metrics['value']:.3g} bc {metrics['bc']:.3g} "
+            f"eval {self.last_success}"
+        )
+        self.progress.update(self.task, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info)
+
+    def on_episode(self, step: int, episode: Any, running_success: float) -> None:
+        """Nothing between log rows: the next row shows the episode count and running success."""
+
+
+def eval_table(report: dict[str, Any], lineage: dict[str, Any] | None = None) -> Table:
+    """One row per task of an ``EvaluationReport.to_dict()`` (and a mean row for several tasks).
+
+    ``lineage``: the checkpoint's fine-tuning origin, named in the title when given.
+    """
     name = Path(report["checkpoint"]).name
-    table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}")
+    origin = f", fine-tuned from {lineage_text(lineage)}" if lineage else ""
+    table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}{origin}")
     for column in ("task", "success rate", "95% CI", "mean return", "return 95% CI", "episodes"):
         table.add_column(column, justify="right")
     for result in report["tasks"]:

@@ -68,7 +68,7 @@ def eval_command(
             on_episode=lambda done, total, rate: progress.update(bar, completed=done, info=f"success {pct(rate)}"),
         )
     result = report.to_dict()
-    console.print(eval_table(result))
+    console.print(eval_table(result, lineage=loaded.meta.lineage))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")

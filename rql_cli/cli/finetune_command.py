@@ -1,16 +1,170 @@
-"""`rql finetune`: registered so `rql --help` lists it; the fine-tuning loop is the next release."""
+"""`rql finetune`: improve a checkpoint online in its environment, or by more offline training."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
 
-from rql_cli.cli.display import err_console
+from rql_cli.cli.common import (
+    CHECKPOINT_HELP,
+    DEFAULT_DATA_DIR,
+    config_option,
+    handles_errors,
+)
+from rql_cli.cli.display import console
 
 
-def finetune(ctx: typer.Context) -> None:
-    """Offline-to-online fine-tuning from a checkpoint (not available yet)."""
-    err_console.print(
-        "[bold yellow]`rql finetune` is not available in this release yet.[/] "
-        "Track it in the project's issues; every other command works today."
+@handles_errors
+def finetune(
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    online_steps: int = typer.Option(
+        0, "--online-steps", help="Environment steps to fine-tune online (one env step, then --utd gradient steps)."
+    ),
+    utd: int = typer.Option(1, "--utd", min=1, help="Gradient steps per environment step."),
+    balanced: bool = typer.Option(
+        False, "--balanced", help="Half of each batch from the offline data, half from online transitions.",
+        show_default="uniform over the whole buffer",
+    ),
+    no_offline_data: bool = typer.Option(
+        False, "--no-offline-data", help="Start the replay buffer empty instead of with the checkpoint's dataset."
+    ),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", "-d",
+        help="Continue offline on this dataset (same env as the checkpoint's), for --steps gradient steps.",
+    ),
+    dataset_dir: Optional[Path] = typer.Option(
+        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR
+    ),
+    dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the checkpoint's config, e.g. --set lr=1e-4."),
+    steps: Optional[int] = config_option("steps"),
+    eval_interval: Optional[int] = config_option("eval_interval", "--eval-interval", "--eval-every"),
+    eval_episodes: Optional[int] = config_option("eval_episodes"),
+    seed: Optional[int] = config_option("seed"),
+    device: Optional[str] = config_option("device"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New run folder.", show_default="runs/finetune-NAME-TIMESTAMP"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the fine-tuning run in this folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
+) -> None:
+    """Fine-tune a checkpoint: online in its own environment, or by more offline training.
+
+    Online: each environment step (online velocity field, fresh noise, chunks open loop) goes into
+    a replay buffer that starts with the checkpoint's offline dataset; --eval-every counts
+    environment steps. Offline: --dataset and --steps continue training from its weights. The
+    source is never written to: a new run folder records where it came from. Ctrl-C saves a
+    checkpoint with the online buffer; --resume drops the episode that was running and starts a
+    new one.
+
+    Example: rql finetune --checkpoint cube-single-rql-cpu --online-steps 20000 --dataset-dir data
+    """
+    from rql_cli.finetune import FinetuneSettings
+
+    settings = FinetuneSettings(online_steps=online_steps, utd=utd, balanced=balanced, offline_data=not no_offline_data)
+    flags = dict(steps=steps, eval_interval=eval_interval, eval_episodes=eval_episodes, seed=seed, device=device)
+    overrides = _overrides(set_, flags)
+    if resume is not None:
+        _refuse_options_on_resume(checkpoint, dataset, dataset_dir, dataset_path, online_steps)
+        args = _resumed(resume, overrides)
+    else:
+        args = _new(checkpoint, settings, dataset, dataset_dir, dataset_path, overrides, out)
+    _run(*args, resume=resume is not None, quiet=quiet)
+
+
+def _overrides(set_: list[str], flags: dict[str, Any]) -> dict[str, Any]:
+    from rql_cli.config import parse_set_option
+
+    overrides = dict(parse_set_option(item) for item in set_)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return overrides
+
+
+def _refuse_options_on_resume(*given: Any) -> None:
+    from rql_cli.errors import RQLError
+
+    if any(given):
+        raise RQLError(
+            "--resume continues a fine-tuning run as it was set up; drop --checkpoint, --dataset, "
+            "--dataset-dir, --dataset-path and --online-steps."
+        )
+
+
+def _resumed(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
+    """(loaded, config, settings, data, run_dir) of a fine-tuning run to continue."""
+    from rql_cli.data.sources import DataSpec
+    from rql_cli.errors import RQLError
+    from rql_cli.finetune import FinetuneSettings
+    from rql_cli.io.run_files import is_run_dir, read_run_record
+
+    if not is_run_dir(run_dir):
+        raise RQLError(f"{run_dir} is not a run folder (it needs train_config.json and checkpoints/).")
+    record = read_run_record(run_dir)
+    if record.finetune is None:
+        raise RQLError(
+            f"{run_dir} is not a fine-tuning run (it was made by `rql train`). Continue it with "
+            f"`rql train --resume {run_dir}`."
+        )
+    settings = FinetuneSettings.from_dict(record.finetune)
+    return None, record.config.replace(**overrides), settings, DataSpec(name=record.dataset, **record.data), run_dir
+
+
+def _new(
+    checkpoint: Optional[str], settings: Any, dataset: Optional[str], dataset_dir: Optional[Path],
+    dataset_path: Optional[Path], overrides: dict[str, Any], out: Optional[Path],
+) -> tuple[Any, ...]:
+    """(loaded, config, settings, data, run_dir) of a new fine-tuning run; checks the inputs first."""
+    from rql_cli.data.sources import DataSpec
+    from rql_cli.device import resolve_device
+    from rql_cli.errors import RQLError
+    from rql_cli.io.resolve import load_checkpoint
+    from rql_cli.io.run_files import is_run_dir
+    from rql_cli.names import parse_task_name
+
+    if not checkpoint:
+        raise RQLError("Name the checkpoint to fine-tune with --checkpoint (a run folder, checkpoint folder, bundled name or Hub id).")
+    if settings.online_steps < 0 or (settings.online_steps == 0 and not dataset):
+        raise RQLError(
+            f"--online-steps must be a positive number of environment steps (got {settings.online_steps}), "
+            "or continue offline with --dataset NAME --steps N."
+        )
+    if settings.online_steps > 0 and dataset:
+        raise RQLError("Give --online-steps (online, on the checkpoint's own data) or --dataset (offline), not both.")
+    # The machine's device, not the one the checkpoint was trained on, unless --device says otherwise.
+    overrides = {"device": "auto", **overrides}
+    loaded = load_checkpoint(checkpoint, resolve_device(overrides["device"]))
+    config = loaded.meta.config.replace(**overrides)
+    name = dataset or loaded.meta.env_id
+    run_dir = out or Path("runs") / f"finetune-{parse_task_name(name).dataset_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if Path(run_dir).exists() and (is_run_dir(run_dir) or any(Path(run_dir).iterdir())):
+        raise RQLError(f"{run_dir} already exists and is not empty. Choose another --out (a fine-tune never overwrites).")
+    # Another dataset keeps the checkpoint's task unless its name gives one.
+    task = None if not dataset or parse_task_name(dataset).task is not None else loaded.meta.task_name.resolve_task()
+    data = DataSpec(
+        name=name,
+        dataset_dir=str(dataset_dir or DEFAULT_DATA_DIR) if dataset_path is None else None,
+        dataset_path=str(dataset_path) if dataset_path else None,
+        task=task,
     )
-    raise typer.Exit(1)
+    return loaded, config, settings, data, Path(run_dir)
+
+
+def _run(loaded: Any, config: Any, settings: Any, data: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
+    from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, success_text
+    from rql_cli.finetune import finetune as finetune_loop
+
+    display = FinetuneDisplay(quiet) if settings.online_steps > 0 else TrainDisplay(quiet)
+    with display:
+        outcome = finetune_loop(loaded, config, settings, data, run_dir, resume=resume, observer=display)
+    what = "environment steps" if settings.online_steps > 0 else "gradient steps"
+    if outcome.interrupted:
+        console.print(
+            f"[yellow]Interrupted at {outcome.step:,} {what}[/]; checkpoint saved to {outcome.last_checkpoint}.\n"
+            f"Resume with: [bold]{outcome.resume_command or f'rql finetune --resume {run_dir}'}[/]"
+        )
+        raise typer.Exit(130)
+    console.print(f"Done: {outcome.step:,} {what}; last checkpoint {outcome.last_checkpoint}.")
+    if outcome.last_eval:
+        console.print(f"Last evaluation: success {success_text(outcome.last_eval)}.")
+    console.print(f"Evaluate it with: rql eval --checkpoint {run_dir}")

@@ -14,16 +14,18 @@ def list_command() -> None:
     """
     from rich.table import Table
 
+    from rql_cli.cli.display import lineage_text
     from rql_cli.config import PRESET_NOTES, PRESETS
     from rql_cli.data.generate import GENERATABLE
     from rql_cli.io.bundled import bundled_checkpoints
 
     bundled = bundled_checkpoints()
     table = Table(title="Bundled checkpoints")
-    for column in ("name", "dataset", "steps", "success rate", "episodes"):
+    for column in ("name", "dataset", "steps", "success rate", "episodes", "fine-tuned from"):
         table.add_column(column)
     for entry in bundled:
-        table.add_row(entry.name, entry.dataset, f"{entry.step:,}", entry.success, str(entry.episodes or "-"))
+        origin = lineage_text(entry.lineage) if entry.lineage else "-"
+        table.add_row(entry.name, entry.dataset, f"{entry.step:,}", entry.success, str(entry.episodes or "-"), origin)
     console.print(table if bundled else "No bundled checkpoints are installed.")
 
     presets = Table(title="Task presets (official hyperparameters.sh; chosen from the dataset name)")

@@ -16,6 +16,27 @@ from rql_cli.core.batch import ChunkBatch
 ACTION_CLIP = 1.0 - 1e-5
 
 
+def sparse_reward(rewards: torch.Tensor) -> torch.Tensor:
+    """The paper's sparse rewards: every non-zero reward becomes -1 (solved: 0). Same shape, float32.
+
+    Offline rows and online transitions both go through this, so they mean the same thing.
+    """
+    return -(torch.as_tensor(rewards) != 0).float()
+
+
+def episode_structure(terminals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(episode_end (N,), start_rows (M,)) of rows whose episodes are all finished.
+
+    ``episode_end[i]`` is the last row of row i's episode; ``start_rows`` are the rows a window may
+    start at: every row but each episode's last one (the official sampler's range [first, last)).
+    ``terminals``: (N,) float or bool, 1 on each episode's last row; the last row must be one.
+    """
+    is_last = terminals > 0
+    last_rows = torch.nonzero(is_last).flatten()
+    episode_index = torch.cumsum(is_last.long(), dim=0) - is_last.long()
+    return last_rows[episode_index], torch.nonzero(~is_last).flatten()
+
+
 @dataclass
 class OfflineDataset:
     """N transitions, in episode order.
@@ -52,7 +73,7 @@ class OfflineDataset:
                 raise KeyError(f"dataset is missing '{f.name}'")
             tensors[f.name] = torch.as_tensor(np.asarray(arrays[f.name], dtype=np.float32))
         if sparse_rewards:
-            tensors["rewards"] = -(tensors["rewards"] != 0).float()
+            tensors["rewards"] = sparse_reward(tensors["rewards"])
         if clip_actions:
             tensors["actions"] = tensors["actions"].clamp(-ACTION_CLIP, ACTION_CLIP)
         tensors["terminals"][-1] = 1.0
@@ -119,12 +140,7 @@ class ChunkSampler:
         self.dataset = dataset
         self.horizon = horizon
         device = dataset.device
-        is_last = dataset.terminals > 0
-        last_rows = torch.nonzero(is_last).flatten()
-        # For each row, the index of its episode's last row.
-        episode_index = torch.cumsum(is_last.long(), dim=0) - is_last.long()
-        self.episode_end = last_rows[episode_index]
-        self.start_rows = torch.nonzero(~is_last).flatten()
+        self.episode_end, self.start_rows = episode_structure(dataset.terminals)
         if self.start_rows.numel() == 0:  # every episode has one row: sample them as they are
             self.start_rows = torch.arange(dataset.size, device=device)
         self.offsets = torch.arange(horizon, device=device)

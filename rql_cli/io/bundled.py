@@ -20,6 +20,7 @@ class BundledCheckpoint:
         step: gradient steps it was trained for.
         success: measured success rate as text (``'14.0%'``), or why there is none.
         episodes: episodes behind that rate (0 when not measured).
+        lineage: where a fine-tuned checkpoint came from (``CheckpointMeta.lineage``), else None.
     """
 
     name: str
@@ -28,6 +29,7 @@ class BundledCheckpoint:
     step: int
     success: str
     episodes: int
+    lineage: dict | None = None
 
 
 def bundled_root() -> Path:
@@ -71,5 +73,5 @@ def bundled_checkpoints() -> list[BundledCheckpoint]:
             success, episodes = f"{100 * first['success_rate']:.1f}%", int(first.get("episodes", 0))
         else:
             episodes = 0
-        entries.append(BundledCheckpoint(name, folder, meta.dataset, meta.step, success, episodes))
+        entries.append(BundledCheckpoint(name, folder, meta.dataset, meta.step, success, episodes, meta.lineage))
     return entries

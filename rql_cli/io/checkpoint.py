@@ -56,6 +56,8 @@ class CheckpointMeta:
         step: gradient steps taken when it was saved.
         versions: rql, torch and ogbench versions that wrote it.
         success_timing: ogbench's 'pre' or 'post' success semantics (None if unknown).
+        lineage: for a fine-tuned checkpoint, where it came from and how (``rql finetune``): the
+            source REF, what it resolved to, its step, the method and its settings; None otherwise.
     """
 
     config: RQLConfig
@@ -66,6 +68,7 @@ class CheckpointMeta:
     step: int
     versions: dict[str, str] = field(default_factory=dict)
     success_timing: str | None = None
+    lineage: dict[str, Any] | None = None
 
     @property
     def task_name(self) -> TaskName:
@@ -85,6 +88,7 @@ class CheckpointMeta:
                 step=self.step,
                 versions=self.versions,
                 success_timing=self.success_timing,
+                lineage=self.lineage,
                 config=self.config.to_dict(),
             ),
             indent=2,
@@ -149,11 +153,13 @@ def save_checkpoint(
     *,
     generators: dict[str, torch.Generator] | None = None,
     metrics: EvaluationReport | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically: into a temporary sibling, fsync, then rename.
 
     A crash at any point leaves either the previous folder or the new one, whole.
-    With ``generators`` the train state (optimizer, step, RNG) is written too.
+    With ``generators`` the train state (optimizer, step, RNG) is written too; ``extra_tensors``
+    maps further safetensors file names to their tensors (fine-tuning's online buffer).
     """
     from safetensors.torch import save_file
 
@@ -171,6 +177,8 @@ def save_checkpoint(
             str(tmp / TRAIN_STATE_FILE),
             metadata={"step": str(agent.step)},
         )
+    for file_name, tensors in (extra_tensors or {}).items():
+        save_file(_cpu_contiguous(tensors), str(tmp / file_name))
     write_bytes_synced(tmp / CONFIG_FILE, (meta.to_json() + "\n").encode())
     if metrics is not None:
         write_metrics(tmp, metrics)
@@ -257,6 +265,7 @@ def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
             step=_count(payload["step"], "step", minimum=0),
             versions={str(k): str(v) for k, v in dict(versions).items()},
             success_timing=payload.get("success_timing"),
+            lineage=_optional_object(payload.get("lineage"), "lineage"),
         )
     except KeyError as error:
         raise CheckpointError(f"{path} lacks the field {error}.") from None
@@ -274,6 +283,12 @@ def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
 def _text(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"'{name}' must be a string, got {json.dumps(value)}.")
+    return value
+
+
+def _optional_object(value: Any, name: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"'{name}' must be a JSON object or null, got {json.dumps(value)}.")
     return value
 
 
@@ -343,6 +358,26 @@ def load_train_state_into(
         )
     tensors = _load_tensors(path)
     agent.step = int(tensors["step"].item())
+    _load_optimizer(agent, tensors)
+    for name, generator in generators.items():
+        generator.set_state(tensors[f"rng.{name}"])
+
+
+def load_optimizer_state(agent: RQLAgent, directory: Path) -> bool:
+    """Continue Adam from a checkpoint's train state when it has one; True if it did.
+
+    Only the optimiser moments are taken (not the step counter or RNG states): a fine-tuning run
+    counts its own steps and draws its own randomness.
+    """
+    path = Path(directory) / TRAIN_STATE_FILE
+    if not path.is_file():
+        return False
+    tensors = _load_tensors(path)
+    _load_optimizer(agent, tensors)
+    return True
+
+
+def _load_optimizer(agent: RQLAgent, tensors: dict[str, torch.Tensor]) -> None:
     optimizer_state = agent.optimizer.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -350,9 +385,15 @@ def load_train_state_into(
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
     optimizer_state["state"] = state
-    agent.optimizer.load_state_dict(optimizer_state)
-    for name, generator in generators.items():
-        generator.set_state(tensors[f"rng.{name}"])
+    try:
+        agent.optimizer.load_state_dict(optimizer_state)
+    except (ValueError, RuntimeError) as error:
+        raise CheckpointError(f"The optimiser state does not fit these networks: {error}") from None
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file; CheckpointError naming the file if it is unreadable."""
+    return _load_tensors(Path(path))
 
 
 def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[RQLAgent, CheckpointMeta]:

@@ -138,10 +138,29 @@ def _usage_section(load_ref: str) -> list[str]:
     ]
 
 
+def _lineage_lines(meta: CheckpointMeta) -> list[str]:
+    """'Fine-tuned from ...' lines for a checkpoint made by `rql finetune`, else nothing."""
+    lineage = meta.lineage
+    if not lineage:
+        return []
+    where = lineage.get("repo_id") or lineage.get("ref", "?")
+    commit = f" at commit `{lineage['commit']}`" if lineage.get("commit") else ""
+    if lineage.get("method") == "online":
+        how = (f"online in `{meta.env_id}` for {lineage.get('online_steps', 0):,} environment steps, "
+               f"{lineage.get('utd', 1)} gradient step(s) per environment step, "
+               + ("balanced offline/online batches" if lineage.get("balanced") else "batches uniform over the buffer")
+               + ("" if lineage.get("offline_data", True) else ", without the offline data"))
+    else:
+        how = f"by {lineage.get('steps') or 0:,} more offline gradient steps"
+    return [f"- fine-tuned from `{where}`{commit} (its step {lineage.get('step', 0):,}), {how}; "
+            f"optimiser {lineage.get('optimizer', 'fresh')}"]
+
+
 def _training_section(meta: CheckpointMeta) -> list[str]:
     of_run = f" (of a {meta.config.steps:,}-step run)" if meta.config.steps > meta.step else ""
     return [
         "## Training", "",
+        *_lineage_lines(meta),
         f"- training steps: {meta.step:,}{of_run}",
         f"- dataset: `{meta.dataset}`; environment: `{meta.env_id}`; observations {meta.obs_dim}, "
         f"actions {meta.action_dim}",

@@ -28,6 +28,10 @@ RUN_FILE = "train_config.json"
 LEGACY_RUN_FILE = "config.json"  # format 1 run folders
 RUN_FORMAT = 2
 CHECKPOINTS = "checkpoints"
+EVAL_COLUMNS = [
+    "step", "success_rate", "success_low", "success_high", "mean_return", "episodes", "wall_time",
+]
+"""eval.csv: one row per periodic evaluation (``step`` is the run's own step count)."""
 
 
 @dataclass
@@ -41,7 +45,10 @@ class RunRecord:
         obs_dim, action_dim: sizes of one observation and one action.
         config: the typed config the run trains with now.
         versions: rql, torch and ogbench versions that started the run.
-        parent: the checkpoint a run started from (fine-tuning), None for a run from scratch.
+        parent: for a fine-tuning run, its lineage (``CheckpointMeta.lineage``: the source REF, what it
+            resolved to, its step, the method); None for a run from scratch.
+        finetune: for a fine-tuning run, its settings (online steps, UTD, balanced, offline data);
+            ``rql finetune --resume`` reads them back.
         history: ``{'step', 'event', 'changes'}`` entries: when the run started or resumed, and the
             config fields that changed then (``{field: [old, new]}``).
     """
@@ -53,7 +60,8 @@ class RunRecord:
     action_dim: int
     config: RQLConfig
     versions: dict[str, str] = field(default_factory=dict)
-    parent: str | None = None
+    parent: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,12 +86,28 @@ class RunRecord:
                 config=config,
                 versions=dict(payload.get("versions") or {}),
                 parent=payload.get("parent"),
+                finetune=payload.get("finetune"),
                 history=list(payload.get("history") or []),
             )
         except KeyError as error:
             raise RQLError(f"{source} lacks the field {error}.") from None
         except (RQLError, TypeError, ValueError) as error:
             raise RQLError(f"{source} is not a valid run record: {error}") from None
+
+
+@dataclass
+class RunOrigin:
+    """Where a fine-tuning run starts from.
+
+    Attributes:
+        folder: the source checkpoint folder (weights, and train state if it has one).
+        lineage: what the run records about it (``CheckpointMeta.lineage``).
+        settings: the fine-tuning settings (``RunRecord.finetune``).
+    """
+
+    folder: Path
+    lineage: dict[str, Any]
+    settings: dict[str, Any]
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -135,6 +159,15 @@ def read_run_record(run_dir: Path) -> RunRecord:
     return RunRecord.from_dict(payload, source=str(path))
 
 
+def eval_row(step: int, result: dict[str, Any], wall_time: float) -> dict[str, Any]:
+    """The eval.csv row of one ``EvalResult.to_dict()`` at ``step``, ``wall_time`` seconds into the run."""
+    low, high = result["success_ci95"]
+    return dict(
+        step=step, success_rate=result["success_rate"], success_low=low, success_high=high,
+        mean_return=result["mean_return"], episodes=result["episodes"], wall_time=wall_time,
+    )
+
+
 class CsvLog:
     """Append-only CSV with a fixed header; rows past a resume point can be dropped."""
 
@@ -173,21 +206,38 @@ def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def plot_curves(run_dir: Path, metrics_rows: list[dict[str, str]], eval_rows: list[dict[str, str]]) -> Path:
-    """Draw success rate (with its 95% interval) and the losses against gradient steps."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    if eval_rows:
-        steps = [int(r["step"]) for r in eval_rows]
-        rate = [100 * float(r["success_rate"]) for r in eval_rows]
-        low = [100 * float(r["success_low"]) for r in eval_rows]
-        high = [100 * float(r["success_high"]) for r in eval_rows]
-        axes[0].plot(steps, rate, marker="o")
-        axes[0].fill_between(steps, low, high, alpha=0.25)
+    return plt
+
+
+def _save_figure(fig: Any, run_dir: Path) -> Path:
+    path = Path(run_dir) / "curves.png"
+    tmp = path.with_name(".curves.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=90)
+    _pyplot().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _plot_evaluations(axis: Any, eval_rows: list[dict[str, str]], label: str | None = None) -> None:
+    if not eval_rows:
+        return
+    steps = [int(r["step"]) for r in eval_rows]
+    axis.plot(steps, [100 * float(r["success_rate"]) for r in eval_rows], marker="o", label=label)
+    axis.fill_between(steps, [100 * float(r["success_low"]) for r in eval_rows],
+                      [100 * float(r["success_high"]) for r in eval_rows], alpha=0.25)
+
+
+def plot_curves(run_dir: Path, metrics_rows: list[dict[str, str]], eval_rows: list[dict[str, str]]) -> Path:
+    """Draw success rate (with its 95% interval) and the losses against gradient steps."""
+    fig, axes = _pyplot().subplots(1, 3, figsize=(13, 3.6))
+    _plot_evaluations(axes[0], eval_rows)
     axes[0].set(title="success rate (%), 95% CI", xlabel="gradient step", ylim=(-2, 102))
     if metrics_rows:
         steps = [int(r["step"]) for r in metrics_rows]
@@ -200,10 +250,20 @@ def plot_curves(run_dir: Path, metrics_rows: list[dict[str, str]], eval_rows: li
         axes[2].legend()
     axes[1].set(title="losses", xlabel="gradient step")
     axes[2].set(title="values", xlabel="gradient step")
-    fig.tight_layout()
-    path = Path(run_dir) / "curves.png"
-    tmp = path.with_name(".curves.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, run_dir)
+
+
+def plot_online_curves(
+    run_dir: Path, online_rows: list[dict[str, str]], eval_rows: list[dict[str, str]], window: int = 20
+) -> Path:
+    """Draw success against environment steps: online episodes (running mean) and evaluations (95% CI)."""
+    fig, axis = _pyplot().subplots(1, 1, figsize=(7, 3.6))
+    if online_rows:
+        successes = [100 * float(r["success"]) for r in online_rows]
+        running = [sum(successes[max(0, i - window + 1): i + 1]) / len(successes[max(0, i - window + 1): i + 1])
+                   for i in range(len(successes))]
+        axis.plot([int(r["step"]) for r in online_rows], running, label=f"online (last {window} episodes)")
+    _plot_evaluations(axis, eval_rows, label="evaluation (EMA policy)")
+    axis.set(title="success rate (%)", xlabel="environment step", ylim=(-2, 102))
+    axis.legend()
+    return _save_figure(fig, run_dir)
