@@ -29,7 +29,7 @@ from rql_cli.io import run_files
 from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.resolve import LoadedCheckpoint
-from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, is_due
+from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, due_work
 from rql_cli.names import TaskName, parse_task_name
 from rql_cli.train import TrainObserver, TrainOutcome
 
@@ -196,17 +196,15 @@ def _run_online(run: _Online, observer: FinetuneObserver) -> TrainOutcome:
                 for _ in range(settings.utd):
                     batch = buffer.sample(config.batch_size, run.generators["sample"], balanced=settings.balanced)
                     window.add(agent.update(batch, run.generators["noise"]))
-            step = run.env_step
-            log_due = is_due(step, config.log_interval, settings.online_steps)
-            eval_due = is_due(step, config.eval_interval, settings.online_steps)
-            save_due = config.save_interval > 0 and step % config.save_interval == 0
-            if log_due or eval_due or save_due or stop.requested:
-                row = window.flush(step, run.last_checkpoint)
-                if log_due:
+            due = due_work(run.env_step, settings.online_steps, config.log_interval, config.eval_interval,
+                           config.save_interval, stop.requested)
+            if due.flush:
+                row = window.flush(run.env_step, run.last_checkpoint)  # raises on a NaN loss
+                if due.log:
                     _log(run, row, observer)
-            if eval_due:
+            if due.evaluate:
                 outcome.last_eval = _evaluate_and_save(run, observer, stop) or outcome.last_eval
-            elif save_due or stop.requested:
+            elif due.save or stop.requested:  # a signal may have come during this step's logging
                 run.save(observer)
             if stop.requested:
                 outcome.interrupted = True

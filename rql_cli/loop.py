@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -96,6 +97,29 @@ class LossWindow:
         row.update(step=step, steps_per_second=len(rows) / max(now - self._started, 1e-9))
         self._started = now
         return row
+
+
+@dataclass(frozen=True)
+class DueWork:
+    """What a loop owes at one step: a metrics row, an evaluation (with its checkpoint), a checkpoint."""
+
+    log: bool
+    evaluate: bool
+    save: bool
+    stop: bool
+
+    @property
+    def flush(self) -> bool:
+        """Whether the loss window must be checked now (anything is due, or a stop was asked for)."""
+        return self.log or self.evaluate or self.save or self.stop
+
+
+def due_work(step: int, total: int, log_interval: int, eval_interval: int, save_interval: int, stop: bool) -> DueWork:
+    """The work due at ``step`` of ``total`` for these intervals (0: never, except at the last step)."""
+    return DueWork(
+        log=is_due(step, log_interval, total), evaluate=is_due(step, eval_interval, total),
+        save=save_interval > 0 and step % save_interval == 0, stop=stop,
+    )
 
 
 def is_due(step: int, interval: int, total: int) -> bool:

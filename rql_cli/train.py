@@ -20,7 +20,7 @@ from rql_cli.errors import RQLError
 from rql_cli.io import run_files
 from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint
 from rql_cli.io.metrics import EvaluationReport
-from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, is_due, resume_command
+from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, due_work, resume_command
 from rql_cli.names import TaskName, parse_task_name
 
 __all__ = ["DataSpec", "TrainObserver", "TrainOutcome", "train"]
@@ -135,17 +135,15 @@ def train(
     with StopSignals() as stop:
         while agent.step < config.steps:
             window.add(agent.update(session.sample(), session.generators["noise"]))
-            step = agent.step
-            log_due = is_due(step, config.log_interval, config.steps)
-            eval_due = is_due(step, config.eval_interval, config.steps)
-            save_due = config.save_interval > 0 and step % config.save_interval == 0
-            if log_due or eval_due or save_due or stop.requested:
-                row = window.flush(step, session.last_checkpoint)  # raises on a NaN loss
-                if log_due and row is not None:
+            due = due_work(agent.step, config.steps, config.log_interval, config.eval_interval,
+                           config.save_interval, stop.requested)
+            if due.flush:
+                row = window.flush(agent.step, session.last_checkpoint)  # raises on a NaN loss
+                if due.log and row is not None:
                     _log(session, row, observer)
-            if eval_due:
+            if due.evaluate:
                 outcome.last_eval = _evaluate_and_save(session, observer, stop) or outcome.last_eval
-            elif save_due or stop.requested:
+            elif due.save or stop.requested:  # a signal may have come during this step's logging
                 session.save(observer)
             if stop.requested:
                 outcome.interrupted, outcome.resume_command = True, resume_command(session.run_dir)

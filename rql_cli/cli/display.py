@@ -218,3 +218,22 @@ def eval_table(report: dict[str, Any], lineage: dict[str, Any] | None = None) ->
     if len(report["tasks"]) > 1:
         table.add_row("mean", pct(report["mean_success_rate"]), "", "", "", "")
     return table
+
+
+def print_outcome(outcome: Any, run_dir: Path, unit: str) -> None:
+    """How a training or fine-tuning run ended: where its checkpoint is, how to resume or evaluate it.
+
+    Raises ``typer.Exit(130)`` after printing the resume command when the run was interrupted.
+    """
+    import typer
+
+    if outcome.interrupted:
+        console.print(
+            f"[yellow]Interrupted at {outcome.step:,} {unit}[/]; checkpoint saved to "
+            f"{outcome.last_checkpoint}.\nResume with: [bold]{outcome.resume_command}[/]"
+        )
+        raise typer.Exit(130)
+    console.print(f"Done: {outcome.step:,} {unit}; last checkpoint {outcome.last_checkpoint}.")
+    if outcome.last_eval:
+        console.print(f"Last evaluation: success {success_text(outcome.last_eval)}.")
+    console.print(f"Evaluate it with: rql eval --checkpoint {run_dir}")

@@ -14,7 +14,6 @@ from rql_cli.cli.common import (
     config_option,
     handles_errors,
 )
-from rql_cli.cli.display import console
 
 
 @handles_errors
@@ -151,20 +150,10 @@ def _new(
 
 
 def _run(loaded: Any, config: Any, settings: Any, data: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
-    from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, success_text
+    from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, print_outcome
     from rql_cli.finetune import finetune as finetune_loop
 
     display = FinetuneDisplay(quiet) if settings.online_steps > 0 else TrainDisplay(quiet)
     with display:
         outcome = finetune_loop(loaded, config, settings, data, run_dir, resume=resume, observer=display)
-    what = "environment steps" if settings.online_steps > 0 else "gradient steps"
-    if outcome.interrupted:
-        console.print(
-            f"[yellow]Interrupted at {outcome.step:,} {what}[/]; checkpoint saved to {outcome.last_checkpoint}.\n"
-            f"Resume with: [bold]{outcome.resume_command or f'rql finetune --resume {run_dir}'}[/]"
-        )
-        raise typer.Exit(130)
-    console.print(f"Done: {outcome.step:,} {what}; last checkpoint {outcome.last_checkpoint}.")
-    if outcome.last_eval:
-        console.print(f"Last evaluation: success {success_text(outcome.last_eval)}.")
-    console.print(f"Evaluate it with: rql eval --checkpoint {run_dir}")
+    print_outcome(outcome, run_dir, "environment steps" if settings.online_steps > 0 else "gradient steps")

@@ -10,7 +10,6 @@ from typing import Any, Optional
 import typer
 
 from rql_cli.cli.common import DEFAULT_DATA_DIR, config_option, handles_errors
-from rql_cli.cli.display import console
 
 RUN_FLAGS = ("steps", "eval_interval", "eval_episodes", "eval_envs", "seed", "device")
 """Config fields that have a flag of their own besides --set."""
@@ -131,18 +130,9 @@ def _new_run(
 
 def run_training(config: Any, spec: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
     """Run the training loop under a progress display and print how it ended."""
-    from rql_cli.cli.display import TrainDisplay, success_text
+    from rql_cli.cli.display import TrainDisplay, print_outcome
     from rql_cli.train import train as train_loop
 
     with TrainDisplay(quiet) as display:
         outcome = train_loop(config, spec, run_dir, resume=resume, observer=display)
-    if outcome.interrupted:
-        console.print(
-            f"[yellow]Interrupted at step {outcome.step:,}[/]; checkpoint saved to "
-            f"{outcome.last_checkpoint}.\nResume with: [bold]{outcome.resume_command}[/]"
-        )
-        raise typer.Exit(130)
-    console.print(f"Done: {outcome.step:,} steps; last checkpoint {outcome.last_checkpoint}.")
-    if outcome.last_eval:
-        console.print(f"Last evaluation: success {success_text(outcome.last_eval)}.")
-    console.print(f"Evaluate it with: rql eval --checkpoint {run_dir}")
+    print_outcome(outcome, run_dir, "steps")
