@@ -140,33 +140,71 @@ class RQLConfig:
         return new
 
     def validate(self) -> None:
-        """Raise ConfigError for values no run could use."""
+        """Raise ConfigError for values no run could use (each field's range is in ``RANGES``)."""
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"Invalid config: {name} must lie in [{low:,}, {high:,}], got {value!r}.")
+        for name in ("actor_hidden_dims", "value_hidden_dims"):
+            widths = getattr(self, name)
+            if not 1 <= len(widths) <= MAX_HIDDEN_LAYERS or not all(1 <= w <= MAX_HIDDEN_WIDTH for w in widths):
+                raise ConfigError(
+                    f"Invalid config: {name} must hold 1 to {MAX_HIDDEN_LAYERS} widths, each in "
+                    f"[1, {MAX_HIDDEN_WIDTH:,}]; got {widths}."
+                )
         checks = [
-            (self.horizon >= 1, "horizon must be >= 1"),
-            (self.flow_steps >= 1, "flow_steps must be >= 1"),
-            (self.ensemble_size >= 1, "ensemble_size must be >= 1"),
-            (self.batch_size >= 2, "batch_size must be >= 2"),
-            (0.0 < self.expectile < 1.0, "expectile must lie in (0, 1)"),
-            (0.0 <= self.discount <= 1.0, "discount must lie in [0, 1]"),
-            (0.0 <= self.tau <= 1.0, "tau must lie in [0, 1]"),
-            (0.0 <= self.actor_ema <= 1.0, "actor_ema must lie in [0, 1]"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.alpha >= 0, "alpha must be >= 0"),
-            (self.steps >= 0, "steps must be >= 0"),
-            (all(d >= 1 for d in self.actor_hidden_dims), "actor_hidden_dims must be positive"),
-            (all(d >= 1 for d in self.value_hidden_dims), "value_hidden_dims must be positive"),
+            (0.0 < self.expectile < 1.0, "expectile must lie in (0, 1)", self.expectile),
+            (0.0 < self.lr <= 1.0, "lr must lie in (0, 1]", self.lr),
             (
                 self.policy_loss_points in ("interpolation", "reversed"),
                 "policy_loss_points must be 'interpolation' or 'reversed'",
+                self.policy_loss_points,
             ),
         ]
-        for ok, message in checks:
+        for ok, message, value in checks:
             if not ok:
-                raise ConfigError(f"Invalid config: {message}.")
+                raise ConfigError(f"Invalid config: {message}, got {value!r}.")
 
 
-FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in fields(RQLConfig)}
-"""Help text of every config field, by name (from the fields' metadata)."""
+FIXED_ON_RESUME = frozenset({
+    "actor_hidden_dims", "value_hidden_dims", "value_layer_norm", "ensemble_size", "flow_steps", "horizon",
+    "sparse_rewards", "dataset_on_device",
+})
+"""Fields a resumed run may not change: they shape the networks or the data the saved state was made for."""
+
+MAX_HIDDEN_LAYERS = 64
+MAX_HIDDEN_WIDTH = 65_536
+RANGES: dict[str, tuple[float, float]] = {
+    "ensemble_size": (1, 1024),
+    "flow_steps": (1, 1000),
+    "horizon": (1, 1000),
+    "batch_size": (2, 1_000_000),
+    "alpha": (0.0, 1e9),
+    "rho": (0.0, 1e3),
+    "discount": (0.0, 1.0),
+    "tau": (0.0, 1.0),
+    "actor_ema": (0.0, 1.0),
+    "steps": (0, 10**12),
+    "eval_interval": (0, 10**12),
+    "eval_episodes": (0, 1_000_000),
+    "eval_envs": (1, 1024),
+    "log_interval": (1, 10**12),
+    "save_interval": (0, 10**12),
+    "seed": (0, 2**31 - 1),
+}
+"""Closed range of every numeric field (sizes are bounded so a hostile config.json cannot ask for
+the impossible); ``validate`` checks them and the help shows them. expectile lies in (0, 1), lr in (0, 1]."""
+
+
+def _help_with_range(name: str, text: str) -> str:
+    if name in RANGES:
+        low, high = RANGES[name]
+        return f"{text} Range: {low:,} to {high:,}."
+    return text
+
+
+FIELD_HELP: dict[str, str] = {f.name: _help_with_range(f.name, f.metadata["help"]) for f in fields(RQLConfig)}
+"""Help text of every config field, by name (from the fields' metadata, with its range)."""
 
 
 def field_names() -> list[str]:
@@ -266,7 +304,17 @@ def parse_set_option(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw  # bare strings such as device=cuda:1
+    name = canonical_field_name(key)
+    if name in field_names() and isinstance(value, str) and "," in value and typing.get_origin(_field_type(name)) is list:
+        value = _comma_list(str(value))  # value_hidden_dims=256,256: no brackets for zsh to expand
     return canonical_field_name(key), coerce_field(key, value)
+
+
+def _comma_list(text: str) -> Any:
+    try:
+        return [json.loads(part) for part in text.strip("[]").split(",") if part.strip()]
+    except json.JSONDecodeError:
+        return text
 
 
 # ------------------------------------------------------------------------------------------

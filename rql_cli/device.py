@@ -5,6 +5,9 @@ Outside ``core/`` because it speaks to the user (its errors say how to fix the f
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 
 from rql_cli.errors import RQLError
@@ -42,3 +45,35 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` in bytes (GPU: free device memory; CPU: available RAM); None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(needed_bytes: int, device: torch.device, what: str, fix: str) -> None:
+    """Refuse, before allocating, ``what`` needing more than 80% of the free memory on ``device``."""
+    free = available_bytes(device)
+    if free is not None and needed_bytes > 0.8 * free:
+        raise RQLError(
+            f"{what} would need {needed_bytes / 2**30:,.2f} GiB on {device}, but only "
+            f"{free / 2**30:,.2f} GiB are free. {fix}"
+        )
+
+
+def check_agent_fits(config: Any, obs_dim: int, action_dim: int, device: torch.device) -> None:
+    """Refuse an agent whose weights, targets, gradients and Adam moments cannot fit on ``device``."""
+    from rql_cli.core.networks import parameter_count
+
+    parameters = parameter_count(config, obs_dim, action_dim)
+    check_fits(
+        5 * 4 * parameters, device, f"An agent of {parameters:,} parameters (networks of this config)",
+        "Check the config's hidden widths and ensemble_size.",
+    )

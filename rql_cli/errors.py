@@ -16,6 +16,10 @@ class DatasetNotFoundError(RQLError):
     """A dataset file is not where we looked."""
 
 
+class DatasetError(RQLError):
+    """A dataset file that exists but cannot be used: unreadable, wrong sizes, non-finite values."""
+
+
 class UnknownNameError(RQLError):
     """An unknown dataset, environment or preset name."""
 

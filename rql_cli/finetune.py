@@ -279,7 +279,7 @@ def _open_online(
     from rql_cli.core.rql import RQLAgent
     from rql_cli.data.dataset import ACTION_CLIP
     from rql_cli.data.replay import ReplayBuffer
-    from rql_cli.device import make_generator, resolve_device
+    from rql_cli.device import check_agent_fits, make_generator, resolve_device
     from rql_cli.envs.collect import OnlineCollector
     from rql_cli.envs.make import success_timing
     from rql_cli.io.checkpoint import read_meta, software_versions
@@ -296,6 +296,7 @@ def _open_online(
         offline = _load_offline(data, config, device)
         _check_dims(offline, source_meta)
     torch.manual_seed(config.seed)
+    check_agent_fits(config, source_meta.obs_dim, source_meta.action_dim, device)
     agent = RQLAgent(config, source_meta.obs_dim, source_meta.action_dim, device)
     buffer = ReplayBuffer(offline, settings.online_steps, agent.obs_dim, agent.action_dim, config.horizon, device)
     generators = {name: make_generator(device, config.seed + offset)

@@ -158,7 +158,7 @@ def _open_session(
     """Load the data, build (or restore) the agent and its generators, and open the run's files."""
     from rql_cli.core.rql import RQLAgent
     from rql_cli.data.dataset import ChunkSampler
-    from rql_cli.device import make_generator, resolve_device
+    from rql_cli.device import check_agent_fits, make_generator, resolve_device
     from rql_cli.envs.make import success_timing
     from rql_cli.io.checkpoint import software_versions
 
@@ -168,6 +168,9 @@ def _open_session(
     loaded = data.load(sparse_rewards=config.sparse_rewards, device=data_device, with_val=False)
     dataset = loaded.train
     task_name = parse_task_name(loaded.env_id)  # parsed once; evaluation and the meta use it
+    if config.eval_episodes > 0:
+        check_dataset_fits_env(dataset, task_name)
+    check_agent_fits(config, dataset.obs_dim, dataset.action_dim, device)
     agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)
     meta = CheckpointMeta(
         config=config, dataset=data.name, env_id=loaded.env_id, obs_dim=dataset.obs_dim,
@@ -211,6 +214,25 @@ def start_from_checkpoint(agent: Any, origin: run_files.RunOrigin) -> None:
     continued = load_optimizer_state(agent, origin.folder)
     origin.lineage["optimizer"] = "continued from its train state" if continued else "fresh (no train state)"
     agent.step = 0
+
+
+def check_dataset_fits_env(dataset: Any, task_name: TaskName) -> None:
+    """Refuse, before the first gradient step, a dataset whose sizes differ from its environment's."""
+    from rql_cli.envs.make import make_eval_env
+    from rql_cli.errors import DatasetError
+
+    env = make_eval_env(task_name)
+    try:
+        env_obs, env_act = int(env.observation_space.shape[-1]), int(env.action_space.shape[-1])
+    finally:
+        env.close()
+    if (env_obs, env_act) != (dataset.obs_dim, dataset.action_dim):
+        raise DatasetError(
+            f"The dataset has observations of size {dataset.obs_dim} and actions of size {dataset.action_dim}, "
+            f"but its environment {task_name.env_id()} gives observations of size {env_obs} and actions of "
+            f"size {env_act}; the first evaluation would fail. Check that the file belongs to "
+            f"{task_name.dataset_name}."
+        )
 
 
 def _restore(session: _Session) -> Path:
@@ -286,9 +308,9 @@ def _evaluate_and_save(session: _Session, observer: TrainObserver, stop: StopSig
     if config.eval_episodes > 0:
         try:
             result = _evaluate(session, observer)
-        except Exception:
+        except Exception as error:
             if not stop.requested:
-                raise
+                raise _evaluation_failed(error, session.save(observer), session.run_dir) from error
     report = None
     if result is not None:
         session.eval_log.append(run_files.eval_row(agent.step, result, session.wall_time()))
@@ -300,6 +322,15 @@ def _evaluate_and_save(session: _Session, observer: TrainObserver, stop: StopSig
     session.save(observer, report)
     run_files.plot_curves(session.run_dir, session.metrics_log.read(), session.eval_log.read())
     return result
+
+
+def _evaluation_failed(error: Exception, saved: Path, run_dir: Path) -> RQLError:
+    """The error of a periodic evaluation that failed after the checkpoint of its step was saved."""
+    return RQLError(
+        f"The evaluation at this step failed ({type(error).__name__}: {error}); the checkpoint of the step "
+        f"is saved at {saved}. Fix the cause, then continue with `{resume_command(run_dir)}` (or evaluate "
+        "less often with --eval-episodes 0)."
+    )
 
 
 def _evaluate(session: _Session, observer: TrainObserver) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from rql_cli.config import RQLConfig
-from rql_cli.errors import CheckpointError
+from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.io.checkpoint import (
     FORMAT_VERSION,
     CheckpointMeta,
@@ -155,3 +156,75 @@ def test_config_json_of_the_wrong_shape_is_a_clean_error(tmp_path):
         path.write_text(json.dumps(broken))
         with pytest.raises(CheckpointError, match=fragment):
             read_meta(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
+                    reason="mounting a small tmpfs needs root; this disk-full test runs where it can")
+def test_a_full_disk_during_a_write_keeps_the_previous_checkpoint_and_leaves_no_temp_folder(tmp_path):
+    import subprocess
+
+    from rql_cli.core.rql import RQLAgent
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        config = RQLConfig(**TINY)
+        agent = RQLAgent(config, 28, 5, torch.device("cpu"))
+        generators = {"sample": torch.Generator(), "noise": torch.Generator()}
+        first = save_checkpoint(disk / "run" / "step_1", agent, make_meta(config), generators=generators)
+        before = {p.name: p.read_bytes() for p in first.iterdir()}
+        with pytest.raises(CheckpointError, match="No space left on device.*intact"):
+            save_checkpoint(disk / "run" / "step_2", agent, make_meta(config), generators=generators)
+        assert sorted(p.name for p in (disk / "run").iterdir()) == ["step_1"]
+        assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+        load_agent(first)
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_weights_of_the_wrong_dtype_or_not_finite_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = saved_tiny_checkpoint(tmp_path)
+    path = folder / "velocity.safetensors"
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    save_file({**tensors, name: tensors[name].to(torch.int8)}, str(path))
+    with pytest.raises(CheckpointError, match="is int8, but rql stores float32 weights"):
+        load_agent(folder)
+    save_file({**tensors, name: torch.full_like(tensors[name], float("nan"))}, str(path))
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_agent(folder)
+
+
+def test_a_config_json_that_asks_for_the_impossible_is_refused_before_allocating(tmp_path):
+    folder = saved_tiny_checkpoint(tmp_path)
+    path = folder / "config.json"
+    payload = json.loads(path.read_text())
+    payload["config"].update(ensemble_size=1024, value_hidden_dims=[65536] * 8)
+    path.write_text(json.dumps(payload))
+    with pytest.raises(RQLError, match=r"parameters .* would need [\d,.]+ GiB"):
+        load_agent(folder)
+    payload["config"]["flow_steps"] = 10**9
+    path.write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=r"flow_steps must lie in \[1, 1,000\]"):
+        load_agent(folder)
+
+
+def test_a_train_state_missing_a_key_is_a_clean_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from rql_cli.core.rql import RQLAgent
+    from rql_cli.io.checkpoint import load_train_state_into
+
+    config = RQLConfig(**TINY)
+    agent = RQLAgent(config, 28, 5, torch.device("cpu"))
+    generators = {"sample": torch.Generator(), "noise": torch.Generator()}
+    folder = save_checkpoint(tmp_path / "ckpt", agent, make_meta(config), generators=generators)
+    state = load_file(str(folder / "train_state.safetensors"))
+    del state["rng.noise"]
+    save_file(state, str(folder / "train_state.safetensors"))
+    with pytest.raises(CheckpointError, match="lacks rng.noise"):
+        load_train_state_into(agent, folder, generators)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from rql_cli.config import (
@@ -72,7 +74,30 @@ def test_help_text_comes_from_field_metadata_not_source_code():
     import dataclasses
 
     for f in dataclasses.fields(RQLConfig):
-        assert f.metadata["help"] == FIELD_HELP[f.name] and len(f.metadata["help"]) > 10
+        assert FIELD_HELP[f.name].startswith(f.metadata["help"]) and len(f.metadata["help"]) > 10
+    assert FIELD_HELP["eval_envs"].endswith("Range: 1 to 1,024.")
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(eval_envs=0), "eval_envs must lie in [1, 1,024]"),
+    (dict(eval_episodes=-5), "eval_episodes must lie in [0,"),
+    (dict(log_interval=0), "log_interval must lie in [1,"),
+    (dict(seed=99999999999999999999), "seed must lie in [0, 2,147,483,647]"),
+    (dict(flow_steps=10**9), "flow_steps must lie in [1, 1,000]"),
+    (dict(ensemble_size=10**9), "ensemble_size must lie in [1, 1,024]"),
+    (dict(value_hidden_dims=[10**8]), "value_hidden_dims must hold 1 to 64 widths"),
+    (dict(lr=0.0), "lr must lie in (0, 1]"),
+])
+def test_every_numeric_field_is_checked_against_its_range(changes, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        RQLConfig().replace(**changes)
+
+
+def test_list_fields_take_commas_so_shells_need_no_quotes():
+    assert parse_set_option("value_hidden_dims=256,256") == ("value_hidden_dims", [256, 256])
+    assert parse_set_option("actor_hidden_dims=[512]") == ("actor_hidden_dims", [512])
+    with pytest.raises(ConfigError, match="list of ints"):
+        parse_set_option("actor_hidden_dims=512")  # one number without brackets stays an error
 
 
 def test_every_preset_is_a_known_env_family():

@@ -169,5 +169,5 @@ def test_bad_input_is_refused_with_what_to_do(tiny_run_dir, tiny_dataset_dir, tm
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")
     assert_clean_error(run("finetune", "--checkpoint", ref, "--online-steps", "5", "--out", str(existing)),
-                       "already exists", "never overwrites")
+                       "already exists", "never writes into it")
     assert (existing / "notes.txt").read_text() == "mine"

@@ -9,6 +9,7 @@ tests because each subprocess pays about three seconds of imports.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -229,3 +230,50 @@ def test_a_hub_checkpoint_is_downloaded_and_loaded_once_per_command(hub, checkpo
                         env=hub_env(hub, home, token=hub.token))
     assert counts == {"weight_loads": 1, "envs_built": 0}
     assert hub.state.files("alice/copy")["velocity.safetensors"] == (checkpoint / "velocity.safetensors").read_bytes()
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+def test_push_and_pull_give_up_on_a_silent_endpoint_and_leave_nothing_behind(silent_endpoint, checkpoint, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    env.update(HF_ENDPOINT=silent_endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1",
+               HF_HUB_DOWNLOAD_TIMEOUT="2", HF_HUB_ETAG_TIMEOUT="2", TMPDIR=str(scratch),
+               RQL_CHECKPOINTS=str(tmp_path / "none"))
+    for args, fragment in [
+        (("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video", "--token", "hf_test"), "did not answer"),
+        (("pull", "alice/agent"), "Could not reach the Hub"),
+    ]:
+        started = time.monotonic()
+        text = assert_clean_error(rql(*args, env=env), fragment, silent_endpoint)
+        assert time.monotonic() - started < 90, text
+    assert list(scratch.iterdir()) == []  # no staging copy left behind

@@ -12,6 +12,20 @@ from rql_cli.cli.common import CHECKPOINT_HELP, handles_errors
 from rql_cli.cli.display import console
 
 
+def check_writable_file(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output path that is a folder or whose folder cannot be written."""
+    from rql_cli.errors import RQLError
+
+    if path.is_dir():
+        raise RQLError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'report.json'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        raise RQLError(f"{flag} {path} cannot be written: {error.strerror or error}.") from None
+
+
 def parse_tasks(text: Optional[str]) -> list[Optional[int]]:
     """``--task``: None -> [None] (the checkpoint's task); 'all' -> every task; 'N' -> [N]."""
     from rql_cli.errors import RQLError
@@ -53,6 +67,8 @@ def eval_command(
     from rql_cli.io.resolve import load_checkpoint, reference_source
 
     tasks = parse_tasks(task)
+    if json_path is not None:
+        check_writable_file(json_path, "--json")
     if save and reference_source(checkpoint) == "hub":
         raise RQLError(
             "--save writes metrics.json into the checkpoint folder, and a Hub checkpoint lives "

@@ -118,7 +118,7 @@ def _new(
     from rql_cli.device import resolve_device
     from rql_cli.errors import RQLError
     from rql_cli.io.resolve import load_checkpoint
-    from rql_cli.io.run_files import is_run_dir
+    from rql_cli.io.run_files import check_new_run_folder
     from rql_cli.names import parse_task_name
 
     if not checkpoint:
@@ -136,8 +136,7 @@ def _new(
     config = loaded.meta.config.replace(**overrides)
     name = dataset or loaded.meta.env_id
     run_dir = out or Path("runs") / f"finetune-{parse_task_name(name).dataset_name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if Path(run_dir).exists() and (is_run_dir(run_dir) or any(Path(run_dir).iterdir())):
-        raise RQLError(f"{run_dir} already exists and is not empty. Choose another --out (a fine-tune never overwrites).")
+    check_new_run_folder(Path(run_dir))
     # Another dataset keeps the checkpoint's task unless its name gives one.
     task = None if not dataset or parse_task_name(dataset).task is not None else loaded.meta.task_name.resolve_task()
     data = DataSpec(

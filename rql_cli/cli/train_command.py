@@ -87,11 +87,26 @@ def train(
 
 
 def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any, Path]:
-    """(config, data spec, run folder) of a run to continue, with ``overrides`` applied."""
-    from rql_cli.data.sources import DataSpec
-    from rql_cli.io.run_files import read_run_record
+    """(config, data spec, run folder) of a run to continue, with ``overrides`` applied.
 
+    Fields that change the agent's networks or the data it learns from are refused: the saved
+    weights and Adam moments would not fit them.
+    """
+    from rql_cli.config import FIXED_ON_RESUME
+    from rql_cli.data.sources import DataSpec
+    from rql_cli.errors import RQLError
+    from rql_cli.io.run_files import check_resumable, read_run_record
+
+    check_resumable(run_dir)
     record = read_run_record(run_dir)
+    fixed = sorted(name for name, value in overrides.items()
+                   if name in FIXED_ON_RESUME and getattr(record.config, name) != value)
+    if fixed:
+        raise RQLError(
+            f"--resume cannot change {', '.join(fixed)}: the run's checkpoints were made for "
+            f"{', '.join(f'{n}={getattr(record.config, n)}' for n in fixed)}. Start a new run from its weights "
+            f"with `rql finetune --checkpoint {run_dir} --dataset {record.dataset} --set ...` instead."
+        )
     spec = DataSpec(name=record.dataset, **record.data)
     return record.config.replace(**overrides), spec, run_dir
 
@@ -104,7 +119,7 @@ def _new_run(
     from rql_cli.config import make_config
     from rql_cli.data.sources import DataSpec
     from rql_cli.errors import RQLError
-    from rql_cli.io.run_files import is_run_dir
+    from rql_cli.io.run_files import check_new_run_folder, is_run_dir
     from rql_cli.names import parse_task_name
 
     if not dataset:
@@ -119,6 +134,7 @@ def _new_run(
             f"{run_dir} already holds a run. Continue it with `rql train --resume {run_dir}`, "
             "or choose another --out."
         )
+    check_new_run_folder(Path(run_dir))
     spec = DataSpec(
         name=dataset,
         dataset_dir=str(dataset_dir or DEFAULT_DATA_DIR) if dataset_path is None else None,

@@ -8,6 +8,7 @@ biases, tanh-approximated GELU, LayerNorm epsilon 1e-6.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,3 +113,21 @@ class ValueEnsemble(nn.Module):
         for linear, norm in zip(self.hidden, self.norms):
             x = norm(_gelu(linear(x)))
         return self.out(x).squeeze(-1)
+
+
+def parameter_count(config: Any, obs_dim: int, action_dim: int) -> int:
+    """Parameters of the online velocity field plus the online value ensemble (no targets), by arithmetic.
+
+    Lets callers refuse a config whose networks cannot fit before allocating any of them.
+    """
+    chunk_dim = config.horizon * action_dim
+    in_dim = obs_dim + chunk_dim + 1
+
+    def mlp(widths: list[int], out_dim: int, layer_norm: bool) -> int:
+        dims = [in_dim, *widths]
+        linear = sum((a + 1) * b for a, b in zip(dims, dims[1:])) + (dims[-1] + 1) * out_dim
+        return linear + (2 * sum(widths) if layer_norm else 0)
+
+    velocity = mlp(config.actor_hidden_dims, chunk_dim, layer_norm=False)
+    value = config.ensemble_size * mlp(config.value_hidden_dims, 1, layer_norm=config.value_layer_norm)
+    return velocity + value

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from rql_cli.core.batch import ChunkBatch
+from rql_cli.errors import DatasetError
 
 ACTION_CLIP = 1.0 - 1e-5
 
@@ -72,6 +73,13 @@ class OfflineDataset:
             if f.name not in arrays:
                 raise KeyError(f"dataset is missing '{f.name}'")
             tensors[f.name] = torch.as_tensor(np.asarray(arrays[f.name], dtype=np.float32))
+            bad = ~torch.isfinite(tensors[f.name])
+            if bad.any():
+                row = int(torch.nonzero(bad)[0][0])
+                raise DatasetError(
+                    f"The dataset's {f.name} hold {int(bad.sum()):,} NaN or infinite values (the first in row "
+                    f"{row:,}); training on them would only produce NaN losses. Fix or regenerate the file."
+                )
         if sparse_rewards:
             tensors["rewards"] = sparse_reward(tensors["rewards"])
         if clip_actions:

@@ -12,7 +12,6 @@ episode's last row is never a start, as offline. Sampling is uniform over all st
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 
 import numpy as np
@@ -36,27 +35,15 @@ def buffer_bytes(rows: int, obs_dim: int, action_dim: int) -> int:
     return rows * (4 * (2 * obs_dim + action_dim + 3) + 8 * 2)
 
 
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` in bytes (GPU: free device memory; CPU: available RAM); None if unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_buffer_fits(rows: int, obs_dim: int, action_dim: int, device: torch.device) -> int:
     """Refuse, before allocating, a buffer that would not fit in free memory; returns its size in bytes."""
+    from rql_cli.device import check_fits
+
     needed = buffer_bytes(rows, obs_dim, action_dim)
-    free = available_bytes(device)
-    if free is not None and needed > 0.8 * free:
-        raise RQLError(
-            f"The replay buffer would need {needed / 2**30:.2f} GiB on {device} ({rows:,} transitions of "
-            f"{obs_dim} observation and {action_dim} action values), but only {free / 2**30:.2f} GiB are "
-            "free. Use fewer --online-steps, --no-offline-data, or a device with more memory."
-        )
+    check_fits(
+        needed, device, f"The replay buffer ({rows:,} transitions of {obs_dim} observation and {action_dim} action values)",
+        "Use fewer --online-steps, --no-offline-data, or a device with more memory.",
+    )
     return needed
 
 

@@ -161,14 +161,36 @@ def save_checkpoint(
     With ``generators`` the train state (optimizer, step, RNG) is written too; ``extra_tensors``
     maps further safetensors file names to their tensors (fine-tuning's online buffer).
     """
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_files(tmp, agent, meta, generators, metrics, extra_tensors)
+        _swap_into_place(tmp, directory)
+    except Exception as error:
+        # safetensors reports a full disk as its own SafetensorError, the rest of Python as OSError.
+        if not isinstance(error, OSError) and "os error" not in str(error):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the checkpoints written before it are intact" if directory.parent.exists() else "nothing was written"
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CheckpointError(
+            f"Could not write the checkpoint {directory}: {reason}; {kept}. Free some space (or choose "
+            "another --out) and resume."
+        ) from None
+    return directory
+
+
+def _write_files(
+    tmp: Path, agent: RQLAgent, meta: CheckpointMeta, generators: dict[str, torch.Generator] | None,
+    metrics: EvaluationReport | None, extra_tensors: dict[str, dict[str, torch.Tensor]] | None,
+) -> None:
+    """Every file of a checkpoint into the folder ``tmp``, fsynced."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     for file_name, tensors in weight_tensors(agent).items():
         save_file(_cpu_contiguous(tensors), str(tmp / file_name), metadata={"format": "pt"})
     if generators is not None:
@@ -183,8 +205,6 @@ def save_checkpoint(
     if metrics is not None:
         write_metrics(tmp, metrics)
     fsync_folder_files(tmp)
-    _swap_into_place(tmp, directory)
-    return directory
 
 
 def _swap_into_place(tmp: Path, directory: Path) -> None:
@@ -316,6 +336,22 @@ def _split(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
 
 
+def _check_tensor(path: Path, name: str, value: torch.Tensor, expected: torch.Tensor) -> None:
+    """Shape, dtype (never converted silently) and finiteness of one stored tensor."""
+    if value.shape != expected.shape:
+        raise CheckpointError(
+            f"{path}: tensor '{name}' has shape {tuple(value.shape)} but config.json describes "
+            f"{tuple(expected.shape)}."
+        )
+    if value.dtype != expected.dtype:
+        raise CheckpointError(
+            f"{path}: tensor '{name}' is {str(value.dtype).replace('torch.', '')}, but rql stores "
+            f"{str(expected.dtype).replace('torch.', '')} weights; it is refused rather than converted."
+        )
+    if not torch.isfinite(value).all():
+        raise CheckpointError(f"{path}: tensor '{name}' holds NaN or infinite values; these weights cannot act.")
+
+
 def load_weights_into(agent: RQLAgent, directory: Path) -> None:
     """Load both weight files into ``agent``; shape mismatches name the tensor and both shapes."""
     directory = Path(directory)
@@ -337,11 +373,7 @@ def load_weights_into(agent: RQLAgent, directory: Path) -> None:
                     f"missing {missing[:3]}, unexpected {extra[:3]}."
                 )
             for key, value in found.items():
-                if value.shape != expected[key].shape:
-                    raise CheckpointError(
-                        f"{directory / file_name}: tensor '{prefix}.{key}' has shape "
-                        f"{tuple(value.shape)} but config.json describes {tuple(expected[key].shape)}."
-                    )
+                _check_tensor(directory / file_name, f"{prefix}.{key}", value, expected[key])
             module.load_state_dict(found)
 
 
@@ -357,10 +389,19 @@ def load_train_state_into(
             "Use `rql finetune` to continue from its weights instead."
         )
     tensors = _load_tensors(path)
+    missing = [key for key in ("step", *(f"rng.{name}" for name in generators)) if key not in tensors]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}; it cannot resume this run exactly. Start a new run from "
+            "its weights with `rql finetune --checkpoint FOLDER --dataset NAME`."
+        )
     agent.step = int(tensors["step"].item())
     _load_optimizer(agent, tensors)
     for name, generator in generators.items():
-        generator.set_state(tensors[f"rng.{name}"])
+        try:
+            generator.set_state(tensors[f"rng.{name}"])
+        except (RuntimeError, TypeError) as error:
+            raise CheckpointError(f"{path}: the RNG state 'rng.{name}' is damaged ({error}).") from None
 
 
 def load_optimizer_state(agent: RQLAgent, directory: Path) -> bool:
@@ -404,8 +445,10 @@ def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[RQL
     takes any ``--checkpoint`` reference.
     """
     from rql_cli.core.rql import RQLAgent
+    from rql_cli.device import check_agent_fits
 
     meta, _ = read_meta(directory)
+    check_agent_fits(meta.config, meta.obs_dim, meta.action_dim, torch.device(device))
     agent = RQLAgent(meta.config, meta.obs_dim, meta.action_dim, torch.device(device))
     load_weights_into(agent, directory)
     agent.step = meta.step

@@ -53,6 +53,42 @@ class PushResult:
 # ------------------------------------------------------------------------------------------
 
 
+def apply_timeouts() -> float:
+    """Give every request huggingface_hub makes a timeout; returns the read timeout in seconds.
+
+    huggingface_hub's shared client waits for ever by default, and several of its calls pass
+    ``timeout=None`` explicitly, so an endpoint that accepts the connection and never answers
+    would hang a push or a pull. We install (through ``set_client_factory``) a client of the same
+    library that uses its own timeouts wherever none is given. They honour the library's settings:
+    HF_HUB_ETAG_TIMEOUT for connecting, HF_HUB_DOWNLOAD_TIMEOUT for each read and write (10 s each
+    by default). The library still retries a timed-out request a few times with backoff.
+    """
+    from huggingface_hub import constants, get_session, set_client_factory
+
+    read = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    session = get_session()
+    timeout = type(session.timeout)(read, connect=float(constants.HF_HUB_ETAG_TIMEOUT))
+    if getattr(session, "rql_timeouts", None) == timeout:
+        return read
+    base, hooks = type(session), session.event_hooks
+
+    class ClientWithTimeouts(base):  # type: ignore[valid-type, misc]
+        rql_timeouts = timeout
+
+        def build_request(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("timeout", "unset") is None:
+                kwargs["timeout"] = self.timeout
+            return super().build_request(*args, **kwargs)
+
+    set_client_factory(lambda: ClientWithTimeouts(event_hooks=hooks, follow_redirects=True, timeout=timeout))
+    return read
+
+
+def _timed_out(error: BaseException) -> bool:
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"TimeoutException", "ReadTimeout", "ConnectTimeout", "WriteTimeout", "PoolTimeout", "Timeout"})
+
+
 def _endpoint() -> str:
     from huggingface_hub import constants
 
@@ -219,6 +255,7 @@ def _commit(repo_id: str, branch: str, staging: Path, names: list[str], message:
         RevisionNotFoundError,
     )
 
+    read_timeout = apply_timeouts()
     api = HfApi(token=token, library_name=LIBRARY_NAME)
     endpoint = api.endpoint
     nothing = "Nothing was uploaded."
@@ -249,6 +286,11 @@ def _commit(repo_id: str, branch: str, staging: Path, names: list[str], message:
     except ValueError as error:  # e.g. metadata the Hub rejects
         raise HubError(f"The push to {repo_id} was refused: {_scrub(str(error), token)}. {nothing}") from None
     except Exception as error:
+        if _timed_out(error):
+            raise HubError(
+                f"The Hub at {endpoint} did not answer within {read_timeout:.0f} s (HF_HUB_DOWNLOAD_TIMEOUT), "
+                f"even after retries. Check the network or HF_ENDPOINT, or raise HF_HUB_DOWNLOAD_TIMEOUT. {nothing}"
+            ) from None
         if _is_connection_error(error):
             raise HubError(
                 f"Could not reach the Hub at {endpoint} ({type(error).__name__}: {_scrub(str(error), token)}). "
@@ -295,6 +337,7 @@ def _snapshot(repo_id: str, revision: str | None, local_dir: Path | str | None, 
         enable_progress_bars,
     )
 
+    apply_timeouts()
     quiet_before = are_progress_bars_disabled()
     disable_progress_bars()  # the CLI draws its own status; tqdm bars would tear it
     try:
@@ -350,6 +393,12 @@ def _pull_error(
         return HubError(
             f"The Hub at {endpoint} refused to send {ref} ({_status(error)}: {_first_line(error, token)}). "
             "For a private repo log in with `hf auth login` or set HF_TOKEN."
+        )
+    if _timed_out(error) or _is_connection_error(error):
+        return HubError(
+            f"The Hub at {endpoint} did not answer for {ref} ({type(error).__name__}), even after retries; "
+            f"{ref} is not in the cache ({cache}). Check the network or HF_ENDPOINT, or raise "
+            "HF_HUB_DOWNLOAD_TIMEOUT / HF_HUB_ETAG_TIMEOUT."
         )
     return error
 

@@ -136,6 +136,41 @@ def is_run_dir(path: Path) -> bool:
     return has_record and (path / CHECKPOINTS).is_dir()
 
 
+def check_new_run_folder(run_dir: Path) -> None:
+    """Refuse a new run's folder that would overwrite something, or that cannot be written.
+
+    A file, a checkpoint folder or any non-empty folder is refused, naming it; so is a folder whose
+    parent cannot be written (checked by making the folder and a probe file now).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RQLError(f"--out {run_dir} is a file; a run needs a folder. Choose another --out.")
+    if (run_dir / "velocity.safetensors").exists():
+        raise RQLError(f"--out {run_dir} is a checkpoint folder; a new run would overwrite it. Choose another --out.")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RQLError(f"--out {run_dir} already exists and is not empty; a new run never writes into it. Choose another --out.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".rql-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RQLError(f"Cannot write the run folder {run_dir}: {error.strerror or error}. Choose another --out.") from None
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Refuse --resume of something that is not a run folder, saying what it is and what to pass."""
+    run_dir = Path(run_dir)
+    if (run_dir / "velocity.safetensors").exists() and (run_dir / LEGACY_RUN_FILE).is_file():
+        above = run_dir.parent.parent if run_dir.parent.name == CHECKPOINTS else None
+        hint = f" Pass the run folder above it: `--resume {above}`." if above else ""
+        raise RQLError(f"{run_dir} is a checkpoint folder, not a run folder.{hint}")
+    if not is_run_dir(run_dir):
+        raise RQLError(
+            f"{run_dir} is not a run folder (one made by `rql train --out`, with {RUN_FILE} and {CHECKPOINTS}/)."
+        )
+
+
 def write_run_record(run_dir: Path, record: RunRecord) -> Path:
     """Write ``record`` as ``RUN_DIR/train_config.json`` atomically (the folder is made if missing)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
