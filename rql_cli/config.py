@@ -89,6 +89,10 @@ class RQLConfig:
     eval_episodes: int = _field(50, "Episodes per periodic evaluation (0 disables periodic evaluation).")
     eval_envs: int = _field(1, "Parallel environments for periodic evaluation.")
     log_interval: int = _field(100, "Write a row of metrics.csv every this many steps.")
+    keep_checkpoints: int = _field(
+        5,
+        "Checkpoints a run keeps: the newest this many plus the best evaluated one (0 keeps all).",
+    )
     save_interval: int = _field(
         0,
         "Save a checkpoint every this many steps in addition to evaluations (0: with evaluations only).",
@@ -190,6 +194,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "eval_envs": (1, 1024),
     "log_interval": (1, 10**12),
     "save_interval": (0, 10**12),
+    "keep_checkpoints": (0, 10**6),
     "seed": (0, 2**31 - 1),
 }
 """Closed range of every numeric field (sizes are bounded so a hostile config.json cannot ask for

@@ -161,6 +161,7 @@ class _Online:
         )
         self.last_checkpoint = path
         observer.on_checkpoint(self.env_step, path)
+        run_files.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
 
 
@@ -278,12 +279,12 @@ def _open_online(
     """Build the agent, the buffer (offline part loaded), the env and the run's files; restore on resume."""
     from rql_cli.core.rql import RQLAgent
     from rql_cli.data.dataset import ACTION_CLIP
-    from rql_cli.data.replay import ReplayBuffer
+    from rql_cli.data.replay import ReplayBuffer, buffer_bytes
     from rql_cli.device import check_agent_fits, make_generator, resolve_device
     from rql_cli.envs.collect import OnlineCollector
     from rql_cli.envs.make import success_timing
     from rql_cli.io.checkpoint import read_meta, software_versions
-    from rql_cli.train import start_from_checkpoint
+    from rql_cli.train import check_disk, start_from_checkpoint
 
     if settings.utd < 1:
         raise RQLError(f"--utd must be at least 1, got {settings.utd}.")
@@ -293,7 +294,11 @@ def _open_online(
     task_name = parse_task_name(source_meta.env_id)
     offline = None
     if settings.offline_data:
+        if origin is None:
+            data.check_fingerprint()
         offline = _load_offline(data, config, device)
+        if origin is not None:
+            data = data.with_fingerprint()
         _check_dims(offline, source_meta)
     torch.manual_seed(config.seed)
     check_agent_fits(config, source_meta.obs_dim, source_meta.action_dim, device)
@@ -306,6 +311,9 @@ def _open_online(
                           versions=software_versions(), success_timing=success_timing(task_name),
                           lineage=origin.lineage if origin else source_meta.lineage)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_files.remove_unfinished_writes(run_dir)
+    check_disk(config, agent, run_dir, total=settings.online_steps,
+               extra_bytes=buffer_bytes(settings.online_steps, agent.obs_dim, agent.action_dim))
     logs = {name: run_files.CsvLog(run_dir / f"{name}.csv", columns) for name, columns in
             (("metrics", METRIC_COLUMNS), ("eval", run_files.EVAL_COLUMNS), ("online", ONLINE_COLUMNS))}
     run = _Online(config=config, settings=settings, run_dir=run_dir, agent=agent, buffer=buffer, collector=None,

@@ -103,6 +103,7 @@ class _Session:
         )
         self.last_checkpoint = path
         observer.on_checkpoint(self.agent.step, path)
+        run_files.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
 
     def wall_time(self) -> float:
@@ -165,6 +166,10 @@ def _open_session(
     device = resolve_device(config.device)
     data_device = device if config.dataset_on_device else torch.device("cpu")
     torch.manual_seed(config.seed)  # network initialisation
+    if resume:
+        data.check_fingerprint()
+    else:
+        data = data.with_fingerprint()
     loaded = data.load(sparse_rewards=config.sparse_rewards, device=data_device, with_val=False)
     dataset = loaded.train
     task_name = parse_task_name(loaded.env_id)  # parsed once; evaluation and the meta use it
@@ -178,6 +183,8 @@ def _open_session(
         success_timing=success_timing(task_name),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_files.remove_unfinished_writes(run_dir)
+    check_disk(config, agent, run_dir, total=config.steps)
     session = _Session(
         config=config, run_dir=run_dir, agent=agent, sampler=ChunkSampler(dataset, config.horizon),
         meta=meta, data_device=data_device, dataset_stats=dataset.statistics(), task_name=task_name,
@@ -214,6 +221,16 @@ def start_from_checkpoint(agent: Any, origin: run_files.RunOrigin) -> None:
     continued = load_optimizer_state(agent, origin.folder)
     origin.lineage["optimizer"] = "continued from its train state" if continued else "fresh (no train state)"
     agent.step = 0
+
+
+def check_disk(config: RQLConfig, agent: Any, run_dir: Path, total: int, extra_bytes: int = 0) -> None:
+    """Refuse a run whose checkpoints (as many as it keeps, or all it saves) will not fit on disk."""
+    parameters = sum(p.numel() for p in agent.parameters()) // 2
+    checkpoint_bytes = 4 * 4 * parameters + extra_bytes  # weights, targets and two Adam moments
+    intervals = [i for i in (config.eval_interval, config.save_interval) if i > 0]
+    saves = 1 + sum(total // i for i in intervals)
+    count = min(saves, config.keep_checkpoints + 2) if config.keep_checkpoints > 0 else saves
+    run_files.check_disk_for_checkpoints(run_dir, checkpoint_bytes, count)
 
 
 def check_dataset_fits_env(dataset: Any, task_name: TaskName) -> None:

@@ -17,7 +17,9 @@ from rql_cli.io.run_files import (
     checkpoint_dir,
     is_run_dir,
     list_checkpoints,
+    prune_checkpoints,
     read_run_record,
+    remove_unfinished_writes,
     write_run_record,
 )
 
@@ -73,3 +75,31 @@ def test_csv_log_appends_reads_and_drops_rows_after_a_resume_point(tmp_path):
     assert [row["value"] for row in log.read()] == ["0.666667", "1.33333", "2"]
     log.truncate_after(4)
     assert [row["step"] for row in CsvLog(tmp_path / "metrics.csv", ["step", "value"]).read()] == ["2", "4"]
+
+
+def test_retention_keeps_the_newest_and_the_best_evaluated(tmp_path):
+    from rql_cli.io.metrics import EvaluationReport, write_metrics
+
+    run = tmp_path / "run"
+    for step, rate in [(1, 0.2), (2, 0.9), (3, None), (4, 0.9), (5, 0.1), (6, None), (7, None)]:
+        folder = checkpoint_dir(run, step)
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        if rate is not None:
+            write_metrics(folder, EvaluationReport("x", "d", step, "cpu", tasks=[{"success_rate": rate}]))
+    assert prune_checkpoints(run, keep=0) == []
+    removed = prune_checkpoints(run, keep=2)
+    assert [p.name for p in removed] == ["step_00000001", "step_00000002", "step_00000003", "step_00000005"]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000004", "step_00000006", "step_00000007"]
+    (run / "checkpoints" / ".step_00000008.tmp").mkdir()
+    assert [p.name for p in remove_unfinished_writes(run)] == [".step_00000008.tmp"]
+
+
+def test_a_run_keeps_exactly_its_newest_checkpoints_and_its_best(tiny_dataset_dir, tmp_path):
+    from rql_cli.train import DataSpec, train
+
+    config = RQLConfig(actor_hidden_dims=[16], value_hidden_dims=[16], ensemble_size=2, flow_steps=2, horizon=2,
+                       batch_size=4, eval_episodes=0, steps=9, save_interval=1, keep_checkpoints=3, device="cpu")
+    outcome = train(config, DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir)), tmp_path / "run")
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000007", "step_00000008", "step_00000009"]
+    assert outcome.last_checkpoint == tmp_path / "run" / "checkpoints" / "step_00000009"

@@ -85,3 +85,29 @@ def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
     metrics = json.loads((checkpoint / "metrics.json").read_text())["tasks"][0]
     assert metrics["episodes"] == 1 and len(metrics["seeds"]) == 1
     assert outcome.last_eval["success_rate"] in (0.0, 1.0)
+
+
+def test_resume_finds_the_data_from_anywhere_and_refuses_another_file(tiny_dataset_dir, tmp_path, monkeypatch):
+    from rql_cli.errors import DatasetError
+    from rql_cli.io.run_files import read_run_record
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_dataset_dir, data_dir)
+    monkeypatch.chdir(tmp_path)
+    train(RQLConfig(**TINY, steps=2), DataSpec(name="cube-single-play-v0", dataset_dir="data"), tmp_path / "run")
+    record = read_run_record(tmp_path / "run")
+    assert record.data["dataset_dir"] == str(data_dir.resolve())  # absolute, not as typed
+    assert record.data["fingerprint"]["size"] == (data_dir / "cube-single-play-v0.npz").stat().st_size
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = DataSpec(name=record.dataset, **record.data)
+    assert train(RQLConfig(**TINY, steps=3), spec, tmp_path / "run", resume=True).step == 3
+
+    arrays = dict(np.load(data_dir / "cube-single-play-v0.npz"))
+    arrays["actions"] = arrays["actions"] * 0.5
+    np.savez_compressed(data_dir / "cube-single-play-v0.npz", **arrays)
+    with pytest.raises(DatasetError, match="another file") as info:
+        train(RQLConfig(**TINY, steps=4), spec, tmp_path / "run", resume=True)
+    assert record.data["fingerprint"]["sha256"][:16] in str(info.value)

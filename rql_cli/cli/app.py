@@ -60,13 +60,23 @@ app.command()(demo)
 
 
 def _quiet_library_warnings() -> None:
-    """Silence import-time chatter that says nothing to our users (it still shows with --debug)."""
+    """Silence import-time chatter that says nothing to our users, and print rql's own warnings as one
+    clean line each (``Warning: ...``) instead of Python's file:line format (both as-is with --debug)."""
     import warnings
 
     if "--debug" in sys.argv or os.environ.get("RQL_DEBUG") == "1":
         return
     warnings.filterwarnings("ignore", module="glfw")  # no display: glfw is never used headless
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # ogbench spaces
+    python_format = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if "rql_cli" in str(filename) or str(message).startswith("Checkpoint "):
+            err_console.print(f"[yellow]Warning:[/] {message}", highlight=False)
+        else:
+            python_format(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ def train(
         None, "--preset", help="Hyperparameter preset of another task family (see `rql list`)."
     ),
     set_: list[str] = typer.Option(
-        [], "--set", help="Override a config field, value as JSON: --set alpha=3 --set value_hidden_dims=[256,256]."
+        [], "--set", help="Override a config field, value as JSON: --set alpha=3 --set 'value_hidden_dims=[256,256]'."
     ),
     steps: Optional[int] = config_option("steps"),
     eval_interval: Optional[int] = config_option("eval_interval", "--eval-interval", "--eval-every"),

@@ -291,6 +291,15 @@ def _lookup(name: str) -> DatasetRecipe:
         raise UnknownNameError(
             f"'{name}' is a task name; its dataset file is '{file_stem}'. Generate '{file_stem}' instead."
         )
+    if parsed is not None and parsed.dataset_name not in GENERATABLE:
+        # A real OGBench dataset, but not one of the manipulation sets made by scripted oracles.
+        raise UnknownNameError(
+            f"'{parsed.dataset_name}' is an OGBench dataset that rql cannot generate: only the manipulation "
+            "sets (cube, scene, puzzle) have scripted oracles in ogbench; the locomotion ones come from trained "
+            "expert policies that are not shipped. "
+            f"Put the official {parsed.dataset_name}.npz and {parsed.dataset_name}-val.npz in a folder and pass it "
+            f"as --dataset-dir. Datasets that can be generated: {', '.join(names)}."
+        )
     close = closest_names(name, names)
     hint = f" Did you mean {', '.join(repr(n) for n in close)}?" if close else ""
     raise UnknownNameError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,59 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         if p.is_dir() and p.name.startswith("step_") and (p / "config.json").is_file()
     ]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete checkpoints beyond the newest ``keep`` and the best evaluated one; returns what went.
+
+    ``keep`` 0 keeps everything. The best is the highest mean success rate in metrics.json (the
+    newest of equals); a checkpoint with an unreadable metrics.json is kept, never guessed about.
+    """
+    from rql_cli.io.metrics import read_metrics
+
+    checkpoints = list_checkpoints(run_dir)
+    if keep <= 0 or len(checkpoints) <= keep:
+        return []
+    kept = set(checkpoints[-keep:])
+    best: tuple[float, int, Path] | None = None
+    for index, folder in enumerate(checkpoints):
+        try:
+            report = read_metrics(folder)
+        except RQLError:
+            kept.add(folder)
+            continue
+        if report is not None and report.tasks and (best is None or (report.mean_success_rate, index) > best[:2]):
+            best = (report.mean_success_rate, index, folder)
+    if best is not None:
+        kept.add(best[2])
+    removed = [folder for folder in checkpoints if folder not in kept]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def remove_unfinished_writes(run_dir: Path) -> list[Path]:
+    """Delete temporary checkpoint folders that a crashed write left (``.step_*.tmp`` / ``.old``)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    leftovers = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step_")
+                 and p.name.endswith((".tmp", ".old"))]
+    for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+    return leftovers
+
+
+def check_disk_for_checkpoints(run_dir: Path, checkpoint_bytes: int, count: int) -> None:
+    """Refuse a run whose ``count`` checkpoints of ``checkpoint_bytes`` each cannot fit on its disk."""
+    needed = checkpoint_bytes * count
+    free = shutil.disk_usage(Path(run_dir)).free
+    if needed > free:
+        raise RQLError(
+            f"The run's checkpoints need about {needed / 2**20:,.0f} MiB ({count} of "
+            f"{checkpoint_bytes / 2**20:,.1f} MiB) but {run_dir} has only {free / 2**20:,.0f} MiB free. "
+            "Free some space, keep fewer checkpoints (--set keep_checkpoints=N) or choose another --out."
+        )
 
 
 def is_run_dir(path: Path) -> bool:
