@@ -65,3 +65,32 @@ def config_option(name: str, *flags: str) -> Any:
     else:
         shown = default if isinstance(default, str) else json.dumps(default)
     return typer.Option(None, *flags, help=f"{FIELD_HELP[name]} (config field {name})", show_default=shown)
+
+
+OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "--episodes": (1, 1_000_000),
+    "--envs": (1, 1024),
+    "--utd": (1, 1000),
+    "--online-steps": (0, 10**9),
+    "--fps": (1, 240),
+    "--task": (1, 5),
+    "--max-steps": (1, 10**7),
+    "--workers": (1, 1024),
+}
+"""Closed range of every numeric option that is not a config field (those have ``config.RANGES``)."""
+
+
+def ranged(flag: str, text: str) -> str:
+    """Help text with the option's range appended."""
+    low, high = OPTION_RANGES[flag]
+    return f"{text} Range: {low:,} to {high:,}."
+
+
+def check_options(values: dict[str, int | None]) -> None:
+    """Refuse a numeric option outside its range (exit 1 with the range), before any work."""
+    from rql_cli.errors import RQLError
+
+    for flag, value in values.items():
+        low, high = OPTION_RANGES[flag]
+        if value is not None and not low <= value <= high:
+            raise RQLError(f"{flag} must lie in [{low:,}, {high:,}], got {value:,}.")

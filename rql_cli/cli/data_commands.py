@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from rql_cli.cli.common import DEFAULT_DATA_DIR, handles_errors
+from rql_cli.cli.common import DEFAULT_DATA_DIR, check_options, handles_errors, ranged
 from rql_cli.cli.display import console
 
 data_app = typer.Typer(
@@ -31,7 +31,7 @@ def data_generate(
     episodes: Optional[int] = typer.Option(None, "--episodes", help="Train episodes.", show_default="the official count"),
     val_episodes: Optional[int] = typer.Option(None, "--val-episodes", help="Validation episodes.", show_default="a tenth"),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes, whatever --workers is."),
-    workers: int = typer.Option(default_workers(), "--workers", "-j", help="Processes collecting episodes."),
+    workers: int = typer.Option(default_workers(), "--workers", "-j", help=ranged("--workers", "Processes collecting episodes.")),
     episode_length: int = typer.Option(1001, "--episode-length", help="Steps per episode (1001 is the official length)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -42,6 +42,7 @@ def data_generate(
 
     Example: rql data generate cube-double-play-v0 --episodes 100 --out data --workers 2
     """
+    check_options({"--workers": workers})
     paths = generate_with_progress(
         name, out.expanduser(), episodes=episodes, val_episodes=val_episodes, seed=seed, workers=workers,
         episode_length=episode_length, force=force, quiet=quiet,

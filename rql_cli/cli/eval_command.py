@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from rql_cli.cli.common import CHECKPOINT_HELP, handles_errors
+from rql_cli.cli.common import CHECKPOINT_HELP, check_options, handles_errors, ranged
 from rql_cli.cli.display import console
 
 
@@ -43,12 +43,14 @@ def parse_tasks(text: Optional[str]) -> list[Optional[int]]:
 @handles_errors
 def eval_command(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
-    episodes: int = typer.Option(50, "--episodes", "-n", min=1, help="Episodes per task."),
+    episodes: int = typer.Option(50, "--episodes", "-n", help=ranged("--episodes", "Episodes per task.")),
     task: Optional[str] = typer.Option(
         None, "--task", help="Task 1-5, or 'all' for a per-task table.", show_default="the checkpoint's task"
     ),
     seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise is seeded too."),
-    envs: Optional[int] = typer.Option(None, "--envs", help="Parallel environments.", show_default="one per core"),
+    envs: Optional[int] = typer.Option(
+        None, "--envs", help=ranged("--envs", "Parallel environments."), show_default="one per core"
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
     save: bool = typer.Option(False, "--save", help="Write the report into the checkpoint's metrics.json."),
@@ -66,6 +68,7 @@ def eval_command(
     from rql_cli.io.metrics import write_metrics
     from rql_cli.io.resolve import load_checkpoint, reference_source
 
+    check_options({"--episodes": episodes, "--envs": envs})
     tasks = parse_tasks(task)
     if json_path is not None:
         check_writable_file(json_path, "--json")

@@ -11,8 +11,10 @@ import typer
 from rql_cli.cli.common import (
     CHECKPOINT_HELP,
     DEFAULT_DATA_DIR,
+    check_options,
     config_option,
     handles_errors,
+    ranged,
 )
 
 
@@ -22,7 +24,7 @@ def finetune(
     online_steps: int = typer.Option(
         0, "--online-steps", help="Environment steps to fine-tune online (one env step, then --utd gradient steps)."
     ),
-    utd: int = typer.Option(1, "--utd", min=1, help="Gradient steps per environment step."),
+    utd: int = typer.Option(1, "--utd", help=ranged("--utd", "Gradient steps per environment step.")),
     balanced: bool = typer.Option(
         False, "--balanced", help="Half of each batch from the offline data, half from online transitions.",
         show_default="uniform over the whole buffer",
@@ -61,6 +63,7 @@ def finetune(
     """
     from rql_cli.finetune import FinetuneSettings
 
+    check_options({"--utd": utd, "--online-steps": online_steps if online_steps > 0 else None})
     settings = FinetuneSettings(online_steps=online_steps, utd=utd, balanced=balanced, offline_data=not no_offline_data)
     flags = dict(steps=steps, eval_interval=eval_interval, eval_episodes=eval_episodes, seed=seed, device=device)
     overrides = _overrides(set_, flags)

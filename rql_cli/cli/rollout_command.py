@@ -11,9 +11,8 @@ from typing import Any, Optional
 
 import typer
 
-from rql_cli.cli.common import CHECKPOINT_HELP, handles_errors
+from rql_cli.cli.common import CHECKPOINT_HELP, check_options, handles_errors, ranged
 from rql_cli.cli.display import console
-from rql_cli.names import TASKS
 
 EPISODES_WITH_RENDER = 1
 EPISODES_WITHOUT_RENDER = 5
@@ -23,24 +22,24 @@ EPISODES_WITHOUT_RENDER = 5
 def rollout(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     episodes: Optional[int] = typer.Option(
-        None, "--episodes", "-n", min=1, help="Episodes to run, one after another.",
+        None, "--episodes", "-n", help=ranged("--episodes", "Episodes to run, one after another."),
         show_default=f"{EPISODES_WITH_RENDER} with --render, else {EPISODES_WITHOUT_RENDER}",
     ),
     render: bool = typer.Option(
         False, "--render/--no-render", help="Write the episodes into a labelled video (headless: MUJOCO_GL=egl)."
     ),
     out: Path = typer.Option(Path("rollout.mp4"), "--out", "-o", help="Video file, .mp4 or .gif (with --render)."),
-    fps: int = typer.Option(30, "--fps", min=1, help="Playback frames per second (the env steps 20 times a second)."),
+    fps: int = typer.Option(30, "--fps", help=ranged("--fps", "Playback frames per second (the env steps 20 times a second).")),
     size: str = typer.Option("640x480", "--size", help="Frame size WIDTHxHEIGHT in pixels (even sides for mp4)."),
     task: Optional[int] = typer.Option(
-        None, "--task", min=TASKS[0], max=TASKS[-1], help=f"Task {TASKS[0]}-{TASKS[-1]}.",
+        None, "--task", help=ranged("--task", "Task number."),
         show_default="the checkpoint's task",
     ),
     seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise as `rql eval --seed`."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
     max_steps: Optional[int] = typer.Option(
-        None, "--max-steps", min=1, help="Cut each episode at this many steps, for a quick look.",
+        None, "--max-steps", help=ranged("--max-steps", "Cut each episode at this many steps, for a quick look."),
         show_default="the env's time limit"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the table and the video's path."),
@@ -53,6 +52,7 @@ def rollout(
     from rql_cli.envs.render import check_video_path, parse_size
     from rql_cli.rollout import run_rollout
 
+    check_options({"--episodes": episodes, "--fps": fps, "--task": task, "--max-steps": max_steps})
     width, height = parse_size(size)
     if render:
         check_video_path(out, width, height)  # before loading anything

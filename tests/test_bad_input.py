@@ -1,0 +1,205 @@
+"""The bad-input corpus: every kind of wrong input through the real `rql` command line, in subprocesses.
+
+Each case must end with exit code 1, no traceback, a message that names the problem, and nothing
+changed on disk: the whole world of folders the cases point at hashes the same before and after.
+Cases run two at a time (the machines have two cores); each is a fresh `python -m rql_cli`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+HEX40 = "0123456789abcdef0123456789abcdef01234567"
+
+# (case id, arguments with {W} for the world folder, fragments the message must hold, extra environment)
+CASES: list[tuple[str, list[str], list[str], dict[str, str]]] = [
+    # --- names ---------------------------------------------------------------------------------
+    ("train-misspelt-dataset", ["train", "--dataset", "cube-singel-play-v0", "--out", "{W}/new"], ["cube-single-play-v0", "rql list"], {}),
+    ("train-unknown-dataset", ["train", "--dataset", "foo-v0", "--out", "{W}/new"], ["Unknown OGBench dataset"], {}),
+    ("train-unknown-preset", ["train", "--dataset", "cube-single-play-v0", "--preset", "cube-singel", "--dataset-dir", "{W}/data"], ["Unknown preset", "cube-single"], {}),
+    ("train-task-out-of-range", ["train", "--dataset", "cube-single-play-v0", "--task", "9", "--dataset-dir", "{W}/data"], ["Task 9 does not exist"], {}),
+    ("generate-locomotion", ["data", "generate", "antmaze-large-navigate-v0", "--out", "{W}/gen"], ["rql cannot generate", "--dataset-dir"], {}),
+    ("generate-misspelt", ["data", "generate", "cube-singel-play-v0", "--out", "{W}/gen"], ["Did you mean", "cube-single-play-v0"], {}),
+    ("generate-task-name", ["data", "generate", "cube-single-play-singletask-task2-v0", "--out", "{W}/gen"], ["is a task name", "cube-single-play-v0"], {}),
+    ("info-unknown", ["data", "info", "nope-play-v0", "--dataset-dir", "{W}/data"], ["Unknown OGBench dataset"], {}),
+    ("eval-unknown-ref", ["eval", "--checkpoint", "nosuch"], ["No checkpoint 'nosuch'"], {}),
+    ("rollout-unknown-ref", ["rollout", "--checkpoint", "nosuch"], ["No checkpoint 'nosuch'"], {}),
+    ("pull-not-a-hub-id", ["pull", "not a hub id"], ["is not a Hub repo id"], {}),
+    ("push-bad-repo-id", ["push", "{W}/ckpt", "--repo-id", "bad id", "--token", "hf_x"], ["is not a Hub repo id"], {}),
+    # --- numbers ---------------------------------------------------------------------------------
+    ("eval-envs-zero", ["eval", "--checkpoint", "{W}/ckpt", "--envs", "0"], ["--envs must lie in [1, 1,024]"], {}),
+    ("eval-envs-negative", ["eval", "--checkpoint", "{W}/ckpt", "--envs", "-2"], ["--envs must lie in"], {}),
+    ("eval-episodes-zero", ["eval", "--checkpoint", "{W}/ckpt", "--episodes", "0"], ["--episodes must lie in"], {}),
+    ("eval-task-text", ["eval", "--checkpoint", "{W}/ckpt", "--task", "seven"], ["--task expects a number 1-5 or 'all'"], {}),
+    ("train-eval-envs-zero", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--eval-envs", "0", "--out", "{W}/new"], ["eval_envs must lie in [1, 1,024]"], {}),
+    ("train-eval-episodes-negative", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--eval-episodes", "-5", "--out", "{W}/new"], ["eval_episodes must lie in"], {}),
+    ("train-log-interval-zero", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "log_interval=0", "--out", "{W}/new"], ["log_interval must lie in"], {}),
+    ("train-huge-seed", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--seed", "99999999999999999999", "--out", "{W}/new"], ["seed must lie in [0, 2,147,483,647]"], {}),
+    ("train-negative-steps", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--steps", "-1", "--out", "{W}/new"], ["steps must lie in"], {}),
+    ("rollout-fps-zero", ["rollout", "--checkpoint", "{W}/ckpt", "--fps", "0"], ["--fps must lie in"], {}),
+    ("rollout-task-nine", ["rollout", "--checkpoint", "{W}/ckpt", "--task", "9"], ["--task must lie in [1, 5]"], {}),
+    ("rollout-tiny-size", ["rollout", "--checkpoint", "{W}/ckpt", "--render", "--size", "10x10", "--out", "{W}/v.mp4"], ["between 16 and 4096"], {}),
+    ("rollout-odd-mp4", ["rollout", "--checkpoint", "{W}/ckpt", "--render", "--size", "641x480", "--out", "{W}/v.mp4"], ["even width and height"], {}),
+    ("rollout-bad-suffix", ["rollout", "--checkpoint", "{W}/ckpt", "--render", "--out", "{W}/v.avi"], [".mp4 or .gif"], {}),
+    ("generate-zero-episodes", ["data", "generate", "cube-single-play-v0", "--episodes", "0", "--out", "{W}/gen"], ["num_episodes must be at least 1"], {}),
+    ("generate-zero-workers", ["data", "generate", "cube-single-play-v0", "--workers", "0", "--out", "{W}/gen"], ["--workers must lie in"], {}),
+    ("finetune-utd-zero", ["finetune", "--checkpoint", "{W}/ckpt", "--online-steps", "5", "--utd", "0"], ["--utd must lie in"], {}),
+    ("finetune-negative-online", ["finetune", "--checkpoint", "{W}/ckpt", "--online-steps", "-5"], ["--online-steps must be a positive"], {}),
+    # --- config fields ---------------------------------------------------------------------------
+    ("set-unknown-field", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "alpah=3"], ["Unknown config field 'alpah'", "'alpha'"], {}),
+    ("set-wrong-type", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "horizon=abc"], ["'horizon' expects an integer"], {}),
+    ("set-list-as-number", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "value_hidden_dims=256"], ["expects a JSON list of ints"], {}),
+    ("set-no-equals", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "nokey"], ["--set expects key=value"], {}),
+    ("set-expectile-range", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "expectile=1.5"], ["expectile must lie in (0, 1)"], {}),
+    ("set-flow-steps-huge", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "flow_steps=1000000000"], ["flow_steps must lie in [1, 1,000]"], {}),
+    ("set-ensemble-zero", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "ensemble_size=0"], ["ensemble_size must lie in"], {}),
+    ("set-lr-zero", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "lr=0"], ["lr must lie in (0, 1]"], {}),
+    ("set-policy-points", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "policy_loss_points=foo"], ["policy_loss_points must be"], {}),
+    ("set-width-huge", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "value_hidden_dims=[100000000]"], ["value_hidden_dims must hold"], {}),
+    ("set-bool-as-number", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "alpha=true"], ["'alpha' expects a number"], {}),
+    ("cuda-absent", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--device", "cuda", "--out", "{W}/new"], ["asked for CUDA"], {}),
+    ("device-unknown", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--device", "tpu", "--out", "{W}/new"], ["Unknown device 'tpu'"], {}),
+    # --- dataset files ---------------------------------------------------------------------------
+    ("dataset-missing", ["train", "--dataset", "cube-double-play-v0", "--dataset-dir", "{W}/empty", "--out", "{W}/new"], ["not found", "rql data generate cube-double-play-v0"], {}),
+    ("dataset-path-folder", ["train", "--dataset", "cube-single-play-v0", "--dataset-path", "{W}/data", "--out", "{W}/new"], ["is a folder", "--dataset-dir"], {}),
+    ("dataset-path-missing", ["train", "--dataset", "cube-single-play-v0", "--dataset-path", "{W}/data/none.npz", "--out", "{W}/new"], ["not found", "none.npz"], {}),
+    ("dataset-text-as-npz", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/textdata", "--out", "{W}/new"], ["not a readable .npz archive", "never loads pickled"], {}),
+    ("dataset-nan", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/nandata", "--out", "{W}/new"], ["NaN or infinite values"], {}),
+    ("info-missing", ["data", "info", "cube-double-play-v0", "--dataset-dir", "{W}/empty"], ["not found"], {}),
+    # --- checkpoint files and configs ------------------------------------------------------------
+    ("ckpt-config-list", ["eval", "--checkpoint", "{W}/ck-list"], ["must hold a JSON object"], {}),
+    ("ckpt-obs-dim-string", ["eval", "--checkpoint", "{W}/ck-obsdim"], ["'obs_dim' must be an integer"], {}),
+    ("ckpt-config-not-json", ["eval", "--checkpoint", "{W}/ck-json"], ["is not valid JSON"], {}),
+    ("ckpt-truncated", ["eval", "--checkpoint", "{W}/ck-trunc"], ["velocity.safetensors", "truncated or corrupt"], {}),
+    ("ckpt-missing-file", ["eval", "--checkpoint", "{W}/ck-missing"], ["missing value.safetensors"], {}),
+    ("ckpt-int8", ["eval", "--checkpoint", "{W}/ck-int8"], ["is int8", "refused rather than converted"], {}),
+    ("ckpt-nan-weights", ["eval", "--checkpoint", "{W}/ck-nan"], ["NaN or infinite values"], {}),
+    ("ckpt-newer-format", ["eval", "--checkpoint", "{W}/ck-newer"], ["format_version 99", "rql 9.0.0"], {}),
+    ("ckpt-flow-steps-huge", ["eval", "--checkpoint", "{W}/ck-flow"], ["flow_steps must lie in"], {}),
+    ("ckpt-terabytes", ["eval", "--checkpoint", "{W}/ck-huge"], ["would need", "GiB"], {}),
+    ("ckpt-wrong-env", ["eval", "--checkpoint", "{W}/ck-env"], ["expects observations of size 28", "gives observations of size 37"], {}),
+    ("ckpt-is-a-file", ["eval", "--checkpoint", "{W}/afile.txt"], ["is a file"], {}),
+    ("ckpt-empty-folder", ["eval", "--checkpoint", "{W}/empty"], ["neither a checkpoint folder"], {}),
+    ("ckpt-best-bad-metrics", ["eval", "--checkpoint", "{W}/run-badmetrics", "--best"], ["metrics.json is not valid JSON"], {}),
+    ("eval-json-folder", ["eval", "--checkpoint", "{W}/ckpt", "--json", "{W}/data"], ["--json", "is a folder"], {}),
+    ("ckpt-missing-train-state-key", ["train", "--resume", "{W}/run-badstate"], ["lacks rng.noise"], {}),
+    # --- run folders -----------------------------------------------------------------------------
+    ("resume-checkpoint-folder", ["train", "--resume", "{W}/run/checkpoints/step_00000002"], ["is a checkpoint folder, not a run folder", "--resume {W}/run"], {}),
+    ("resume-not-a-run", ["train", "--resume", "{W}/empty"], ["is not a run folder"], {}),
+    ("resume-changes-network", ["train", "--resume", "{W}/run", "--set", "horizon=7"], ["--resume cannot change horizon"], {}),
+    ("resume-with-dataset", ["train", "--resume", "{W}/run", "--dataset", "cube-single-play-v0"], ["drop --dataset"], {}),
+    ("out-is-a-file", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--out", "{W}/afile.txt"], ["is a file"], {}),
+    ("out-is-a-checkpoint", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--out", "{W}/ckpt"], ["is a checkpoint folder"], {}),
+    ("out-holds-a-run", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--out", "{W}/run"], ["already holds a run"], {}),
+    ("out-not-empty", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--out", "{W}/textdata"], ["not empty"], {}),
+    ("finetune-resume-train-run", ["finetune", "--resume", "{W}/run"], ["is not a fine-tuning run"], {}),
+    ("finetune-out-not-empty", ["finetune", "--checkpoint", "{W}/ckpt", "--online-steps", "5", "--out", "{W}/data"], ["not empty"], {}),
+    ("finetune-no-offline-data", ["finetune", "--checkpoint", "{W}/ckpt", "--online-steps", "5", "--dataset-dir", "{W}/empty", "--out", "{W}/new"], ["--no-offline-data"], {}),
+    # --- the Hub ---------------------------------------------------------------------------------
+    ("push-no-token", ["push", "{W}/ckpt", "--repo-id", "alice/agent", "--no-video"], ["HF_TOKEN", "Nothing was uploaded"], {}),
+    ("push-offline", ["push", "{W}/ckpt", "--repo-id", "alice/agent", "--token", "hf_x"], ["HF_HUB_OFFLINE"], {"HF_HUB_OFFLINE": "1"}),
+    ("push-to-a-commit", ["push", "{W}/ckpt", "--repo-id", f"alice/agent@{HEX40}", "--token", "hf_x"], ["not to the commit"], {}),
+    ("pull-two-revisions", ["pull", "alice/agent@main", "--revision", "dev"], ["Two revisions"], {}),
+    ("pull-offline-uncached", ["pull", "alice/never"], ["offline", "not in the Hub cache"], {"HF_HUB_OFFLINE": "1"}),
+    ("eval-save-hub-id", ["eval", "--checkpoint", "alice/agent", "--save"], ["--save writes metrics.json", "rql pull alice/agent --dir"], {}),
+]
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def edit_config(folder: Path, change) -> None:
+    path = folder / "config.json"
+    payload = json.loads(path.read_text())
+    result = change(payload)
+    path.write_text(json.dumps(payload if result is None else result))
+
+
+def edit_tensor(folder: Path, change) -> None:
+    path = folder / "velocity.safetensors"
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    tensors[name] = change(tensors[name])
+    save_file(tensors, str(path))
+
+
+@pytest.fixture(scope="module")
+def world(tiny_run_dir, tiny_dataset_dir, tmp_path_factory) -> Path:
+    """Folders of every kind the cases point at, good and broken."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("world")
+    shutil.copytree(tiny_dataset_dir, root / "data")
+    shutil.copytree(tiny_run_dir, root / "run")
+    source = root / "run" / "checkpoints" / "step_00000002"
+    for name in ("ckpt", "ck-list", "ck-obsdim", "ck-json", "ck-trunc", "ck-missing", "ck-int8", "ck-nan",
+                 "ck-newer", "ck-flow", "ck-huge", "ck-env"):
+        shutil.copytree(source, root / name)
+    edit_config(root / "ck-list", lambda payload: [1, 2])
+    edit_config(root / "ck-obsdim", lambda payload: payload.update(obs_dim="28"))
+    (root / "ck-json").joinpath("config.json").write_text("{not json")
+    data = (root / "ck-trunc" / "velocity.safetensors").read_bytes()
+    (root / "ck-trunc" / "velocity.safetensors").write_bytes(data[: len(data) // 2])
+    (root / "ck-missing" / "value.safetensors").unlink()
+    edit_tensor(root / "ck-int8", lambda t: t.to(torch.int8))
+    edit_tensor(root / "ck-nan", lambda t: torch.full_like(t, float("nan")))
+    edit_config(root / "ck-newer", lambda payload: payload.update(format_version=99, versions={"rql": "9.0.0"}))
+    edit_config(root / "ck-flow", lambda payload: payload["config"].update(flow_steps=10**9))
+    edit_config(root / "ck-huge", lambda payload: payload["config"].update(ensemble_size=1024, value_hidden_dims=[65536] * 8))
+    edit_config(root / "ck-env", lambda payload: payload.update(env_id="cube-double-play-singletask-v0"))
+    shutil.copytree(root / "run", root / "run-badmetrics")
+    (root / "run-badmetrics" / "checkpoints" / "step_00000002" / "metrics.json").write_text("{oops")
+    shutil.copytree(root / "run", root / "run-badstate")
+    state_path = root / "run-badstate" / "checkpoints" / "step_00000002" / "train_state.safetensors"
+    state = load_file(str(state_path))
+    del state["rng.noise"]
+    save_file(state, str(state_path))
+    (root / "empty").mkdir()
+    (root / "afile.txt").write_text("not a checkpoint")
+    (root / "textdata").mkdir()
+    for name in ("cube-single-play-v0.npz", "cube-single-play-v0-val.npz"):
+        (root / "textdata" / name).write_text("just text\n")
+    (root / "nandata").mkdir()
+    for name in ("cube-single-play-v0.npz", "cube-single-play-v0-val.npz"):
+        arrays = dict(np.load(root / "data" / name))
+        arrays["actions"][3, 1] = np.nan
+        np.savez_compressed(root / "nandata" / name, **arrays)
+    return root
+
+
+def run_case(world: Path, args: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "RQL_DEBUG")}
+    env.update(HF_HOME=str(world.parent / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_XET="1",
+               RQL_CHECKPOINTS=str(world.parent / "no-bundled"), MUJOCO_GL="egl", **extra_env)
+    argv = [arg.replace("{W}", str(world)) for arg in args]
+    return subprocess.run([sys.executable, "-m", "rql_cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=world.parent)
+
+
+def test_every_bad_input_gets_one_clean_message_and_changes_nothing(world):
+    assert len(CASES) >= 60 and len({case[0] for case in CASES}) == len(CASES)
+    before = tree_hash(world)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda case: run_case(world, case[1], case[3]), CASES))
+    problems = []
+    for (name, _, fragments, _), result in zip(CASES, results):
+        text = " ".join((result.stdout + result.stderr).split())
+        missing = [f.replace("{W}", str(world)) for f in fragments if f.replace("{W}", str(world)) not in text]
+        if result.returncode != 1 or "Traceback" in text or missing:
+            problems.append(f"{name}: exit {result.returncode}, missing {missing}: {text[-400:]}")
+    assert problems == [], "\n".join(problems)
+    assert not (world / "new").exists() and not (world / "gen").exists()
+    assert tree_hash(world) == before
