@@ -111,3 +111,20 @@ def test_resume_finds_the_data_from_anywhere_and_refuses_another_file(tiny_datas
     with pytest.raises(DatasetError, match="another file") as info:
         train(RQLConfig(**TINY, steps=4), spec, tmp_path / "run", resume=True)
     assert record.data["fingerprint"]["sha256"][:16] in str(info.value)
+
+
+def test_a_failing_periodic_evaluation_still_saves_the_checkpoint_of_its_step(tiny_dataset_dir, tmp_path, monkeypatch):
+    import rql_cli.evaluation as evaluation
+    from rql_cli.errors import RQLError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the renderer fell over")
+
+    monkeypatch.setattr(evaluation, "evaluate_agent", broken)
+    data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
+    config = RQLConfig(**{**TINY, "eval_episodes": 1, "eval_interval": 3}, steps=6)
+    with pytest.raises(RQLError, match="evaluation at this step failed .*the renderer fell over.*step_00000003") as info:
+        train(config, data, tmp_path / "run")
+    assert "rql train --resume" in str(info.value)
+    saved = list_checkpoints(tmp_path / "run")
+    assert [p.name for p in saved] == ["step_00000003"] and (saved[0] / "train_state.safetensors").is_file()

@@ -85,6 +85,13 @@ class OfflineDataset:
         if clip_actions:
             tensors["actions"] = tensors["actions"].clamp(-ACTION_CLIP, ACTION_CLIP)
         tensors["terminals"][-1] = 1.0
+        device = torch.device(device)
+        if device.type != "cpu":
+            from rql_cli.device import check_fits
+
+            size = sum(t.numel() * t.element_size() for t in tensors.values())
+            check_fits(size, device, f"The dataset ({tensors['rewards'].numel():,} transitions)",
+                       "Keep it in host memory with --set dataset_on_device=false.")
         return cls(**tensors).to(device)
 
     def to(self, device: torch.device | str) -> OfflineDataset:
