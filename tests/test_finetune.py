@@ -163,7 +163,7 @@ def test_bad_input_is_refused_with_what_to_do(tiny_run_dir, tiny_dataset_dir, tm
                 "--steps", "1", "--out", str(tmp_path / "b"))
     assert wrong.exit_code == 1  # ogbench rejects 28-dim rows as cube-double data, or our dims check does
     assert "Traceback" not in wrong.output and "cube-double" in wrong.output
-    assert_clean_error(run("finetune", "--checkpoint", ref, "--online-steps", str(10**12), "--no-offline-data",
+    assert_clean_error(run("finetune", "--checkpoint", ref, "--online-steps", str(10**9), "--no-offline-data",
                            "--out", str(tmp_path / "c")), "would need", "GiB")
     existing = tmp_path / "d"
     existing.mkdir()

@@ -248,7 +248,8 @@ def test_table_has_both_dataset_types_of_every_manipulation_family():
 def test_a_task_name_is_answered_with_its_dataset_file(tmp_path):
     with pytest.raises(UnknownNameError, match="its dataset file is 'scene-noisy-v0'"):
         generate_dataset("scene-noisy-singletask-v0", tmp_path, **SMALL)
-    with pytest.raises(UnknownNameError, match="Cannot generate dataset 'antmaze-large-navigate-singletask-v0'"):
+    # A locomotion task name is a real OGBench name, but no oracle in ogbench makes its data.
+    with pytest.raises(UnknownNameError, match="'antmaze-large-navigate-v0' is an OGBench dataset that rql cannot generate"):
         generate_dataset("antmaze-large-navigate-singletask-v0", tmp_path, **SMALL)
 
 

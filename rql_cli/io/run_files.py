@@ -193,9 +193,12 @@ def is_run_dir(path: Path) -> bool:
 def check_new_run_folder(run_dir: Path) -> None:
     """Refuse a new run's folder that would overwrite something, or that cannot be written.
 
-    A file, a checkpoint folder or any non-empty folder is refused, naming it; so is a folder whose
-    parent cannot be written (checked by making the folder and a probe file now).
+    A file, a checkpoint folder or any non-empty folder is refused, naming it; so is a folder that
+    cannot be made (checked with a temporary file in its nearest existing ancestor, so a refused run
+    leaves nothing behind).
     """
+    import tempfile
+
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RQLError(f"--out {run_dir} is a file; a run needs a folder. Choose another --out.")
@@ -203,11 +206,12 @@ def check_new_run_folder(run_dir: Path) -> None:
         raise RQLError(f"--out {run_dir} is a checkpoint folder; a new run would overwrite it. Choose another --out.")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise RQLError(f"--out {run_dir} already exists and is not empty; a new run never writes into it. Choose another --out.")
+    ancestor = run_dir if run_dir.is_dir() else next(p for p in run_dir.absolute().parents if p.exists())
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".rql-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if not ancestor.is_dir():
+            raise NotADirectoryError(f"{ancestor} is a file")
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
     except OSError as error:
         raise RQLError(f"Cannot write the run folder {run_dir}: {error.strerror or error}. Choose another --out.") from None
 
