@@ -277,3 +277,25 @@ def test_push_and_pull_give_up_on_a_silent_endpoint_and_leave_nothing_behind(sil
         text = assert_clean_error(rql(*args, env=env), fragment, silent_endpoint)
         assert time.monotonic() - started < 90, text
     assert list(scratch.iterdir()) == []  # no staging copy left behind
+
+
+def test_ctrl_c_during_a_push_leaves_no_staging_copy(silent_endpoint, checkpoint, tmp_path):
+    import signal
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    env.update(HF_ENDPOINT=silent_endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1",
+               TMPDIR=str(scratch), RQL_CHECKPOINTS=str(tmp_path / "none"), PYTHONUNBUFFERED="1")
+    (checkpoint / "rollout.mp4").write_bytes(b"video")  # staged as a copy beside the weights
+    process = subprocess.Popen([sys.executable, "-m", "rql_cli", "push", str(checkpoint), "--repo-id", "alice/agent",
+                                "--token", "hf_test"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(scratch.iterdir()):
+        time.sleep(0.1)  # the staging folder exists: the push is waiting on the silent Hub
+    assert any(scratch.iterdir()), "the push never staged its files"
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode in (1, 130) and "Traceback" not in output, output
+    assert list(scratch.iterdir()) == []
+    assert (checkpoint / "rollout.mp4").read_bytes() == b"video"
