@@ -290,12 +290,16 @@ def test_ctrl_c_during_a_push_leaves_no_staging_copy(silent_endpoint, checkpoint
     (checkpoint / "rollout.mp4").write_bytes(b"video")  # staged as a copy beside the weights
     process = subprocess.Popen([sys.executable, "-m", "rql_cli", "push", str(checkpoint), "--repo-id", "alice/agent",
                                 "--token", "hf_test"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def staged() -> bool:  # the push's staging folder exists: it is waiting on the silent Hub
+        return any(p.name.startswith("rql-push-") for p in scratch.iterdir())
+
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(scratch.iterdir()):
-        time.sleep(0.1)  # the staging folder exists: the push is waiting on the silent Hub
-    assert any(scratch.iterdir()), "the push never staged its files"
+    while time.monotonic() < deadline and not staged():
+        time.sleep(0.1)
+    assert staged(), "the push never staged its files"
+    time.sleep(0.5)  # into the upload call
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode in (1, 130) and "Traceback" not in output, output
-    assert list(scratch.iterdir()) == []
+    assert [p for p in scratch.iterdir() if p.name.startswith("rql-")] == []
     assert (checkpoint / "rollout.mp4").read_bytes() == b"video"
