@@ -115,7 +115,9 @@ def finetune(
     if not resume:
         if loaded is None:
             raise RQLError("A new fine-tuning run needs a checkpoint to start from.")
-        origin = run_files.RunOrigin(loaded.folder, lineage_of(loaded, settings, config.steps), settings.to_dict())
+        origin = run_files.RunOrigin(
+            loaded.folder, lineage_of(loaded, settings, config.steps), settings.to_dict(), loaded.agent, loaded.meta
+        )
     if settings.online_steps <= 0:
         from rql_cli.train import train
 
@@ -290,7 +292,7 @@ def _open_online(
         raise RQLError(f"--utd must be at least 1, got {settings.utd}.")
     device = resolve_device(config.device)
     resumed = None if origin is not None else _latest_resumable(run_dir)
-    source_meta, _ = read_meta(origin.folder if origin else resumed)
+    source_meta = origin.meta if origin else read_meta(resumed)[0]
     task_name = parse_task_name(source_meta.env_id)
     offline = None
     if settings.offline_data:

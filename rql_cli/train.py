@@ -202,22 +202,23 @@ def _open_session(
 
 
 def start_from_checkpoint(agent: Any, origin: run_files.RunOrigin) -> None:
-    """Load the source checkpoint's weights (and Adam moments, when saved) into a fresh agent.
+    """Copy the loaded source's weights (and its saved Adam moments, if any) into a fresh agent.
 
     The dims must match the agent's (built for the data it will train on); CheckpointError shows
     both shapes otherwise. ``origin.lineage['optimizer']`` records whether Adam continued.
     """
     from rql_cli.errors import CheckpointError
-    from rql_cli.io.checkpoint import load_optimizer_state, load_weights_into, read_meta
+    from rql_cli.io.checkpoint import load_optimizer_state
 
-    meta, _ = read_meta(origin.folder)
+    meta = origin.meta
     if (meta.obs_dim, meta.action_dim) != (agent.obs_dim, agent.action_dim):
         raise CheckpointError(
             f"The checkpoint {origin.lineage.get('ref', origin.folder)} has observations of size "
             f"{meta.obs_dim} and actions of size {meta.action_dim}; the data to fine-tune on has "
             f"observations of size {agent.obs_dim} and actions of size {agent.action_dim}."
         )
-    load_weights_into(agent, origin.folder)
+    for name in ("velocity", "velocity_target", "value", "value_target"):
+        getattr(agent, name).load_state_dict(getattr(origin.agent, name).state_dict())
     continued = load_optimizer_state(agent, origin.folder)
     origin.lineage["optimizer"] = "continued from its train state" if continued else "fresh (no train state)"
     agent.step = 0

@@ -318,7 +318,8 @@ def _count(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file; CheckpointError naming the file if it is unreadable."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -360,7 +361,7 @@ def load_weights_into(agent: RQLAgent, directory: Path) -> None:
         "value.safetensors": ("value", "value_target"),
     }
     for file_name, prefixes in parts.items():
-        tensors = _load_tensors(directory / file_name)
+        tensors = load_tensors(directory / file_name)
         for prefix in prefixes:
             module: torch.nn.Module = getattr(agent, prefix)
             expected = module.state_dict()
@@ -388,7 +389,7 @@ def load_train_state_into(
             "(published checkpoints usually are), so it cannot be resumed exactly. "
             "Use `rql finetune` to continue from its weights instead."
         )
-    tensors = _load_tensors(path)
+    tensors = load_tensors(path)
     missing = [key for key in ("step", *(f"rng.{name}" for name in generators)) if key not in tensors]
     if missing:
         raise CheckpointError(
@@ -413,7 +414,7 @@ def load_optimizer_state(agent: RQLAgent, directory: Path) -> bool:
     path = Path(directory) / TRAIN_STATE_FILE
     if not path.is_file():
         return False
-    tensors = _load_tensors(path)
+    tensors = load_tensors(path)
     _load_optimizer(agent, tensors)
     return True
 
@@ -430,11 +431,6 @@ def _load_optimizer(agent: RQLAgent, tensors: dict[str, torch.Tensor]) -> None:
         agent.optimizer.load_state_dict(optimizer_state)
     except (ValueError, RuntimeError) as error:
         raise CheckpointError(f"The optimiser state does not fit these networks: {error}") from None
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one safetensors file; CheckpointError naming the file if it is unreadable."""
-    return _load_tensors(Path(path))
 
 
 def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[RQLAgent, CheckpointMeta]:

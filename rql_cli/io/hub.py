@@ -84,9 +84,17 @@ def apply_timeouts() -> float:
     return read
 
 
+_TIMEOUTS = {"TimeoutException", "ReadTimeout", "ConnectTimeout", "WriteTimeout", "PoolTimeout", "Timeout"}
+_TRANSPORT_FAILURES = _TIMEOUTS | {"ConnectError", "ConnectionError", "TransportError", "NetworkError"}
+
+
+def _error_kinds(error: BaseException) -> set[str]:
+    """Class names in the error's MRO: matches httpx2, httpx and requests errors alike, by name."""
+    return {cls.__name__ for cls in type(error).__mro__}
+
+
 def _timed_out(error: BaseException) -> bool:
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return bool(names & {"TimeoutException", "ReadTimeout", "ConnectTimeout", "WriteTimeout", "PoolTimeout", "Timeout"})
+    return bool(_error_kinds(error) & _TIMEOUTS)
 
 
 def _endpoint() -> str:
@@ -131,9 +139,7 @@ def _scrub(text: str, token: str | None) -> str:
 
 def _is_connection_error(error: BaseException) -> bool:
     """True for transport failures of any HTTP client huggingface_hub may use (httpx2, httpx, requests)."""
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return bool(names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "TransportError",
-                         "ConnectTimeout", "ReadTimeout", "NetworkError"})
+    return bool(_error_kinds(error) & _TRANSPORT_FAILURES)
 
 
 def _status(error: BaseException) -> int | None:

@@ -101,14 +101,18 @@ class RunOrigin:
     """Where a fine-tuning run starts from.
 
     Attributes:
-        folder: the source checkpoint folder (weights, and train state if it has one).
+        folder: the source checkpoint folder (its train state, if it has one, continues Adam).
         lineage: what the run records about it (``CheckpointMeta.lineage``).
         settings: the fine-tuning settings (``RunRecord.finetune``).
+        agent, meta: the source, already loaded (``io.resolve.load_checkpoint``), so a fine-tune
+            copies its weights instead of reading the files again.
     """
 
     folder: Path
     lineage: dict[str, Any]
     settings: dict[str, Any]
+    agent: Any
+    meta: Any
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
