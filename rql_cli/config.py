@@ -103,6 +103,15 @@ class RQLConfig:
         True,
         "Keep the dataset on the training device so sampling needs no host transfer.",
     )
+    compile: str = _field(
+        "auto",
+        "torch.compile of the update: 'auto' (on CUDA, and on CPU for runs of 20,000+ steps; eager if "
+        "compiling fails), 'on', 'off' (eager), 'graphs' (compiled and replayed as CUDA graphs; CUDA only).",
+    )
+    threads: int = _field(
+        0,
+        "CPU threads for the maths: 0 adapts to the cores other processes leave free; N fixes N.",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by name, JSON-friendly (lists, numbers, strings, bools)."""
@@ -160,6 +169,11 @@ class RQLConfig:
             (0.0 < self.expectile < 1.0, "expectile must lie in (0, 1)", self.expectile),
             (0.0 < self.lr <= 1.0, "lr must lie in (0, 1]", self.lr),
             (
+                self.compile in COMPILE_CHOICES,
+                f"compile must be one of {', '.join(COMPILE_CHOICES)}",
+                self.compile,
+            ),
+            (
                 self.policy_loss_points in ("interpolation", "reversed"),
                 "policy_loss_points must be 'interpolation' or 'reversed'",
                 self.policy_loss_points,
@@ -169,6 +183,9 @@ class RQLConfig:
             if not ok:
                 raise ConfigError(f"Invalid config: {message}, got {value!r}.")
 
+
+COMPILE_CHOICES = ("auto", "off", "on", "graphs")
+"""Values of the ``compile`` field (``rql_cli.runtime.compile_mode`` says what each runs)."""
 
 FIXED_ON_RESUME = frozenset({
     "actor_hidden_dims", "value_hidden_dims", "value_layer_norm", "ensemble_size", "flow_steps", "horizon",
@@ -196,6 +213,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "save_interval": (0, 10**12),
     "keep_checkpoints": (0, 10**6),
     "seed": (0, 2**31 - 1),
+    "threads": (0, 4096),
 }
 """Closed range of every numeric field (sizes are bounded so a hostile config.json cannot ask for
 the impossible); ``validate`` checks them and the help shows them. expectile lies in (0, 1), lr in (0, 1]."""

@@ -142,6 +142,7 @@ class _Online:
     env_step: int = 0
     episodes: int = 0
     recent: deque = field(default_factory=lambda: deque(maxlen=RUNNING_EPISODES))
+    runtime: Any = None
     last_checkpoint: Path | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -199,6 +200,7 @@ def _run_online(run: _Online, observer: FinetuneObserver) -> TrainOutcome:
                 for _ in range(settings.utd):
                     batch = buffer.sample(config.batch_size, run.generators["sample"], balanced=settings.balanced)
                     window.add(agent.update(batch, run.generators["noise"]))
+            run.runtime.poll()
             due = due_work(run.env_step, settings.online_steps, config.log_interval, config.eval_interval,
                            config.save_interval, stop.requested)
             if due.flush:
@@ -270,7 +272,7 @@ def _start_info(run: _Online) -> dict[str, Any]:
         run_dir=str(run.run_dir), device=str(run.agent.device), start_step=run.env_step,
         steps=run.settings.online_steps, env_id=run.meta.env_id, offline_rows=run.buffer.n_offline,
         grad_step=run.agent.step, episodes=run.episodes, lineage=run.meta.lineage,
-        parameters=sum(p.numel() for p in run.agent.parameters()) // 2,
+        parameters=sum(p.numel() for p in run.agent.parameters()) // 2, runtime=run.runtime.to_dict(),
     )
 
 
@@ -286,6 +288,7 @@ def _open_online(
     from rql_cli.envs.collect import OnlineCollector
     from rql_cli.envs.make import success_timing
     from rql_cli.io.checkpoint import read_meta, software_versions
+    from rql_cli.runtime import set_up_runtime
     from rql_cli.train import check_disk, start_from_checkpoint
 
     if settings.utd < 1:
@@ -322,9 +325,17 @@ def _open_online(
                   meta=meta, task_name=task_name, generators=generators, logs=logs)
     if origin is not None:
         start_from_checkpoint(agent, origin)
-        _write_record(run, data, origin)
     else:
         _restore(run, resumed)
+    example = None
+    if buffer.start_rows.numel() >= config.batch_size:
+        example = buffer.sample(config.batch_size, make_generator(device, 0))
+    grad_steps = (settings.online_steps - run.env_step) * settings.utd
+    run.runtime = set_up_runtime(agent, config, grad_steps, example)
+    if origin is not None:
+        _write_record(run, data, origin)
+    else:
+        _record_resume(run)
     run.collector = OnlineCollector(task_name, None, seed=1_000_000 + config.seed * 10_000,
                                     first_episode=run.episodes, action_clip=ACTION_CLIP)
     return run
@@ -377,8 +388,12 @@ def _restore(run: _Online, folder: Path) -> None:
     for log in run.logs.values():
         log.truncate_after(run.env_step)
     run.recent.extend(float(r["success"]) for r in run.logs["online"].read()[-RUNNING_EPISODES:])
+
+
+def _record_resume(run: _Online) -> None:
     record = run_files.read_run_record(run.run_dir)
-    record.history = [*record.history, {"step": run.env_step, "event": "resume"}]
+    event = {"step": run.env_step, "event": "resume", "runtime": run.runtime.to_dict()}
+    record.history = [*record.history, event]
     run_files.write_run_record(run.run_dir, record)
 
 
@@ -387,6 +402,6 @@ def _write_record(run: _Online, data: DataSpec, origin: run_files.RunOrigin) -> 
     record = run_files.RunRecord(
         dataset=data.name, data=data.location(), env_id=meta.env_id, obs_dim=meta.obs_dim,
         action_dim=meta.action_dim, config=run.config, versions=meta.versions, parent=origin.lineage,
-        finetune=origin.settings, history=[{"step": 0, "event": "start"}],
+        finetune=origin.settings, history=[{"step": 0, "event": "start", "runtime": run.runtime.to_dict()}],
     )
     run_files.write_run_record(run.run_dir, record)

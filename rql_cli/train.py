@@ -86,6 +86,7 @@ class _Session:
     eval_log: run_files.CsvLog
     dataset_stats: dict[str, Any]
     task_name: TaskName
+    runtime: Any = None
     last_checkpoint: Path | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -136,6 +137,7 @@ def train(
     with StopSignals() as stop:
         while agent.step < config.steps:
             window.add(agent.update(session.sample(), session.generators["noise"]))
+            session.runtime.poll()
             due = due_work(agent.step, config.steps, config.log_interval, config.eval_interval,
                            config.save_interval, stop.requested)
             if due.flush:
@@ -162,6 +164,7 @@ def _open_session(
     from rql_cli.device import check_agent_fits, make_generator, resolve_device
     from rql_cli.envs.make import success_timing
     from rql_cli.io.checkpoint import software_versions
+    from rql_cli.runtime import set_up_runtime
 
     device = resolve_device(config.device)
     data_device = device if config.dataset_on_device else torch.device("cpu")
@@ -197,6 +200,8 @@ def _open_session(
     elif origin is not None:
         start_from_checkpoint(agent, origin)
         meta.lineage = origin.lineage
+    example = session.sampler.sample(config.batch_size, make_generator(data_device, 0)).to(device)
+    session.runtime = set_up_runtime(agent, config, config.steps - agent.step, example)
     _write_record(session, data, resume, origin)
     return session
 
@@ -289,7 +294,8 @@ def _write_record(
         action_dim=meta.action_dim, config=config, versions=meta.versions,
         parent=origin.lineage if origin else None, finetune=origin.settings if origin else None,
     )
-    event: dict[str, Any] = {"step": session.agent.step, "event": "resume" if resume else "start"}
+    event: dict[str, Any] = {"step": session.agent.step, "event": "resume" if resume else "start",
+                             "runtime": session.runtime.to_dict()}
     if resume:
         previous = run_files.read_run_record(session.run_dir)
         record.parent, record.finetune, record.history = previous.parent, previous.finetune, previous.history
@@ -306,6 +312,7 @@ def _start_info(session: _Session) -> dict[str, Any]:
         run_dir=str(session.run_dir), device=str(agent.device), start_step=agent.step,
         steps=session.config.steps, dataset=session.dataset_stats, env_id=session.meta.env_id,
         parameters=sum(p.numel() for p in agent.parameters()) // 2,  # online networks only
+        runtime=session.runtime.to_dict(),
     )
 
 

@@ -131,6 +131,8 @@ def test_format1_run_folder_resolves_and_resumes(tiny_dataset_dir, tmp_path):
     assert outcome.step == 5
     resumed = json.loads((run / RUN_FILE).read_text())
     assert resumed["format_version"] == 2
+    runtime = resumed["history"][0].pop("runtime")  # what this resume ran with: threads, compile
+    assert runtime["compile"]["mode"] is None and runtime["threads"]["threads"] >= 1
     assert resumed["history"] == [{"step": 3, "event": "resume", "changes": {
         "steps": [3, 5], "eval_episodes": [2, 0]}}]
 

@@ -128,3 +128,21 @@ def test_a_failing_periodic_evaluation_still_saves_the_checkpoint_of_its_step(ti
     assert "rql train --resume" in str(info.value)
     saved = list_checkpoints(tmp_path / "run")
     assert [p.name for p in saved] == ["step_00000003"] and (saved[0] / "train_state.safetensors").is_file()
+
+
+def test_a_compiled_run_records_its_runtime_and_trains_what_an_eager_run_trains(tiny_dataset_dir, tmp_path):
+    data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
+    before = torch.get_num_threads()
+    try:
+        fast = train(RQLConfig(**TINY, steps=4, compile="on", threads=1), data, tmp_path / "fast")
+        plain = train(RQLConfig(**TINY, steps=4, compile="off"), data, tmp_path / "plain")
+    finally:
+        torch.set_num_threads(before)
+    runtime = json.loads((tmp_path / "fast" / "train_config.json").read_text())["history"][0]["runtime"]
+    assert runtime["compile"]["mode"] == "default" and runtime["compile"]["seconds"] > 0
+    assert runtime["threads"]["threads"] == 1 and not runtime["threads"]["adaptive"]
+    plain_runtime = json.loads((tmp_path / "plain" / "train_config.json").read_text())["history"][0]["runtime"]
+    assert plain_runtime["compile"]["mode"] is None
+    a, b = weights(fast.last_checkpoint), weights(plain.last_checkpoint)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

@@ -82,6 +82,20 @@ def success_text(result: dict[str, Any]) -> str:
     return f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result['episodes']} episodes"
 
 
+def runtime_text(runtime: dict[str, Any] | None) -> str:
+    """One line on how the update runs: threads (and whether they adapt) and eager or compiled."""
+    if not runtime:
+        return ""
+    threads, compiled = runtime["threads"], runtime["compile"]
+    adapt = ", fewer while other processes are busy" if threads["adaptive"] else ""
+    text = f"[dim]{threads['threads']} CPU thread(s) of {threads['usable_cores']} usable{adapt}; update "
+    if compiled["mode"]:
+        text += f"compiled ({compiled['mode']}) in {compiled['seconds']:.1f} s"
+    else:
+        text += "eager" + (f" ({compiled['fallback']})" if compiled.get("fallback") else "")
+    return text + " (--set compile=... threads=...)[/]"
+
+
 def lineage_text(lineage: dict[str, Any]) -> str:
     """'alice/agent@1a2b3c4d5e (step 40,000), online 20,000 env steps, UTD 1' from a lineage record."""
     where = lineage.get("repo_id") or lineage.get("ref", "?")
@@ -120,6 +134,7 @@ class TrainDisplay:
                 f"{data['episodes']} episodes; {info['parameters']:,} parameters; device "
                 f"{info['device']}; run folder {info['run_dir']}"
             )
+            console.print(runtime_text(info.get("runtime")))
             if info["start_step"]:
                 console.print(f"Resuming at step {info['start_step']:,}.")
         self.task = self.progress.add_task(
@@ -176,6 +191,7 @@ class FinetuneDisplay(TrainDisplay):
                 f"{info['offline_rows']:,} offline transitions; optimiser {lineage.get('optimizer', '?')}; "
                 f"device {info['device']}; run folder {info['run_dir']}"
             )
+            console.print(runtime_text(info.get("runtime")))
             if info["start_step"]:
                 console.print(f"Resuming at environment step {info['start_step']:,} (episode {info['episodes'] + 1}).")
         self.task = self.progress.add_task("finetune", total=info["steps"], completed=info["start_step"], rate="", info="")

@@ -49,7 +49,7 @@ def eval_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise is seeded too."),
     envs: Optional[int] = typer.Option(
-        None, "--envs", help=ranged("--envs", "Parallel environments."), show_default="one per core"
+        None, "--envs", help=ranged("--envs", "Parallel environments."), show_default="one per core from 32 episodes on, else 1"
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),

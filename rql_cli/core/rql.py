@@ -7,6 +7,7 @@ Pure torch: no files, no terminal, no environments. Randomness comes from explic
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -60,6 +61,22 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return weight * diff.square()
 
 
+@dataclass
+class StepNoise:
+    """The random draws of one update, made before it so the update is a pure function of them.
+
+    value_depth: (B, 1) reversal depths of the value loss.  next_noise: (B, D) x^0 at s_h.
+    bc_noise: (B, D) x^0 of the flow-matching points.  bc_time: (B, 1) their flow times.
+    policy_depth: (B, 1) reversal depths of the policy loss, or None at interpolation points.
+    """
+
+    value_depth: torch.Tensor
+    next_noise: torch.Tensor
+    bc_noise: torch.Tensor
+    bc_time: torch.Tensor
+    policy_depth: torch.Tensor | None
+
+
 class RQLAgent(nn.Module):
     """Velocity field, value ensemble, their targets and one Adam over both online networks."""
 
@@ -80,14 +97,26 @@ class RQLAgent(nn.Module):
         self.value_target = copy.deepcopy(self.value).requires_grad_(False)
         self.to(device)
         self.device = device
+        # One fused kernel per step on CPU and CUDA (same update as the per-tensor loop); on CUDA the
+        # step counter stays on the device, so a step needs no host sync and can be graph-captured.
         self.optimizer = torch.optim.Adam(
-            [*self.velocity.parameters(), *self.value.parameters()], lr=config.lr
+            [*self.velocity.parameters(), *self.value.parameters()],
+            lr=config.lr,
+            fused=True,
+            capturable=device.type == "cuda",
         )
+        self.compile_mode: str | None = None
+        self._loss_fn = self.loss_terms
         self.step = 0
 
     # ---------------------------------------------------------------------------------------
     # Losses
     # ---------------------------------------------------------------------------------------
+    def draw_noise(self, batch_size: int, generator: torch.Generator) -> StepNoise:
+        """Every random number one update uses, in the order the losses consume them."""
+        value = self._draw_value_noise(batch_size, generator)
+        return StepNoise(*value, *self._draw_policy_noise(batch_size, generator))
+
     def value_loss(
         self, batch: ChunkBatch, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -95,22 +124,8 @@ class RQLAgent(nn.Module):
 
         Returns the loss and detached diagnostics (mean prediction, mean target).
         """
-        cfg = self.config
-        obs = batch.observations
-        final_chunk = batch.actions.flatten(1)
-        depth = sample_reversal_depth(obs.shape[0], cfg.flow_steps, generator, obs.device)
-        reversed_chunk, flow_time = reverse_flow(self.velocity, obs, final_chunk, depth, cfg.flow_steps)
-        with torch.no_grad():
-            next_noise = self._noise(obs.shape[0], generator)
-            start_time = torch.zeros(obs.shape[0], 1, device=obs.device)
-            next_values = self.value_target(batch.next_observations, next_noise, start_time)
-            target, valid = chunk_value_target(
-                batch.rewards, batch.masks, batch.terminals, next_values, cfg.discount, cfg.rho
-            )
-        predicted = self.value(obs, reversed_chunk, flow_time)  # (K, B)
-        loss = expectile_loss(target - predicted, cfg.expectile) * valid
-        stats = dict(value_mean=predicted.detach().mean(), target_mean=target.mean())
-        return loss.mean(), stats
+        depth, next_noise = self._draw_value_noise(batch.observations.shape[0], generator)
+        return self._value_loss(batch, depth, next_noise)
 
     def bc_and_policy_losses(
         self, batch: ChunkBatch, generator: torch.Generator
@@ -121,23 +136,61 @@ class RQLAgent(nn.Module):
         code's choice), or the policy loss at reversed points when ``policy_loss_points='reversed'``.
         The value ensemble is called with detached weights, so only the velocity field learns here.
         """
+        noise, flow_time, depth = self._draw_policy_noise(batch.observations.shape[0], generator)
+        return self._bc_and_policy_losses(batch, noise, flow_time, depth)
+
+    def _draw_value_noise(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        depth = sample_reversal_depth(batch_size, self.config.flow_steps, generator, self.device)
+        return depth, self._noise(batch_size, generator)
+
+    def _draw_policy_noise(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        noise = self._noise(batch_size, generator)
+        flow_time = torch.rand(batch_size, 1, generator=generator, device=self.device)
+        depth = None
+        if self.config.policy_loss_points == "reversed":
+            depth = sample_reversal_depth(batch_size, self.config.flow_steps, generator, self.device)
+        return noise, flow_time, depth
+
+    def _value_loss(
+        self, batch: ChunkBatch, depth: torch.Tensor, next_noise: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.config
         obs = batch.observations
-        batch_size = obs.shape[0]
+        final_chunk = batch.actions.flatten(1)
+        reversed_chunk, flow_time = reverse_flow(self.velocity, obs, final_chunk, depth, cfg.flow_steps)
+        with torch.no_grad():
+            start_time = torch.zeros_like(flow_time)
+            next_values = self.value_target(batch.next_observations, next_noise, start_time)
+            target, valid = chunk_value_target(
+                batch.rewards, batch.masks, batch.terminals, next_values, cfg.discount, cfg.rho
+            )
+        predicted = self.value(obs, reversed_chunk, flow_time)  # (K, B)
+        loss = expectile_loss(target - predicted, cfg.expectile) * valid
+        stats = dict(value_mean=predicted.detach().mean(), target_mean=target.mean())
+        return loss.mean(), stats
+
+    def _bc_and_policy_losses(
+        self,
+        batch: ChunkBatch,
+        noise: torch.Tensor,
+        flow_time: torch.Tensor,
+        policy_depth: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        obs = batch.observations
         final_chunk = batch.actions.flatten(1)
         past_end = past_end_flags(batch.terminals)  # (B, h)
         valid = 1.0 - past_end[:, -1]
 
-        noise = self._noise(batch_size, generator)
-        flow_time = torch.rand(batch_size, 1, generator=generator, device=obs.device)
         interpolated, target_velocity = flow_matching_points(final_chunk, noise, flow_time)
         velocity = self.velocity(obs, interpolated, flow_time)
         action_mask = (1.0 - past_end).repeat_interleave(self.action_dim, dim=1)  # (B, h*A)
         bc_loss = ((velocity - target_velocity).square() * action_mask).mean()
 
-        if cfg.policy_loss_points == "reversed":
-            depth = sample_reversal_depth(batch_size, cfg.flow_steps, generator, obs.device)
-            start_chunk, start_time = reverse_flow(self.velocity, obs, final_chunk, depth, cfg.flow_steps)
+        if policy_depth is not None:
+            start_chunk, start_time = reverse_flow(self.velocity, obs, final_chunk, policy_depth, cfg.flow_steps)
             start_velocity = self.velocity(obs, start_chunk, start_time)
         else:
             start_chunk, start_time, start_velocity = interpolated, flow_time, velocity
@@ -162,23 +215,69 @@ class RQLAgent(nn.Module):
         self, batch: ChunkBatch, generator: torch.Generator
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(loss terms including 'total', detached diagnostics) for one batch."""
-        value_loss, stats = self.value_loss(batch, generator)
-        bc_loss, policy_loss = self.bc_and_policy_losses(batch, generator)
+        return self.loss_terms(batch, self.draw_noise(batch.observations.shape[0], generator))
+
+    def loss_terms(
+        self, batch: ChunkBatch, noise: StepNoise
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``losses`` as a pure function of the batch and the drawn noise: what ``compile_update`` compiles."""
+        value_loss, stats = self._value_loss(batch, noise.value_depth, noise.next_noise)
+        bc_loss, policy_loss = self._bc_and_policy_losses(
+            batch, noise.bc_noise, noise.bc_time, noise.policy_depth
+        )
         total = policy_loss + self.config.alpha * bc_loss + value_loss
         return dict(total=total, value=value_loss, bc=bc_loss, policy=policy_loss), stats
+
+    def compile_update(self, mode: str | None = "default") -> None:
+        """Compile the loss terms, forward and backward, with torch.compile (inductor); None: eager.
+
+        ``mode`` is torch.compile's: 'default' fuses the elementwise work between matmuls;
+        'reduce-overhead' also replays the step as CUDA graphs (CUDA only). Shapes are static (one
+        batch size), so compiling happens once, on the first call, and torch caches it on disk.
+        The eager ``loss_terms`` stays the reference the compiled one is tested against.
+        """
+        self.compile_mode = mode
+        if mode is None:
+            self._loss_fn = self.loss_terms
+        else:
+            self._loss_fn = torch.compile(self.loss_terms, mode=mode, dynamic=False, fullgraph=True)
+
+    def warm_up(self, batch: ChunkBatch) -> None:
+        """Run the loss forward and backward once on ``batch`` with zero noise, so a compiled update
+        pays its compile here; the gradients it leaves are cleared by the next ``update``."""
+        time_shape, chunk_shape = (batch.observations.shape[0], 1), (batch.observations.shape[0], self.chunk_dim)
+        depth = torch.zeros(time_shape, device=self.device)
+        noise = StepNoise(
+            value_depth=depth, next_noise=torch.zeros(chunk_shape, device=self.device),
+            bc_noise=torch.zeros(chunk_shape, device=self.device), bc_time=depth,
+            policy_depth=depth if self.config.policy_loss_points == "reversed" else None,
+        )
+        for _ in range(2 if self.compile_mode == "reduce-overhead" else 1):  # graphs record on a later call
+            self._mark_graph_step()
+            losses, _ = self._loss_fn(batch, noise)
+            losses["total"].backward()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def update(self, batch: ChunkBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One Adam step on all losses, then Polyak (value) and EMA (velocity) target updates.
 
         Returns detached scalar tensors (no host sync here; the caller decides when to read them).
         """
-        losses, stats = self.losses(batch, generator)
+        noise = self.draw_noise(batch.observations.shape[0], generator)
+        self._mark_graph_step()
+        losses, stats = self._loss_fn(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()
         self._update_targets()
         self.step += 1
         return {**{k: v.detach() for k, v in losses.items()}, **stats}
+
+    def _mark_graph_step(self) -> None:
+        """Tell CUDA-graph replay that the previous step's outputs are no longer read (they are
+        copied by the caller's loss window before the next step)."""
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
 
     @torch.no_grad()
     def _update_targets(self) -> None:

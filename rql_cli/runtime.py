@@ -1,0 +1,278 @@
+"""How a run uses the machine: CPU threads that make room for other processes, and the compiled update.
+
+Threads. torch's OpenMP pool uses one thread per core and makes every thread wait for the slowest at the end
+of each parallel operation. When another process keeps a core busy, one of our threads is off-CPU
+for a scheduler slice at a time and the whole step waits for it: measured here on 2 cores, a
+3x256 update fell from 31.5 to 9.6 steps/s beside one busy process, while one thread kept 17.3.
+Making OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) cost 36% when quiet and
+shorter spins did not help, so we change the thread count instead: ``ThreadGovernor`` watches how
+much CPU the rest of the machine uses (``/proc/stat`` minus this process) and keeps the pool at the
+cores left free, between 1 and the cores this process may run on.
+
+Compilation. ``torch.compile`` of the loss terms (forward and backward) fuses the elementwise work
+between the matmuls (GELU, LayerNorm, the losses); Adam is one fused kernel either way. It costs a
+compile once per process (cached on disk by inductor), so ``compile='auto'`` uses it on CUDA and on
+CPU runs long enough to win it back, and falls back to eager, with a warning, if compiling fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rql_cli.errors import RQLError
+
+POLL_SECONDS = 2.0
+"""How often the governor measures the machine (a few file reads; negligible next to a step)."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota if one is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs allowed by the cgroup v2 ``cpu.max`` (or v1 cfs quota), None when unlimited or unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class ThreadSettings:
+    """What a run chose, recorded in its train_config.json.
+
+    requested: the config's ``threads`` (0 = adapt).  usable_cores: affinity and cgroup quota.
+    threads: intra-op threads at the start.  adaptive: whether the governor may change them.
+    interop_threads: torch's inter-op pool.  wait_policy: OMP_WAIT_POLICY as the process started.
+    """
+
+    requested: int
+    usable_cores: int
+    threads: int
+    adaptive: bool
+    interop_threads: int
+    wait_policy: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def configure_threads(requested: int, device: torch.device) -> tuple[ThreadSettings, ThreadGovernor | None]:
+    """Set torch's thread pools for a run; return the settings and a governor when they adapt.
+
+    ``requested`` > 0 fixes the intra-op threads (capped at the usable cores). 0 adapts on a CPU
+    run where ``/proc/stat`` can be read; a CUDA run keeps a fixed pool (the CPU only feeds the GPU).
+    """
+    cores = usable_cores()
+    threads = min(requested, cores) if requested > 0 else cores
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)  # we never run independent ops in parallel; spare the threads
+    except RuntimeError:  # already set, or inter-op work already ran in this process
+        pass
+    governor = None
+    if requested == 0 and device.type == "cpu" and cores > 1 and CpuLoad.available():
+        governor = ThreadGovernor(cores)
+    settings = ThreadSettings(
+        requested=requested, usable_cores=cores, threads=threads, adaptive=governor is not None,
+        interop_threads=torch.get_num_interop_threads(),
+        wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
+    )
+    return settings, governor
+
+
+class CpuLoad:
+    """CPU time (in cores) that processes other than this one use, between two ``sample`` calls."""
+
+    def __init__(self) -> None:
+        self._cpus = _allowed_cpus()
+        self._last = self._read()
+
+    @staticmethod
+    def available() -> bool:
+        return Path("/proc/stat").is_file()
+
+    def sample(self) -> float:
+        """Mean cores busy outside this process since the last call (0 when nothing else ran)."""
+        now = self._read()
+        (busy0, own0, wall0), (busy1, own1, wall1) = self._last, now
+        self._last = now
+        elapsed = wall1 - wall0
+        if elapsed <= 0:
+            return 0.0
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / elapsed)
+
+    def _read(self) -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        busy = 0
+        for line in Path("/proc/stat").read_text().splitlines()[1:]:
+            name, *values = line.split()
+            if not name.startswith("cpu"):
+                break
+            if self._cpus is not None and int(name[3:]) not in self._cpus:
+                continue
+            numbers = [int(v) for v in values[:8]]
+            busy += sum(numbers) - numbers[3] - numbers[4]  # all but idle and iowait
+        own = os.times()
+        return busy / ticks, own.user + own.system, time.monotonic()
+
+
+def _allowed_cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+class ThreadGovernor:
+    """Keeps torch's intra-op threads at the cores that other processes leave free.
+
+    Call ``poll`` between steps; every ``POLL_SECONDS`` it measures the rest of the machine and sets
+    ``max_threads - round(busy elsewhere)`` threads (at least 1). Two runs side by side each settle
+    at half the cores; when one ends, the other takes them back within a poll.
+    """
+
+    def __init__(self, max_threads: int, interval: float = POLL_SECONDS, load: CpuLoad | None = None):
+        self.max_threads = max_threads
+        self.interval = interval
+        self.threads = torch.get_num_threads()
+        self.changes = 0
+        self._load = load or CpuLoad()
+        self._next = time.monotonic() + interval
+
+    def poll(self) -> int | None:
+        """Adjust the pool if a measurement is due; returns the new thread count when it changed."""
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.interval
+        return self.apply(self._load.sample())
+
+    def apply(self, busy_elsewhere: float) -> int | None:
+        """Set the threads for ``busy_elsewhere`` cores in use by others; the new count if it changed."""
+        free = self.max_threads - busy_elsewhere
+        threads = max(1, min(self.max_threads, int(free + 0.5)))
+        if threads == self.threads:
+            return None
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.changes += 1
+        return threads
+
+
+AUTO_COMPILE_MIN_STEPS = 20_000
+"""CPU runs with at least this many steps to go compile under 'auto': at the measured gain (about
+7% at 3x256) that many steps win back a cold compile of about 30 s."""
+
+
+def compile_mode(choice: str, device: torch.device, steps_to_run: int) -> str | None:
+    """The torch.compile mode a run uses for ``compile=choice``, or None for eager.
+
+    'graphs' (compile plus CUDA-graph replay of the step) needs CUDA; RQLError otherwise.
+    """
+    if choice == "graphs":
+        if device.type != "cuda":
+            raise RQLError(
+                f"compile=graphs replays the update as CUDA graphs, but this run is on {device}. "
+                "Use --set compile=on (or auto) on a CPU."
+            )
+        return "reduce-overhead"
+    if choice == "on":
+        return "default"
+    if choice == "auto" and (device.type == "cuda" or steps_to_run >= AUTO_COMPILE_MIN_STEPS):
+        return "default"
+    return None
+
+
+@dataclass
+class CompileReport:
+    """What the update runs as: ``mode`` (None = eager), the seconds the compile took, and why."""
+
+    choice: str
+    mode: str | None
+    seconds: float = 0.0
+    fallback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prepare_update(agent: Any, choice: str, steps_to_run: int, example_batch: Any) -> CompileReport:
+    """Compile ``agent``'s update if ``choice`` says so, paying the compile now on ``example_batch``.
+
+    The warm-up runs the loss forward and backward once on the example (no optimiser step, no
+    random draws from the run's generators; ``update`` clears the gradients it leaves). A failing
+    compile under 'auto' warns and keeps eager; under 'on' or 'graphs' it is an RQLError.
+    """
+    mode = compile_mode(choice, agent.device, steps_to_run)
+    report = CompileReport(choice=choice, mode=mode)
+    if mode is None:
+        return report
+    started = time.perf_counter()
+    try:
+        agent.compile_update(mode)
+        agent.warm_up(example_batch)
+    except Exception as error:  # inductor raises many kinds (no C++ compiler, unsupported op, ...)
+        agent.compile_update(None)
+        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if choice != "auto":
+            raise RQLError(
+                f"Compiling the update (compile={choice}) failed ({message}). Train eagerly with "
+                "--set compile=off."
+            ) from error
+        warnings.warn(f"Compiling the update failed ({message}); training eagerly instead.", stacklevel=2)
+        report.mode, report.fallback = None, message
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class Runtime:
+    """The machine settings one training session runs with; ``poll`` between steps."""
+
+    threads: ThreadSettings
+    compile: CompileReport
+    governor: ThreadGovernor | None = None
+
+    def poll(self) -> None:
+        """Let the thread governor measure the machine if it is due (cheap otherwise)."""
+        if self.governor is not None:
+            self.governor.poll()
+
+    def to_dict(self) -> dict[str, Any]:
+        """What train_config.json records for each start or resume."""
+        return {"threads": self.threads.to_dict(), "compile": self.compile.to_dict()}
+
+
+def set_up_runtime(agent: Any, config: Any, steps_to_run: int, example_batch: Any | None) -> Runtime:
+    """Thread pools for ``config.threads``, then the update compiled for ``config.compile``.
+
+    Without an ``example_batch`` (a fine-tuning buffer that starts empty) the update stays eager.
+    """
+    threads, governor = configure_threads(config.threads, agent.device)
+    if example_batch is None:
+        report = CompileReport(choice=config.compile, mode=None, fallback="no batch to compile with")
+    else:
+        report = prepare_update(agent, config.compile, steps_to_run, example_batch)
+    return Runtime(threads=threads, compile=report, governor=governor)

@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end on the CPU (gpu_check.sh calls the same throughput script)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_benchmark_prints_a_row_per_mode_and_refuses_graphs_on_cpu():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--config", "small-cpu",
+         "--modes", "eager,graphs", "--steps", "2", "--warmup", "1", "--rounds", "1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    eager = re.search(r"this tree\s+eager\s+([\d.]+) \[", done.stdout)
+    assert eager and float(eager.group(1)) > 0, done.stdout
+    assert "2.8 GFLOP of matmuls per update" in done.stdout
+    graphs = next(line for line in done.stdout.splitlines() if "graphs" in line)
+    assert "CUDA" in graphs  # the child's own refusal, not a crash
+
+
+def test_gpu_check_says_so_without_a_gpu():
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: gpu_check.sh runs for real there")
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 2
+    assert "sees no CUDA device" in done.stderr

@@ -1,0 +1,89 @@
+"""The fast update paths compute the same step as the plain eager one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from rql_cli.config import RQLConfig
+from rql_cli.core.batch import ChunkBatch
+from rql_cli.core.rql import RQLAgent
+
+OBS, ACT, H = 6, 2, 3
+
+
+def make_agent(**changes) -> RQLAgent:
+    config = RQLConfig(
+        actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=3, horizon=H,
+        flow_steps=4, batch_size=16, rho=0.5, expectile=0.7, alpha=3.0, **changes,
+    )
+    torch.manual_seed(0)
+    return RQLAgent(config, OBS, ACT, torch.device("cpu"))
+
+
+def batch_with_an_episode_end(seed: int = 0) -> ChunkBatch:
+    g = torch.Generator().manual_seed(seed)
+    terminals = torch.zeros(16, H)
+    terminals[:4, 1] = 1.0  # four windows cross an episode end
+    return ChunkBatch(
+        observations=torch.randn(16, OBS, generator=g),
+        actions=torch.rand(16, H, ACT, generator=g) * 2 - 1,
+        rewards=-torch.rand(16, H, generator=g),
+        masks=1.0 - terminals,
+        terminals=terminals,
+        next_observations=torch.randn(16, OBS, generator=g),
+    )
+
+
+def grads(agent: RQLAgent) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in [*agent.velocity.parameters(), *agent.value.parameters()]]
+
+
+@pytest.mark.parametrize("points", ["interpolation", "reversed"])
+def test_compiled_losses_and_gradients_match_eager_on_the_same_noise(points):
+    eager = make_agent(policy_loss_points=points)
+    fast = copy.deepcopy(eager)
+    fast.compile_update()
+    batch = batch_with_an_episode_end()
+    noise = eager.draw_noise(16, torch.Generator().manual_seed(5))
+    results = []
+    for agent in (eager, fast):
+        losses, stats = agent._loss_fn(batch, noise)
+        agent.optimizer.zero_grad()
+        losses["total"].backward()
+        results.append((losses, stats, grads(agent)))
+    (eager_losses, eager_stats, eager_grads), (fast_losses, fast_stats, fast_grads) = results
+    for name in eager_losses:
+        torch.testing.assert_close(fast_losses[name], eager_losses[name], rtol=1e-5, atol=1e-6)
+    for name in eager_stats:
+        torch.testing.assert_close(fast_stats[name], eager_stats[name], rtol=1e-5, atol=1e-6)
+    assert eager_losses["policy"].abs() > 0 and eager_losses["bc"] > 0
+    for expected, got in zip(eager_grads, fast_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_updates_follow_the_eager_trajectory():
+    eager = make_agent()
+    fast = copy.deepcopy(eager)
+    fast.compile_update()
+    for step in range(3):
+        batch = batch_with_an_episode_end(seed=step)
+        eager.update(batch, torch.Generator().manual_seed(step))
+        fast.update(batch, torch.Generator().manual_seed(step))
+    for a, b in zip(eager.state_dict().values(), fast.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert fast.step == eager.step == 3
+
+
+def test_update_draws_its_noise_in_the_order_the_separate_losses_do():
+    """draw_noise + loss_terms is exactly value_loss then bc_and_policy_losses on one generator."""
+    agent = make_agent(policy_loss_points="reversed")
+    batch = batch_with_an_episode_end()
+    terms, _ = agent.losses(batch, torch.Generator().manual_seed(9))
+    generator = torch.Generator().manual_seed(9)
+    value, _ = agent.value_loss(batch, generator)
+    bc, policy = agent.bc_and_policy_losses(batch, generator)
+    assert torch.equal(terms["value"], value)
+    assert torch.equal(terms["bc"], bc) and torch.equal(terms["policy"], policy)

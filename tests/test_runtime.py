@@ -1,0 +1,145 @@
+"""How a run uses the machine: thread counts that follow other processes, and the compile choice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rql_cli.config import RQLConfig
+from rql_cli.core.rql import RQLAgent
+from rql_cli.errors import RQLError
+from rql_cli.runtime import (
+    AUTO_COMPILE_MIN_STEPS,
+    CpuLoad,
+    ThreadGovernor,
+    compile_mode,
+    configure_threads,
+    prepare_update,
+    usable_cores,
+)
+from tests.test_fast_path import batch_with_an_episode_end
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+class FixedLoad:
+    """A CpuLoad stand-in that reports given readings (the governor's input, not the thing tested)."""
+
+    def __init__(self, *readings: float):
+        self.readings = list(readings)
+
+    def sample(self) -> float:
+        return self.readings.pop(0)
+
+
+def test_governor_keeps_the_cores_others_leave_free(restore_threads):
+    torch.set_num_threads(4)
+    governor = ThreadGovernor(4, interval=0.0, load=FixedLoad(0.2, 1.0, 2.6, 3.9, 0.0))
+    assert governor.poll() is None  # 0.2 of a core elsewhere: keep all four
+    assert governor.poll() == 3 and torch.get_num_threads() == 3
+    assert governor.poll() == 1  # 2.6 busy elsewhere leaves 1.4 cores
+    assert governor.poll() is None  # never below one thread
+    assert governor.poll() == 4 and torch.get_num_threads() == 4  # the others ended: take them back
+    assert governor.changes == 3
+
+
+def test_governor_waits_for_its_interval(restore_threads):
+    governor = ThreadGovernor(2, interval=3600.0, load=FixedLoad(2.0))
+    assert governor.poll() is None
+    assert governor.threads == torch.get_num_threads()
+
+
+@pytest.mark.skipif(not CpuLoad.available(), reason="needs /proc/stat")
+def test_cpu_load_counts_other_processes_and_not_this_one():
+    load = CpuLoad()
+    deadline = time.perf_counter() + 0.6
+    while time.perf_counter() < deadline:  # this process busy: not counted
+        pass
+    assert load.sample() < 0.5
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        time.sleep(0.3)
+        load.sample()
+        time.sleep(1.0)
+        assert load.sample() > 0.6  # the busy child kept most of a core
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_fixed_threads_are_capped_and_adaptive_ones_are_recorded(restore_threads):
+    cores = usable_cores()
+    settings, governor = configure_threads(1, CPU)
+    assert (settings.threads, settings.adaptive, governor) == (1, False, None)
+    assert torch.get_num_threads() == 1
+    settings, _ = configure_threads(10_000, CPU)
+    assert settings.threads == cores  # never more threads than usable cores
+    settings, governor = configure_threads(0, CPU)
+    assert settings.threads == cores
+    assert settings.adaptive == (cores > 1 and CpuLoad.available()) == (governor is not None)
+    assert set(settings.to_dict()) >= {"threads", "usable_cores", "adaptive", "interop_threads", "wait_policy"}
+
+
+def test_compile_choices():
+    assert compile_mode("off", CPU, 10**9) is None
+    assert compile_mode("on", CPU, 1) == "default"
+    assert compile_mode("auto", CPU, AUTO_COMPILE_MIN_STEPS - 1) is None
+    assert compile_mode("auto", CPU, AUTO_COMPILE_MIN_STEPS) == "default"
+    assert compile_mode("auto", torch.device("cuda"), 1) == "default"
+    assert compile_mode("graphs", torch.device("cuda"), 1) == "reduce-overhead"
+    with pytest.raises(RQLError, match="CUDA graphs.*compile=on"):
+        compile_mode("graphs", CPU, 1)
+
+
+def _odd_agent() -> RQLAgent:
+    # Shapes no other test compiles, so nothing is served from inductor's caches.
+    config = RQLConfig(actor_hidden_dims=[24], value_hidden_dims=[24], ensemble_size=2, horizon=3,
+                       flow_steps=2, batch_size=16)
+    return RQLAgent(config, 6, 2, CPU)
+
+
+def test_a_compile_that_fails_falls_back_to_eager_under_auto_and_is_an_error_under_on():
+    import torch._inductor.config as inductor
+
+    batch = batch_with_an_episode_end()
+    with inductor.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}):
+        agent = _odd_agent()
+        with pytest.warns(UserWarning, match="training eagerly"):
+            report = prepare_update(agent, "auto", AUTO_COMPILE_MIN_STEPS, batch)
+        assert report.mode is None and report.fallback
+        assert agent.compile_mode is None
+        agent.update(batch, torch.Generator().manual_seed(0))  # eager still trains
+        torch._dynamo.reset()
+        with pytest.raises(RQLError, match="compile=off"):
+            prepare_update(_odd_agent(), "on", 1, batch)
+    torch._dynamo.reset()
+
+
+def test_a_compiled_update_is_prepared_once_and_reports_its_time():
+    agent = _odd_agent()
+    batch = batch_with_an_episode_end()
+    report = prepare_update(agent, "on", 1, batch)
+    assert report.mode == "default" and report.seconds > 0 and report.fallback is None
+    assert all(p.grad is None for p in agent.parameters())  # the warm-up leaves no gradient behind
+    before = [p.clone() for p in agent.velocity.parameters()]
+    agent.update(batch, torch.Generator().manual_seed(0))
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.velocity.parameters()))
+
+
+def test_parallel_evaluation_only_where_it_repays_its_start():
+    from rql_cli.envs.evaluate import PARALLEL_MIN_EPISODES, default_num_envs
+
+    assert default_num_envs(PARALLEL_MIN_EPISODES - 1) == 1
+    assert default_num_envs(1000) == usable_cores()
+    assert default_num_envs(PARALLEL_MIN_EPISODES) == min(PARALLEL_MIN_EPISODES, usable_cores())
