@@ -1,63 +1,120 @@
-"""Gradient steps per second and peak memory of RQL training, on the device given.
+"""Gradient steps per second of RQL training: eager against compiled, today against another revision,
+on a quiet machine and beside busy processes.
 
-Prints one line per configuration. Data are synthetic (cube-single shapes: obs 28, action 5,
-episodes of 1000 transitions) so no dataset file is needed; sampling and the update are the
-real ones. Examples:
+Each measurement runs in its own process (so thread pools, compile caches and peak memory are its
+own) and prints one JSON line; the parent alternates the variants round by round, so a machine that
+gets busier drifts all of them alike, and prints the median of each. Data are synthetic (cube-single
+shapes: obs 28, action 5, episodes of 1000 transitions); sampling and the update are the real ones.
 
-    python benchmarks/train_throughput.py --device cpu --steps 20
-    python benchmarks/train_throughput.py --device cuda --steps 500 --config paper
+    python benchmarks/train_throughput.py                          # both configs, eager and compiled
+    python benchmarks/train_throughput.py --compare HEAD~3         # this tree against another revision
+    python benchmarks/train_throughput.py --load 1                 # beside one busy process
+    python benchmarks/train_throughput.py --config small-cpu --profile   # where the time goes
+    python benchmarks/train_throughput.py --device cuda --modes eager,compiled,graphs --config paper
+
+``--compare REV`` checks REV out into a temporary git worktree and runs the same measurement with
+that tree's ``rql_cli`` first on the path (an older tree runs eager, with its own thread handling).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
-import numpy as np
-import torch
+REPO = Path(__file__).resolve().parents[1]
 
-from rql_cli.config import CPU_NETWORKS, RQLConfig
-from rql_cli.core.rql import RQLAgent
-from rql_cli.data.dataset import ChunkSampler, OfflineDataset
-from rql_cli.device import make_generator, resolve_device
-
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     # The paper's default network and batch with cube's chunking.
     "paper": dict(actor_hidden_dims=[512] * 4, value_hidden_dims=[512] * 4, ensemble_size=10,
                   flow_steps=10, horizon=5, batch_size=256),
-    # What we train on 2 CPU cores.
-    "small-cpu": dict(**CPU_NETWORKS, flow_steps=10, horizon=5, batch_size=256),
+    # What we train on 2 CPU cores (rql_cli.config.CPU_NETWORKS).
+    "small-cpu": dict(actor_hidden_dims=[256] * 3, value_hidden_dims=[256] * 3, ensemble_size=4,
+                      flow_steps=10, horizon=5, batch_size=256),
 }
+OBS_DIM, ACTION_DIM = 28, 5
+MODES = {"eager": None, "compiled": "default", "graphs": "reduce-overhead"}
 
 
-def synthetic_dataset(episodes: int, length: int, device: torch.device) -> OfflineDataset:
+def update_flops(config: dict[str, Any]) -> float:
+    """Matmul FLOPs of one update (forward and backward), to turn steps/s into GFLOP/s."""
+    chunk = config["horizon"] * ACTION_DIM
+    in_dim = OBS_DIM + chunk + 1
+
+    def mlp(widths: list[int], out: int) -> float:
+        dims = [in_dim, *widths, out]
+        return 2.0 * sum(a * b for a, b in zip(dims, dims[1:]))
+
+    batch, flow, k = config["batch_size"], config["flow_steps"], config["ensemble_size"]
+    velocity, value = mlp(config["actor_hidden_dims"], chunk), k * mlp(config["value_hidden_dims"], 1)
+    reversal = flow * velocity  # no grad
+    value_target = value  # no grad
+    value_fit = 3 * value  # forward, input and weight gradients
+    bc = 3 * velocity
+    policy = 2 * value  # forward and input gradients only (frozen weights)
+    return batch * (reversal + value_target + value_fit + bc + policy)
+
+
+# ------------------------------------------------------------------------------------------------
+# One measurement (runs in a child process, against whichever rql_cli is first on the path)
+# ------------------------------------------------------------------------------------------------
+def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: int, profile: bool) -> dict:
+    import numpy as np
+    import torch
+
+    import rql_cli
+    from rql_cli.config import RQLConfig
+    from rql_cli.core.rql import RQLAgent
+    from rql_cli.data.dataset import ChunkSampler, OfflineDataset
+    from rql_cli.device import make_generator, resolve_device
+
+    device = resolve_device(device_name)
+    fields = dict(CONFIGS[config_name], device=str(device))
+    config = RQLConfig(**fields)
     rng = np.random.default_rng(0)
-    n = episodes * length
+    n, length = 100_000, 1000
     terminals = np.zeros(n, dtype=np.float32)
     terminals[length - 1 :: length] = 1
-    arrays = dict(
-        observations=rng.standard_normal((n, 28), dtype=np.float32),
-        next_observations=rng.standard_normal((n, 28), dtype=np.float32),
-        actions=rng.uniform(-1, 1, (n, 5)).astype(np.float32),
+    dataset = OfflineDataset.from_arrays(dict(
+        observations=rng.standard_normal((n, OBS_DIM), dtype=np.float32),
+        next_observations=rng.standard_normal((n, OBS_DIM), dtype=np.float32),
+        actions=rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
         rewards=-(rng.random(n) < 0.98).astype(np.float32),
-        masks=np.ones(n, dtype=np.float32),
-        terminals=terminals,
-    )
-    return OfflineDataset.from_arrays(arrays, device=device)
-
-
-def measure(name: str, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
-    config = RQLConfig(**CONFIGS[name], device=str(device))
-    dataset = synthetic_dataset(100, 1000, device)
+        masks=np.ones(n, dtype=np.float32), terminals=terminals,
+    ), device=device)
     sampler = ChunkSampler(dataset, config.horizon)
     torch.manual_seed(0)
     agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)
     sample_rng, noise_rng = make_generator(device, 0), make_generator(device, 1)
 
-    def run(n: int) -> None:
-        for _ in range(n):
+    poll, runtime_info, compile_seconds = (lambda: None), {}, 0.0
+    # An editable install would serve a module this tree lacks from the installed tree: look on disk.
+    if not (Path(rql_cli.__file__).parent / "runtime.py").is_file():  # older: fixed threads, eager
+        if mode != "eager":
+            return dict(skipped=f"{mode} needs rql_cli.runtime, which this tree lacks")
+    else:
+        from rql_cli.runtime import configure_threads, prepare_update
+
+        threads, governor = configure_threads(config.threads, device)
+        poll = governor.poll if governor else poll
+        choice = {"eager": "off", "compiled": "on", "graphs": "graphs"}[mode]
+        report = prepare_update(agent, choice, 10**9, sampler.sample(config.batch_size, make_generator(device, 9)))
+        compile_seconds = report.seconds
+        runtime_info = dict(threads=threads.to_dict())
+
+    def run(count: int) -> None:
+        for _ in range(count):
             agent.update(sampler.sample(config.batch_size, sample_rng), noise_rng)
+            poll()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
@@ -67,31 +124,135 @@ def measure(name: str, device: torch.device, steps: int, warmup: int) -> dict[st
     start = time.perf_counter()
     run(steps)
     elapsed = time.perf_counter() - start
+    result = dict(
+        steps_per_second=steps / elapsed, compile_seconds=compile_seconds,
+        gflops=update_flops(CONFIGS[config_name]) * steps / elapsed / 1e9,
+        threads_at_end=torch.get_num_threads(), rql_cli=str(Path(rql_cli.__file__).parent),
+        **runtime_info,
+    )
     if device.type == "cuda":
-        peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+        result["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
-    params = sum(p.numel() for p in [*agent.velocity.parameters(), *agent.value.parameters()])
-    return dict(steps_per_second=steps / elapsed, peak_mib=peak_mib, parameters=params)
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            run(max(3, steps // 4))
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        result["profile"] = prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=40)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# The parent: variants, rounds, load, worktrees, the table
+# ------------------------------------------------------------------------------------------------
+@contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """A temporary detached checkout of ``revision`` (removed afterwards)."""
+    folder = Path(tempfile.mkdtemp(prefix="rql-compare-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), revision],
+                   check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], capture_output=True)
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes that each keep one core busy (pure Python spinning) while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5 if procs else 0)
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def run_child(tree: Path, args: argparse.Namespace, config_name: str, mode: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", config_name, mode,
+               "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.profile:
+        command.append("--profile")
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return dict(error=done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
+    parser.add_argument("--modes", default="eager,compiled", help="comma list of eager, compiled, graphs")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 15 paper, 100 small-cpu)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is printed")
+    parser.add_argument("--compare", metavar="REV", help="also measure this git revision (eager)")
+    parser.add_argument("--load", type=int, default=0, metavar="N", help="busy processes running beside")
+    parser.add_argument("--profile", action="store_true", help="print a torch profiler table per variant")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = resolve_device(args.device)
+
+    if args.child:
+        steps = args.steps or (15 if args.child[0] == "paper" else 100)
+        print(json.dumps(measure(*args.child, args.device, steps, args.warmup, args.profile)))
+        return
+
+    import torch
+
     names = list(CONFIGS) if args.config == "all" else [args.config]
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    for name in names:
-        figures = measure(name, device, args.steps, args.warmup)
-        memory = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
-        print(
-            f"{name:10s} {figures['parameters']:>11,} params  {figures['steps_per_second']:8.2f} steps/s  "
-            f"{memory} {figures['peak_mib']:.0f} MiB  ({args.steps} steps after {args.warmup} warm-up)"
-        )
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    print(f"torch {torch.__version__}; device {args.device}; {os.cpu_count()} CPUs; busy processes beside: {args.load}")
+    with worktree(args.compare) if args.compare else _no_worktree() as old_tree:
+        variants = [("this tree", REPO, mode) for mode in modes]
+        if old_tree is not None:
+            variants.insert(0, (args.compare, old_tree, "eager"))
+        for name in names:
+            results: dict[tuple[str, str], list[dict]] = {(label, mode): [] for label, _, mode in variants}
+            with busy_processes(args.load):
+                for _ in range(args.rounds):
+                    for label, tree, mode in variants:
+                        results[(label, mode)].append(run_child(tree, args, name, mode))
+            print_table(name, variants, results)
+
+
+@contextmanager
+def _no_worktree() -> Iterator[None]:
+    yield None
+
+
+def print_table(name: str, variants: list, results: dict) -> None:
+    """One row per variant: median steps/s (and its ratio to the first row), GFLOP/s, compile, threads."""
+    print(f"\n{name}: {update_flops(CONFIGS[name]) / 1e9:.1f} GFLOP of matmuls per update")
+    print(f"  {'tree':14s} {'mode':9s} {'steps/s (median; runs)':34s} {'GFLOP/s':>8s} {'compile s':>9s} "
+          f"{'peak MiB':>8s}  threads")
+    base = None
+    for label, _, mode in variants:
+        runs = results[(label, mode)]
+        good = [r for r in runs if "steps_per_second" in r]
+        if not good:
+            print(f"  {label:14s} {mode:9s} {(runs[0].get('skipped') or runs[0].get('error'))}")
+            continue
+        rates = [r["steps_per_second"] for r in good]
+        median = statistics.median(rates)
+        ratio = "" if base is None else f" ({median / base:.2f}x)"
+        base = median if base is None else base
+        spread = ", ".join(f"{r:.2f}" for r in rates)
+        threads = good[-1].get("threads", {})
+        thread_text = (f"{threads.get('threads')} of {threads.get('usable_cores')}"
+                       f"{' adaptive' if threads.get('adaptive') else ''}, {good[-1]['threads_at_end']} at end"
+                       if threads else f"{good[-1]['threads_at_end']} (fixed)")
+        print(f"  {label:14s} {mode:9s} {f'{median:.2f}{ratio} [{spread}]':34s} "
+              f"{statistics.median(r['gflops'] for r in good):8.0f} {good[-1]['compile_seconds']:9.1f} "
+              f"{good[-1]['peak_mib']:8.0f}  {thread_text}")
+        if good[-1].get("profile"):
+            print(good[-1]["profile"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One short check on a CUDA machine (under 8 minutes on one GPU), from the repository root:
+#   1. the tests marked `cuda` (same maths as the CPU, no host sync in a step, graphs replay, checkpoints);
+#   2. update throughput at the paper configuration, eager / compiled / CUDA-graphed, as a table.
+# Usage: bash benchmarks/gpu_check.sh [extra train_throughput.py flags]
+# On a machine without CUDA it says so and exits 2 (CI runs the same benchmark on the CPU instead).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python - <<'PY' || exit 2
+import torch
+if not torch.cuda.is_available():
+    raise SystemExit(f"gpu_check: torch {torch.__version__} sees no CUDA device here.")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+PY
+echo "== tests marked cuda"
+python -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py
+echo "== throughput, paper configuration (4x512, K=10, F=10, h=5, B=256)"
+python benchmarks/train_throughput.py --device cuda --config paper --modes eager,compiled,graphs \
+    --steps 200 --warmup 10 --rounds 2 "$@"
