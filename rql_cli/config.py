@@ -360,9 +360,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Official presets per environment family. cube-single is not among the paper's ten; it takes
 cube-double's chunking and pessimism with the milder alpha of cube-triple, and is marked as ours."""
 
-PRESET_NOTES: dict[str, str] = {
-    "cube-single": "not in the paper; our choice for the tutorial task",
+PAPER_PRESET_SOURCE = "the paper's table (official hyperparameters.sh)"
+
+PRESET_SOURCES: dict[str, str] = {
+    family: PAPER_PRESET_SOURCE for family in PRESETS
+} | {
+    "cube-single": "ours, not in the paper: cube-double's chunking and pessimism with cube-triple's alpha",
 }
+"""Where each preset comes from: the paper's table, or our own measurement with the command that made it."""
 
 
 CPU_NETWORKS: dict[str, Any] = dict(

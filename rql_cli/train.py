@@ -345,7 +345,8 @@ def _evaluate_and_save(session: _Session, observer: TrainObserver, stop: StopSig
             dataset=session.meta.dataset, step=agent.step, device=str(agent.device), tasks=[result],
         )
     session.save(observer, report)
-    run_files.plot_curves(session.run_dir, session.metrics_log.read(), session.eval_log.read())
+    run_files.plot_curves(session.run_dir, session.metrics_log.read(), session.eval_log.read(),
+                          title=f"{session.run_dir.name}: RQL on {session.meta.dataset} ({session.meta.env_id})")
     return result
 
 

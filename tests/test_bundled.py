@@ -33,3 +33,23 @@ def test_listing_survives_broken_folders_and_names_the_problem(tiny_run_dir, tmp
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "50.0%" in text and "unreadable metrics.json" in text
+
+
+def test_list_json_describes_every_bundled_agent_and_each_preset_source():
+    from rql_cli.config import PRESETS
+
+    result = CliRunner().invoke(app, ["list", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    folders = bundled_checkpoint_folders()
+    assert [entry["name"] for entry in payload["bundled"]] == list(folders)
+    for entry in payload["bundled"]:
+        folder = folders[entry["name"]]
+        assert entry["size_bytes"] == sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        assert entry["env_id"] and entry["task"] in range(1, 6)
+        low, high = entry["success_ci95"]
+        assert low <= entry["success_rate"] <= high
+        assert entry["video"] is None or (folder / entry["video"]).is_file()
+    assert set(payload["presets"]) == set(PRESETS)
+    assert all(preset["source"] for preset in payload["presets"].values())
+    assert "cube-single-play-v0" in payload["generatable"]

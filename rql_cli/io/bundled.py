@@ -1,12 +1,16 @@
-"""Checkpoints that ship with rql in the repository's ``checkpoints/`` folder."""
+"""Checkpoints that ship with rql: the repository's ``checkpoints/`` folder, which a wheel installs as
+the package data ``rql_cli/bundled_checkpoints``."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rql_cli.errors import RQLError
+
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,12 @@ class BundledCheckpoint:
         success: measured success rate as text (``'14.0%'``), or why there is none.
         episodes: episodes behind that rate (0 when not measured).
         lineage: where a fine-tuned checkpoint came from (``CheckpointMeta.lineage``), else None.
+        env_id: the singletask env it acts in ('' when config.json is unreadable).
+        task: its task number (None when unknown).
+        success_rate: the measured rate in [0, 1], None when not measured.
+        success_ci95: its Wilson 95% interval, None when not measured.
+        size_bytes: bytes on disk of the folder's files.
+        video: file name of its rollout video, None when it has none.
     """
 
     name: str
@@ -30,12 +40,30 @@ class BundledCheckpoint:
     success: str
     episodes: int
     lineage: dict | None = None
+    env_id: str = ""
+    task: int | None = None
+    success_rate: float | None = None
+    success_ci95: tuple[float, float] | None = None
+    size_bytes: int = 0
+    video: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-friendly (`rql list --json`)."""
+        out = {k: v for k, v in asdict(self).items() if k != "path"}
+        out["path"] = str(self.path)
+        out["success_ci95"] = list(self.success_ci95) if self.success_ci95 else None
+        return out
 
 
 def bundled_root() -> Path:
-    """``$RQL_CHECKPOINTS`` if set, else the ``checkpoints/`` folder beside the package."""
+    """``$RQL_CHECKPOINTS`` if set; else the installed package data (a wheel install); else the
+    repository's ``checkpoints/`` folder beside the package (a checkout or an editable install)."""
     override = os.environ.get("RQL_CHECKPOINTS")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "checkpoints"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "bundled_checkpoints"
+    return installed if installed.is_dir() else package.parent / "checkpoints"
 
 
 def bundled_checkpoint_folders() -> dict[str, Path]:
@@ -47,31 +75,46 @@ def bundled_checkpoint_folders() -> dict[str, Path]:
 
 
 def bundled_checkpoints() -> list[BundledCheckpoint]:
-    """Every bundled checkpoint with its dataset, step and measured success (for `rql list`).
+    """Every bundled checkpoint with its env, task, step, measured success and size (for `rql list`).
 
     A checkpoint whose config.json or metrics.json cannot be read is listed with the problem
     instead of its numbers, so one broken folder never hides the others.
     """
+    return [_describe(name, folder) for name, folder in bundled_checkpoint_folders().items()]
+
+
+def _describe(name: str, folder: Path) -> BundledCheckpoint:
     from rql_cli.io.checkpoint import read_meta
     from rql_cli.io.metrics import read_metrics
 
-    entries = []
-    for name, folder in bundled_checkpoint_folders().items():
-        try:
-            meta, _ = read_meta(folder)
-        except RQLError:
-            entries.append(BundledCheckpoint(name, folder, "unreadable config.json", 0, "-", 0))
-            continue
-        try:
-            report = read_metrics(folder)
-        except RQLError:
-            report, success = None, "unreadable metrics.json"
-        else:
-            success = "not measured"
-        if report is not None and report.tasks:
-            first = report.tasks[0]
-            success, episodes = f"{100 * first['success_rate']:.1f}%", int(first.get("episodes", 0))
-        else:
-            episodes = 0
-        entries.append(BundledCheckpoint(name, folder, meta.dataset, meta.step, success, episodes, meta.lineage))
-    return entries
+    files = [p for p in folder.iterdir() if p.is_file()]
+    extras = dict(
+        size_bytes=sum(p.stat().st_size for p in files),
+        video=next((p.name for p in sorted(files) if p.suffix in VIDEO_SUFFIXES), None),
+    )
+    try:
+        meta, _ = read_meta(folder)
+    except RQLError:
+        return BundledCheckpoint(name, folder, "unreadable config.json", 0, "-", 0, **extras)
+    extras.update(env_id=meta.env_id, task=_task_of(meta))
+    try:
+        report = read_metrics(folder)
+    except RQLError:
+        return BundledCheckpoint(name, folder, meta.dataset, meta.step, "unreadable metrics.json", 0,
+                                 meta.lineage, **extras)
+    if report is None or not report.tasks:
+        return BundledCheckpoint(name, folder, meta.dataset, meta.step, "not measured", 0, meta.lineage, **extras)
+    first = report.tasks[0]
+    rate, interval = float(first["success_rate"]), first.get("success_ci95")
+    extras["task"] = first.get("task") or extras["task"]  # the task evaluated, where the name gives none
+    return BundledCheckpoint(
+        name, folder, meta.dataset, meta.step, f"{100 * rate:.1f}%", int(first.get("episodes", 0)),
+        meta.lineage, success_rate=rate, success_ci95=tuple(interval) if interval else None, **extras,
+    )
+
+
+def _task_of(meta) -> int | None:
+    try:
+        return meta.task_name.task
+    except (RQLError, ValueError):
+        return None

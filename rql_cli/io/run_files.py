@@ -323,30 +323,47 @@ def _save_figure(fig: Any, run_dir: Path) -> Path:
 
 
 def _plot_evaluations(axis: Any, eval_rows: list[dict[str, str]], label: str | None = None) -> None:
+    """Success (%) per evaluation with its Wilson 95% interval as error bars (visible for one point too)."""
     if not eval_rows:
         return
     steps = [int(r["step"]) for r in eval_rows]
-    axis.plot(steps, [100 * float(r["success_rate"]) for r in eval_rows], marker="o", label=label)
-    axis.fill_between(steps, [100 * float(r["success_low"]) for r in eval_rows],
-                      [100 * float(r["success_high"]) for r in eval_rows], alpha=0.25)
+    rates = [100 * float(r["success_rate"]) for r in eval_rows]
+    below = [rate - 100 * float(r["success_low"]) for rate, r in zip(rates, eval_rows)]
+    above = [100 * float(r["success_high"]) - rate for rate, r in zip(rates, eval_rows)]
+    axis.errorbar(steps, rates, yerr=[below, above], marker="o", capsize=4, label=label)
+    if len(steps) > 1:
+        axis.fill_between(steps, [r - b for r, b in zip(rates, below)], [r + a for r, a in zip(rates, above)],
+                          alpha=0.15)
 
 
-def plot_curves(run_dir: Path, metrics_rows: list[dict[str, str]], eval_rows: list[dict[str, str]]) -> Path:
-    """Draw success rate (with its 95% interval) and the losses against gradient steps."""
-    fig, axes = _pyplot().subplots(1, 3, figsize=(13, 3.6))
+def plot_curves(
+    run_dir: Path, metrics_rows: list[dict[str, str]], eval_rows: list[dict[str, str]], title: str | None = None
+) -> Path:
+    """Draw success rate (with its 95% interval), the losses and the values on one gradient-step axis.
+
+    Four panels share the x axis from step 0 to the run's last logged step, so a single evaluation
+    sits where it belongs on the run; ``title`` (default: the run folder's name) heads the figure.
+    """
+    fig, axes = _pyplot().subplots(1, 4, figsize=(16, 3.8), sharex=True)
     _plot_evaluations(axes[0], eval_rows)
-    axes[0].set(title="success rate (%), 95% CI", xlabel="gradient step", ylim=(-2, 102))
+    axes[0].set(title="success rate (%), Wilson 95% CI", ylim=(-2, 102))
     if metrics_rows:
         steps = [int(r["step"]) for r in metrics_rows]
-        axes[1].plot(steps, [float(r["value"]) for r in metrics_rows], label="value")
-        axes[1].plot(steps, [float(r["bc"]) for r in metrics_rows], label="bc")
+        for key in ("value", "bc"):
+            axes[1].plot(steps, [float(r[key]) for r in metrics_rows], label=f"{key} loss")
         axes[1].set_yscale("log")
         axes[1].legend()
-        axes[2].plot(steps, [float(r["value_mean"]) for r in metrics_rows], label="mean V")
-        axes[2].plot(steps, [float(r["target_mean"]) for r in metrics_rows], label="mean target")
-        axes[2].legend()
-    axes[1].set(title="losses", xlabel="gradient step")
-    axes[2].set(title="values", xlabel="gradient step")
+        axes[2].plot(steps, [float(r["policy"]) for r in metrics_rows], color="tab:green")
+        axes[3].plot(steps, [float(r["value_mean"]) for r in metrics_rows], label="mean V")
+        axes[3].plot(steps, [float(r["target_mean"]) for r in metrics_rows], label="mean target")
+        axes[3].legend()
+    axes[1].set(title="value and BC losses")
+    axes[2].set(title="policy loss (-V one Euler step ahead)")
+    axes[3].set(title="values")
+    last = max([int(r["step"]) for r in [*metrics_rows, *eval_rows]], default=1)
+    for axis in axes:
+        axis.set(xlabel="gradient step", xlim=(0, last * 1.03))
+    fig.suptitle(title or run_dir.name)
     return _save_figure(fig, run_dir)
 
 
