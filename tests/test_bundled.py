@@ -53,3 +53,38 @@ def test_list_json_describes_every_bundled_agent_and_each_preset_source():
     assert set(payload["presets"]) == set(PRESETS)
     assert all(preset["source"] for preset in payload["presets"].values())
     assert "cube-single-play-v0" in payload["generatable"]
+
+
+def test_every_bundled_agent_loads_fits_its_env_matches_its_card_and_runs():
+    import pytest
+    import torch
+
+    from rql_cli.envs.make import check_env_fits, make_eval_env
+    from rql_cli.evaluation import evaluate_checkpoint
+    from rql_cli.io.metrics import read_metrics
+    from rql_cli.io.model_card import _interval_text, read_evidence
+    from rql_cli.io.resolve import load_checkpoint
+
+    folders = bundled_checkpoint_folders()
+    if not folders:
+        pytest.skip("no bundled agents")
+    for name, folder in folders.items():
+        loaded = load_checkpoint(name, torch.device("cpu"))
+        assert loaded.resolved.folder == folder
+        env = make_eval_env(loaded.meta.task_name)
+        try:
+            check_env_fits(env.observation_space, env.action_space, loaded.meta.obs_dim, loaded.meta.action_dim, name)
+        finally:
+            env.close()
+        report = read_metrics(folder)
+        card = (folder / "README.md").read_text()
+        first = report.tasks[0]
+        low, high = first["success_ci95"]
+        assert f"value: {round(first['success_rate'], 4)}" in card, name
+        assert f"- {round(low, 4)}" in card and f"- {round(high, 4)}" in card, name
+        assert f"episodes: {first['episodes']}" in card, name
+        evidence = read_evidence(folder)
+        if evidence is not None:
+            assert _interval_text(first) in card, name  # the Evidence section quotes metrics.json
+        short = evaluate_checkpoint(loaded, tasks=[None], episodes=2, num_envs=1)
+        assert short.tasks[0]["episodes"] == 2

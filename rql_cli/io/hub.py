@@ -21,14 +21,16 @@ from rql_cli.errors import CheckpointError, HubError
 from rql_cli.io.checkpoint import REQUIRED_FILES, TRAIN_STATE_FILE, CheckpointMeta
 from rql_cli.io.hub_ref import require_hub_ref
 from rql_cli.io.metrics import METRICS_FILE, read_metrics
-from rql_cli.io.model_card import LIBRARY_NAME, build_model_card, pct
+from rql_cli.io.model_card import EVIDENCE_FILE, LIBRARY_NAME, build_model_card, pct, read_evidence
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
+OPTIONAL_FILES = (EVIDENCE_FILE, "curves.png")
+"""Published when the checkpoint folder has them (the bundled agents do)."""
 # Files rql publishes; a push deletes the ones the new checkpoint lacks (a stale metrics.json or
 # video from an earlier push must not describe this one) and leaves anything else in the repo alone.
 MANAGED_FILES = (
     "config.json", "velocity.safetensors", "value.safetensors", "train_state.safetensors",
-    "metrics.json", "README.md", *(f"rollout{suffix}" for suffix in VIDEO_SUFFIXES),
+    "metrics.json", "README.md", *(f"rollout{suffix}" for suffix in VIDEO_SUFFIXES), *OPTIONAL_FILES,
 )
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 
@@ -181,8 +183,7 @@ def check_can_push(repo_id: str, revision: str | None, token: str | None) -> tup
 def _stage(folder: Path, staging: Path, with_train_state: bool, video_path: Path | None) -> tuple[list[str], str | None]:
     """Copy what is published into ``staging``; returns the file names and the video's name."""
     names = list(REQUIRED_FILES)
-    if (folder / METRICS_FILE).is_file():
-        names.append(METRICS_FILE)
+    names += [name for name in (METRICS_FILE, *OPTIONAL_FILES) if (folder / name).is_file()]
     if with_train_state:
         if not (folder / TRAIN_STATE_FILE).is_file():
             raise CheckpointError(
@@ -237,6 +238,7 @@ def push_checkpoint(
         names, video_name = _stage(folder, staging, with_train_state, video_path)
         card = build_model_card(
             meta, report, repo, files=[*names, "README.md"], video_name=video_name, revision=branch,
+            evidence=read_evidence(folder),
         )
         card.save(staging / "README.md")
         names.append("README.md")

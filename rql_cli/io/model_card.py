@@ -26,6 +26,62 @@ CITATION = """@article{oberai2026reversal,
 }"""
 
 
+EVIDENCE_FILE = "evidence.json"
+"""Optional file of a checkpoint folder (the bundled agents have one) with what backs its numbers:
+``dataset_recipe`` (the `rql data generate` command), ``train_command``, ``train_wall_time_s``,
+``machine``, ``control`` ({name, command, success_rate, success_ci95, episodes}: a near-BC run of the
+same length) and ``paper`` ({success_rate, source}: the paper's RQL number for the task, if any)."""
+
+
+def read_evidence(folder: Any) -> dict[str, Any] | None:
+    """The folder's evidence.json as a dict, None when absent; RQLError when it is not a JSON object."""
+    from pathlib import Path
+
+    path = Path(folder) / EVIDENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RQLError(f"{path} is not readable JSON ({error}).") from None
+    if not isinstance(data, dict):
+        raise RQLError(f"{path} must hold a JSON object, not a {type(data).__name__}.")
+    return data
+
+
+def _interval_text(result: dict[str, Any]) -> str:
+    low, high = result.get("success_ci95") or (float("nan"), float("nan"))
+    return f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result.get('episodes', '?')} episodes"
+
+
+def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] | None, curves: bool) -> list[str]:
+    """What backs the numbers: the control, the paper, the data recipe, the command, the curves."""
+    if not evidence and not curves:
+        return []
+    lines = ["## Evidence", ""]
+    evidence = evidence or {}
+    if report and report.tasks:
+        lines.append(f"- this agent: {_interval_text(report.tasks[0])}")
+    control = evidence.get("control")
+    if control:
+        lines.append(f"- {control.get('name', 'control')}: {_interval_text(control)}")
+        if control.get("command"):
+            lines += ["", "  ```bash", f"  {control['command']}", "  ```"]
+    paper = evidence.get("paper")
+    if paper:
+        number = pct(paper["success_rate"]) if paper.get("success_rate") is not None else "not reported"
+        lines.append(f"- the paper's RQL on this task: {number} ({paper.get('source', 'arXiv 2606.17551')})")
+    for key, label in (("dataset_recipe", "data, made here"), ("train_command", "training command")):
+        if evidence.get(key):
+            lines += [f"- {label}:", "", "  ```bash", f"  {evidence[key]}", "  ```"]
+    if evidence.get("train_wall_time_s"):
+        machine = f" on {evidence['machine']}" if evidence.get("machine") else ""
+        lines.append(f"- training took {evidence['train_wall_time_s'] / 3600:.2f} h{machine}")
+    if curves:
+        lines += ["", "![training curves: success with its 95% interval, losses, values](curves.png)"]
+    return [*lines, ""]
+
+
 def pct(value: float) -> str:
     """0.1234 -> '12.3%'."""
     return f"{100 * value:.1f}%"
@@ -183,6 +239,7 @@ def build_model_card(
     files: list[str],
     video_name: str | None = None,
     revision: str | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> Any:
     """The README.md of a pushed checkpoint as a ``huggingface_hub.ModelCard``.
 
@@ -192,6 +249,7 @@ def build_model_card(
         repo_id: ``user/name`` the card is for; ``revision`` its branch ('main' is left out of commands).
         files: the file names the commit publishes (listed in the card).
         video_name: the rollout video in the repo, if one is published.
+        evidence: the folder's evidence.json (``read_evidence``), for the Evidence section.
     """
     from huggingface_hub import ModelCard
 
@@ -204,6 +262,7 @@ def build_model_card(
         f"evaluated in `{meta.env_id}`. Made with `rql` (the rql-cli package).",
         "", "## Results", "",
         *_results_section(meta, report), "",
+        *_evidence_section(report, evidence, curves="curves.png" in files),
         *_usage_section(load_ref),
         *(["## Rollout", "", f"[{video_name}]({video_name})", ""] if video_name else []),
         *_training_section(meta),
