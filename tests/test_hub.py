@@ -303,3 +303,28 @@ def test_ctrl_c_during_a_push_leaves_no_staging_copy(silent_endpoint, checkpoint
     assert process.returncode in (1, 130) and "Traceback" not in output, output
     assert [p for p in scratch.iterdir() if p.name.startswith("rql-")] == []
     assert (checkpoint / "rollout.mp4").read_bytes() == b"video"
+
+
+def test_a_push_publishes_the_evidence_and_curves_and_the_card_quotes_them(hub, checkpoint, tmp_path):
+    write_training_metrics(checkpoint, 0.65)
+    evidence = dict(
+        dataset_recipe="rql data generate cube-single-play-v0 --episodes 1000 --seed 0 --out data",
+        train_command="rql train --dataset cube-single-play-v0 --dataset-dir data --steps 40000",
+        train_wall_time_s=5400, machine="2 CPU cores",
+        control=dict(name="near-BC control (alpha 1000)", success_rate=0.2, success_ci95=[0.08, 0.42],
+                     episodes=20, command="rql train ... --set alpha=1000"),
+        paper=dict(success_rate=None, source="cube-single is not in the paper"),
+    )
+    (checkpoint / "evidence.json").write_text(json.dumps(evidence))
+    (checkpoint / "curves.png").write_bytes(b"\x89PNG not really")
+    assert_ok(rql("push", str(checkpoint), "--repo-id", "alice/evidence", "--no-video",
+                  env=hub_env(hub, tmp_path / "hf", token=hub.token)))
+    remote = hub.state.files("alice/evidence")
+    assert remote["evidence.json"] == (checkpoint / "evidence.json").read_bytes()
+    assert remote["curves.png"] == b"\x89PNG not really"
+    card = " ".join(remote["README.md"].decode().split())
+    for fragment in ("## Evidence", "this agent: 65.0% [40.0%, 80.0%] over 20 episodes",
+                     "near-BC control (alpha 1000): 20.0% [8.0%, 42.0%] over 20 episodes",
+                     "the paper's RQL on this task: not reported", evidence["dataset_recipe"],
+                     evidence["train_command"], "training took 1.50 h on 2 CPU cores", "](curves.png)"):
+        assert fragment in card, fragment
