@@ -1,0 +1,96 @@
+"""Make a bundled agent (a folder under checkpoints/) from a finished run, with the evidence behind it.
+
+Evaluates the run's final checkpoint and its near-BC control run on the same episodes, copies the
+weights and config (no train state), writes metrics.json, evidence.json, curves.png, a short labelled
+rollout video and the model card. A maintainer's tool; every number it writes it measures itself.
+
+    python tools/bundle_agent.py --run runs/cube-a10 --control runs/cube-bc --name cube-single-task2-rql \\
+        --recipe "rql data generate cube-single-play-v0 --episodes 1000 --seed 0 --workers 2 --out data" \\
+        --paper-source "cube-single is not in the paper"
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+from pathlib import Path
+
+import torch
+
+from rql_cli.evaluation import evaluate_checkpoint
+from rql_cli.io.checkpoint import REQUIRED_FILES
+from rql_cli.io.metrics import write_metrics
+from rql_cli.io.model_card import EVIDENCE_FILE, build_model_card, reproduce_command
+from rql_cli.io.resolve import load_checkpoint
+from rql_cli.io.atomic import write_json_atomic
+from rql_cli.rollout import run_rollout
+
+REPO = Path(__file__).resolve().parents[1]
+VIDEO_LIMIT_BYTES = 2 * 2**20
+
+
+def measure(ref: str, episodes: int) -> tuple[object, dict]:
+    loaded = load_checkpoint(ref, torch.device("cpu"))
+    report = evaluate_checkpoint(loaded, tasks=[None], episodes=episodes, seed=0)
+    return loaded, report
+
+
+def wall_time_s(run: Path) -> float | None:
+    rows = list(csv.DictReader(open(run / "metrics.csv"))) if (run / "metrics.csv").is_file() else []
+    return float(rows[-1]["wall_time"]) if rows else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--control", type=Path, required=True, help="the near-BC run of the same length")
+    parser.add_argument("--control-name", default="near-BC control (alpha 1000, same data and steps)")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--recipe", required=True, help="the `rql data generate` command that made the data")
+    parser.add_argument("--paper-rate", type=float, help="the paper's RQL success on this task, if any")
+    parser.add_argument("--paper-source", default="Oberai, Park and Levine (2026), arXiv 2606.17551")
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--video-episodes", type=int, default=2)
+    parser.add_argument("--machine", default="2 CPU cores (AMD EPYC), one thread")
+    parser.add_argument("--root", type=Path, default=REPO / "checkpoints", help="where bundled agents live")
+    args = parser.parse_args()
+
+    loaded, report = measure(str(args.run), args.episodes)
+    control_loaded, control = measure(str(args.control), args.episodes)
+    meta = loaded.meta
+    out = args.root / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    for name in REQUIRED_FILES:
+        shutil.copyfile(loaded.resolved.folder / name, out / name)
+    report.checkpoint = str(out)
+    write_metrics(out, report)
+    shutil.copyfile(args.run / "curves.png", out / "curves.png")
+    control_task = control.tasks[0]
+    evidence = dict(
+        dataset_recipe=args.recipe,
+        train_command=reproduce_command(meta),
+        train_wall_time_s=wall_time_s(args.run),
+        machine=args.machine,
+        control=dict(name=args.control_name, command=reproduce_command(control_loaded.meta),
+                     success_rate=control_task["success_rate"], success_ci95=control_task["success_ci95"],
+                     episodes=control_task["episodes"], step=control_loaded.meta.step),
+        paper=dict(success_rate=args.paper_rate, source=args.paper_source),
+    )
+    write_json_atomic(out / EVIDENCE_FILE, evidence)
+    video = run_rollout(str(out), episodes=args.video_episodes, render=True, out=out / "rollout.mp4",
+                        size=(320, 240), device="cpu").video
+    video = Path(video)
+    if video.stat().st_size > VIDEO_LIMIT_BYTES:
+        raise SystemExit(f"{video} is {video.stat().st_size / 2**20:.1f} MB; use fewer --video-episodes")
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
+    card = build_model_card(meta, report, f"rql/{args.name}", files=[*files, "README.md"],
+                            video_name="rollout.mp4", evidence=evidence)
+    card.save(out / "README.md")
+    first = report.tasks[0]
+    print(f"{args.name}: {100 * first['success_rate']:.1f}% over {first['episodes']} episodes; control "
+          f"{100 * control_task['success_rate']:.1f}%; {sum(p.stat().st_size for p in out.iterdir()) / 2**20:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
