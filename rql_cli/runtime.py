@@ -1,8 +1,8 @@
 """How a run uses the machine: CPU threads that make room for other processes, and the compiled update.
 
-Threads. torch's OpenMP pool uses one thread per core and makes every thread wait for the slowest at the end
-of each parallel operation. When another process keeps a core busy, one of our threads is off-CPU
-for a scheduler slice at a time and the whole step waits for it: measured here on 2 cores, a
+Threads. torch's OpenMP pool uses one thread per core and makes every thread wait for the slowest
+at the end of each parallel operation. When another process keeps a core busy, one of our threads is
+off-CPU for a scheduler slice at a time and the whole step waits for it: measured here on 2 cores, a
 3x256 update fell from 31.5 to 9.6 steps/s beside one busy process, while one thread kept 17.3.
 Making OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) cost 36% when quiet and
 shorter spins did not help, so we change the thread count instead: ``ThreadGovernor`` watches how

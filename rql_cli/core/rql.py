@@ -190,7 +190,9 @@ class RQLAgent(nn.Module):
         bc_loss = ((velocity - target_velocity).square() * action_mask).mean()
 
         if policy_depth is not None:
-            start_chunk, start_time = reverse_flow(self.velocity, obs, final_chunk, policy_depth, cfg.flow_steps)
+            start_chunk, start_time = reverse_flow(
+                self.velocity, obs, final_chunk, policy_depth, cfg.flow_steps
+            )
             start_velocity = self.velocity(obs, start_chunk, start_time)
         else:
             start_chunk, start_time, start_velocity = interpolated, flow_time, velocity
@@ -220,7 +222,8 @@ class RQLAgent(nn.Module):
     def loss_terms(
         self, batch: ChunkBatch, noise: StepNoise
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``losses`` as a pure function of the batch and the drawn noise: what ``compile_update`` compiles."""
+        """``losses`` as a pure function of the batch and the drawn noise (what ``compile_update``
+        compiles)."""
         value_loss, stats = self._value_loss(batch, noise.value_depth, noise.next_noise)
         bc_loss, policy_loss = self._bc_and_policy_losses(
             batch, noise.bc_noise, noise.bc_time, noise.policy_depth
@@ -245,7 +248,8 @@ class RQLAgent(nn.Module):
     def warm_up(self, batch: ChunkBatch) -> None:
         """Run the loss forward and backward once on ``batch`` with zero noise, so a compiled update
         pays its compile here; the gradients it leaves are cleared by the next ``update``."""
-        time_shape, chunk_shape = (batch.observations.shape[0], 1), (batch.observations.shape[0], self.chunk_dim)
+        size = batch.observations.shape[0]
+        time_shape, chunk_shape = (size, 1), (size, self.chunk_dim)
         depth = torch.zeros(time_shape, device=self.device)
         noise = StepNoise(
             value_depth=depth, next_noise=torch.zeros(chunk_shape, device=self.device),
