@@ -16,7 +16,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
+
+from train_throughput import worktree  # this folder is on the path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,24 +40,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compare", metavar="REV")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rql-eval-") as tmp:
-        trees = [("this tree", REPO)]
-        if args.compare:
-            old = Path(tmp) / "old-tree"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.compare],
-                           check=True, capture_output=True)
-            trees.insert(0, (args.compare, old))
-        try:
-            results: dict[tuple[str, int], list[dict]] = {(label, n): [] for label, _ in trees for n in (1, 2)}
-            for _ in range(args.rounds):
-                for label, tree in trees:
-                    for envs in (1, 2):
-                        results[(label, envs)].append(one_eval(tree, args.checkpoint, args.episodes, envs,
-                                                               Path(tmp) / "report.json"))
-        finally:
-            if args.compare:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
-                               capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="rql-eval-") as tmp, \
+            (worktree(args.compare) if args.compare else nullcontext()) as old:
+        trees = [("this tree", REPO)] if old is None else [(args.compare, old), ("this tree", REPO)]
+        results: dict[tuple[str, int], list[dict]] = {(label, n): [] for label, _ in trees for n in (1, 2)}
+        for _ in range(args.rounds):
+            for label, tree in trees:
+                for envs in (1, 2):
+                    results[(label, envs)].append(one_eval(tree, args.checkpoint, args.episodes, envs,
+                                                           Path(tmp) / "report.json"))
     print(f"{args.checkpoint}, {args.episodes} episodes, {os.cpu_count()} CPUs: seconds per episode (median of "
           f"{args.rounds}), env start-up apart")
     for (label, envs), runs in results.items():

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from train_throughput import worktree  # this folder is on the path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "cube-single-play-v0"
 
@@ -84,13 +86,8 @@ def main() -> None:
                             "--out", str(dataset_dir)], check=True, stdout=subprocess.DEVNULL)
         print(f"{os.cpu_count()} CPUs; {args.networks} networks; {args.steps} steps per run; dataset {dataset_dir}")
         if args.compare:
-            old = scratch / "old-tree"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.compare],
-                           check=True, capture_output=True)
-            try:
+            with worktree(args.compare) as old:
                 measure(old, dataset_dir, args.steps, args.networks, scratch, args.compare)
-            finally:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
         measure(REPO, dataset_dir, args.steps, args.networks, scratch, "this tree")
 
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -150,7 +150,7 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
 # ------------------------------------------------------------------------------------------------
 @contextmanager
 def worktree(revision: str) -> Iterator[Path]:
-    """A temporary detached checkout of ``revision`` (removed afterwards)."""
+    """A temporary detached checkout of ``revision`` (removed afterwards); the other benchmarks' --compare too."""
     folder = Path(tempfile.mkdtemp(prefix="rql-compare-"))
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), revision],
                    check=True, capture_output=True)
@@ -209,7 +209,7 @@ def main() -> None:
     names = list(CONFIGS) if args.config == "all" else [args.config]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     print(f"torch {torch.__version__}; device {args.device}; {os.cpu_count()} CPUs; busy processes beside: {args.load}")
-    with worktree(args.compare) if args.compare else _no_worktree() as old_tree:
+    with worktree(args.compare) if args.compare else nullcontext() as old_tree:
         variants = [("this tree", REPO, mode) for mode in modes]
         if old_tree is not None:
             variants.insert(0, (args.compare, old_tree, "eager"))
@@ -220,11 +220,6 @@ def main() -> None:
                     for label, tree, mode in variants:
                         results[(label, mode)].append(run_child(tree, args, name, mode))
             print_table(name, variants, results)
-
-
-@contextmanager
-def _no_worktree() -> Iterator[None]:
-    yield None
 
 
 def print_table(name: str, variants: list, results: dict) -> None:

@@ -37,7 +37,10 @@ def measure(ref: str, episodes: int) -> tuple[object, dict]:
 
 
 def wall_time_s(run: Path) -> float | None:
-    rows = list(csv.DictReader(open(run / "metrics.csv"))) if (run / "metrics.csv").is_file() else []
+    if not (run / "metrics.csv").is_file():
+        return None
+    with open(run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
     return float(rows[-1]["wall_time"]) if rows else None
 
 

@@ -10,9 +10,6 @@ from pathlib import Path
 from rql_cli.errors import RQLError
 
 
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
-
-
 @dataclass(frozen=True)
 class BundledCheckpoint:
     """One bundled checkpoint as `rql list` shows it.
@@ -85,6 +82,7 @@ def bundled_checkpoints() -> list[BundledCheckpoint]:
 
 def _describe(name: str, folder: Path) -> BundledCheckpoint:
     from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.hub import VIDEO_SUFFIXES
     from rql_cli.io.metrics import read_metrics
 
     files = [p for p in folder.iterdir() if p.is_file()]
