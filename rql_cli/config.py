@@ -103,6 +103,14 @@ class RQLConfig:
         True,
         "Keep the dataset on the training device so sampling needs no host transfer.",
     )
+    shard_swap_every: int = _field(
+        1000,
+        "With a shard folder (100M-transition sets): gradient steps on one shard before the next (official 1000).",
+    )
+    shard_prefetch: bool = _field(
+        True,
+        "With a shard folder: read the next shard in a background thread while the current one trains.",
+    )
     compile: str = _field(
         "auto",
         "torch.compile of the update: 'auto' (on CUDA, and on CPU for runs of 20,000+ steps; eager if "
@@ -214,6 +222,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "keep_checkpoints": (0, 10**6),
     "seed": (0, 2**31 - 1),
     "threads": (0, 4096),
+    "shard_swap_every": (1, 10**12),
 }
 """Closed range of every numeric field (sizes are bounded so a hostile config.json cannot ask for
 the impossible); ``validate`` checks them and the help shows them. expectile lies in (0, 1), lr in (0, 1]."""

@@ -7,6 +7,7 @@ CPU (batches and flow noise come from generators saved in the train state).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from rql_cli.names import TaskName, parse_task_name
 __all__ = ["DataSpec", "TrainObserver", "TrainOutcome", "train"]
 
 METRIC_COLUMNS = ["step", *LOGGED_TERMS, "steps_per_second", "wall_time"]
+SHARD_COLUMNS = ["step", "shard", "file", "load_seconds", "wait_seconds", "wall_time"]
+"""shards.csv (shard folders only): which shard became resident at which step, and what it cost."""
 
 
 class TrainObserver:
@@ -78,7 +81,7 @@ class _Session:
     config: RQLConfig
     run_dir: Path
     agent: Any
-    sampler: Any
+    rotation: Any
     meta: CheckpointMeta
     generators: dict[str, torch.Generator]
     data_device: torch.device
@@ -92,7 +95,7 @@ class _Session:
 
     def sample(self) -> Any:
         """One batch of chunk windows on the training device."""
-        batch = self.sampler.sample(self.config.batch_size, self.generators["sample"])
+        batch = self.rotation.sampler(self.agent.step).sample(self.config.batch_size, self.generators["sample"])
         return batch if self.data_device == self.agent.device else batch.to(self.agent.device)
 
     def save(self, observer: TrainObserver, report: EvaluationReport | None = None) -> Path:
@@ -134,7 +137,7 @@ def train(
     observer.on_start(_start_info(session))
     outcome = TrainOutcome(run_dir=session.run_dir, step=agent.step, last_checkpoint=session.last_checkpoint)
     window = LossWindow()
-    with StopSignals() as stop:
+    with StopSignals() as stop, session.rotation:
         while agent.step < config.steps:
             window.add(agent.update(session.sample(), session.generators["noise"]))
             session.runtime.poll()
@@ -160,7 +163,6 @@ def _open_session(
 ) -> _Session:
     """Load the data, build (or restore) the agent and its generators, and open the run's files."""
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.data.dataset import ChunkSampler
     from rql_cli.device import check_agent_fits, make_generator, resolve_device
     from rql_cli.envs.make import success_timing
     from rql_cli.io.checkpoint import software_versions
@@ -173,37 +175,89 @@ def _open_session(
         data.check_fingerprint()
     else:
         data = data.with_fingerprint()
-    loaded = data.load(sparse_rewards=config.sparse_rewards, device=data_device, with_val=False)
-    dataset = loaded.train
-    task_name = parse_task_name(loaded.env_id)  # parsed once; evaluation and the meta use it
-    if config.eval_episodes > 0:
-        check_dataset_fits_env(dataset, task_name)
-    check_agent_fits(config, dataset.obs_dim, dataset.action_dim, device)
-    agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)
-    meta = CheckpointMeta(
-        config=config, dataset=data.name, env_id=loaded.env_id, obs_dim=dataset.obs_dim,
-        action_dim=dataset.action_dim, step=0, versions=software_versions(),
-        success_timing=success_timing(task_name),
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_files.remove_unfinished_writes(run_dir)
-    check_disk(config, agent, run_dir, total=config.steps)
-    session = _Session(
-        config=config, run_dir=run_dir, agent=agent, sampler=ChunkSampler(dataset, config.horizon),
-        meta=meta, data_device=data_device, dataset_stats=dataset.statistics(), task_name=task_name,
-        generators={"sample": make_generator(data_device, config.seed), "noise": make_generator(device, config.seed + 1)},
-        metrics_log=run_files.CsvLog(run_dir / "metrics.csv", METRIC_COLUMNS),
-        eval_log=run_files.CsvLog(run_dir / "eval.csv", run_files.EVAL_COLUMNS),
-    )
-    if resume:
-        session.last_checkpoint = _restore(session)
-    elif origin is not None:
-        start_from_checkpoint(agent, origin)
-        meta.lineage = origin.lineage
-    example = session.sampler.sample(config.batch_size, make_generator(data_device, 0)).to(device)
-    session.runtime = set_up_runtime(agent, config, config.steps - agent.step, example)
-    _write_record(session, data, resume, origin)
-    return session
+    shard_log = _ShardLog() if data.training_file().is_dir() else None
+    with contextlib.ExitStack() as on_error:  # a refusal below stops the shard reader it started
+        rotation = data.rotation(
+            sparse_rewards=config.sparse_rewards, device=data_device, horizon=config.horizon,
+            swap_every=config.shard_swap_every, prefetch=config.shard_prefetch,
+            on_swap=None if shard_log is None else shard_log.add,
+        )
+        on_error.callback(rotation.close)
+        dataset = rotation.sampler(_resume_step(run_dir) if resume else 0).dataset
+        task_name = parse_task_name(data.env_id)  # parsed once; evaluation and the meta use it
+        if config.eval_episodes > 0:
+            check_dataset_fits_env(dataset, task_name)
+        check_agent_fits(config, dataset.obs_dim, dataset.action_dim, device)
+        agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)
+        meta = CheckpointMeta(
+            config=config, dataset=data.name, env_id=data.env_id, obs_dim=dataset.obs_dim,
+            action_dim=dataset.action_dim, step=0, versions=software_versions(),
+            success_timing=success_timing(task_name),
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a dataset or config refused above leaves nothing
+        if shard_log is not None:
+            shard_log.open(run_dir, _resume_step(run_dir) if resume else 0)
+        run_files.remove_unfinished_writes(run_dir)
+        check_disk(config, agent, run_dir, total=config.steps)
+        session = _Session(
+            config=config, run_dir=run_dir, agent=agent, rotation=rotation,
+            meta=meta, data_device=data_device, task_name=task_name,
+            dataset_stats={**dataset.statistics(), **_shard_stats(rotation)},
+            generators={"sample": make_generator(data_device, config.seed), "noise": make_generator(device, config.seed + 1)},
+            metrics_log=run_files.CsvLog(run_dir / "metrics.csv", METRIC_COLUMNS),
+            eval_log=run_files.CsvLog(run_dir / "eval.csv", run_files.EVAL_COLUMNS),
+        )
+        if resume:
+            session.last_checkpoint = _restore(session)
+        elif origin is not None:
+            start_from_checkpoint(agent, origin)
+            meta.lineage = origin.lineage
+        example = rotation.sampler(agent.step).sample(config.batch_size, make_generator(data_device, 0)).to(device)
+        session.runtime = set_up_runtime(agent, config, config.steps - agent.step, example)
+        _write_record(session, data, resume, origin)
+        on_error.pop_all()  # from here on the session owns the rotation
+        return session
+
+
+def _resume_step(run_dir: Path) -> int:
+    """The step a resume continues from: that of the run's latest checkpoint with a train state (0 if none)."""
+    from rql_cli.io.checkpoint import read_meta
+
+    candidates = [p for p in run_files.list_checkpoints(run_dir) if (p / "train_state.safetensors").is_file()]
+    return read_meta(candidates[-1])[0].step if candidates else 0
+
+
+class _ShardLog:
+    """shards.csv of a shard-folder run: rows wait in memory until the run folder may be written."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.waiting: list[dict[str, Any]] = []
+        self.log: run_files.CsvLog | None = None
+
+    def add(self, swap: Any) -> None:
+        """Record one ``ShardSwap`` (called by the rotation, possibly before the folder exists)."""
+        row = {**swap.__dict__, "wall_time": time.perf_counter() - self.started}
+        if self.log is None:
+            self.waiting.append(row)
+        else:
+            self.log.append(row)
+
+    def open(self, run_dir: Path, start_step: int) -> None:
+        """Open the CSV (dropping rows from ``start_step`` on: they are about to be redone), write what waited."""
+        self.log = run_files.CsvLog(run_dir / "shards.csv", SHARD_COLUMNS)
+        self.log.truncate_after(start_step - 1)
+        for row in self.waiting:
+            self.log.append(row)
+        self.waiting = []
+
+
+def _shard_stats(rotation: Any) -> dict[str, Any]:
+    """What the start message says about a shard folder: how many shards, how often they change."""
+    if len(rotation.shards) == 1:
+        return {}
+    return {"shards": len(rotation.shards), "shard_swap_every": rotation.swap_every,
+            "shard_prefetch": rotation.prefetch}
 
 
 def start_from_checkpoint(agent: Any, origin: run_files.RunOrigin) -> None:

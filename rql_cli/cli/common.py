@@ -76,6 +76,7 @@ OPTION_RANGES: dict[str, tuple[int, int]] = {
     "--task": (1, 5),
     "--max-steps": (1, 10**7),
     "--workers": (1, 1024),
+    "--shard-size": (1, 1_000_000),
 }
 """Closed range of every numeric option that is not a config field (those have ``config.RANGES``)."""
 

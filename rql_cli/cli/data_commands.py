@@ -33,37 +33,63 @@ def data_generate(
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes, whatever --workers is."),
     workers: int = typer.Option(default_workers(), "--workers", "-j", help=ranged("--workers", "Processes collecting episodes.")),
     episode_length: int = typer.Option(1001, "--episode-length", help="Steps per episode (1001 is the official length)."),
+    shard_size: Optional[int] = typer.Option(
+        None, "--shard-size",
+        help="Write a folder of shards of this many train episodes each (the official 100M sets: 1000), "
+        "each with its own -val file (--val-episodes then counts per shard).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Make an OGBench manipulation dataset here with ogbench's scripted oracles.
 
-    Interrupted runs resume: finished episodes are kept until both files are written.
+    Interrupted runs resume: finished episodes (and finished shards) are kept until everything is written.
 
-    Example: rql data generate cube-double-play-v0 --episodes 100 --out data --workers 2
+    Examples:
+      rql data generate cube-double-play-v0 --episodes 100 --out data --workers 2
+      rql data generate cube-single-play-v0 --episodes 40 --shard-size 10 --out data   (4 shards)
     """
-    check_options({"--workers": workers})
+    check_options({"--workers": workers, "--shard-size": shard_size})
     paths = generate_with_progress(
         name, out.expanduser(), episodes=episodes, val_episodes=val_episodes, seed=seed, workers=workers,
-        episode_length=episode_length, force=force, quiet=quiet,
+        episode_length=episode_length, force=force, quiet=quiet, shard_size=shard_size,
     )
+    if shard_size is not None:
+        folder = paths[0].parent
+        size = sum(p.stat().st_size for p in folder.glob("*.npz"))
+        console.print(f"wrote {len(paths)} shards (and their -val files) in {folder} ({size / 2**20:.1f} MiB)")
+        console.print(f"Train on it with: rql train --dataset {name} --dataset-path {folder}")
+        return
     for path in paths:
         console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     console.print(f"Train on it with: rql train --dataset {name} --dataset-dir {out}")
 
 
-def generate_with_progress(name: str, out: Path, *, quiet: bool, **options: Any) -> list[Path]:
-    """``generate_dataset`` under a progress bar of finished episodes; returns the two files."""
+def generate_with_progress(
+    name: str, out: Path, *, quiet: bool, shard_size: int | None = None, **options: Any
+) -> list[Path]:
+    """``generate_dataset`` (or ``generate_shards``) under a progress bar of finished episodes.
+
+    Returns the two files, or the training shards.
+    """
     from rql_cli.cli.display import make_progress
-    from rql_cli.data.generate import generate_dataset
+    from rql_cli.data.generate import GENERATABLE, _lookup, generate_dataset, generate_shards
 
     episodes, val_episodes = options.pop("episodes"), options.pop("val_episodes")
     with make_progress(quiet) as progress:
         bar = progress.add_task(f"generate {name}", total=None, rate="", info="")
+
+        def on_episode(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total, info="episodes")
+
+        if shard_size is not None:
+            _lookup(name)
+            return generate_shards(
+                name, out, num_episodes=episodes or GENERATABLE[name].num_episodes, shard_size=shard_size,
+                num_val_episodes=val_episodes, on_episode=on_episode, **options,
+            )
         return generate_dataset(
-            name, out, num_episodes=episodes, num_val_episodes=val_episodes,
-            on_episode=lambda done, total: progress.update(bar, completed=done, total=total, info="episodes"),
-            **options,
+            name, out, num_episodes=episodes, num_val_episodes=val_episodes, on_episode=on_episode, **options,
         )
 
 

@@ -129,9 +129,15 @@ class TrainDisplay:
         """Print what is trained where, and add the progress bar."""
         data = info["dataset"]
         if not self.quiet:
+            where = (
+                f"{data['transitions']:,} transitions in {data['episodes']} episodes"
+                if "shards" not in data else
+                f"{data['shards']} shards in turn, {data['shard_swap_every']:,} steps each "
+                f"({data['transitions']:,} transitions in the one resident now; the next read "
+                f"{'in the background' if data['shard_prefetch'] else 'at each swap'})"
+            )
             console.print(
-                f"Training on [bold]{info['env_id']}[/]: {data['transitions']:,} transitions in "
-                f"{data['episodes']} episodes; {info['parameters']:,} parameters; device "
+                f"Training on [bold]{info['env_id']}[/]: {where}; {info['parameters']:,} parameters; device "
                 f"{info['device']}; run folder {info['run_dir']}"
             )
             console.print(runtime_text(info.get("runtime")))

@@ -35,10 +35,12 @@ def train(
         None, "--dataset", "-d", help="OGBench dataset or singletask name, e.g. cube-single-play-v0."
     ),
     dataset_dir: Optional[Path] = typer.Option(
-        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR
+        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a folder of shards (100M sets).",
+        show_default=DEFAULT_DATA_DIR,
     ),
     dataset_path: Optional[Path] = typer.Option(
-        None, "--dataset-path", help="The training .npz itself (its -val.npz must sit beside it)."
+        None, "--dataset-path",
+        help="The training .npz itself (its -val.npz must sit beside it), or a folder of .npz shards.",
     ),
     task: Optional[int] = typer.Option(
         None, "--task", help="Singletask reward task 1-5.", show_default="the name's, else the env's default"
@@ -55,6 +57,7 @@ def train(
     eval_envs: Optional[int] = config_option("eval_envs"),
     seed: Optional[int] = config_option("seed"),
     device: Optional[str] = config_option("device"),
+    shard_swap_every: Optional[int] = config_option("shard_swap_every"),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Run folder.", show_default="runs/DATASET-seedS-TIMESTAMP"
     ),
@@ -71,6 +74,7 @@ def train(
 
     overrides = dict(parse_set_option(item) for item in set_)
     flags = dict(zip(RUN_FLAGS, (steps, eval_interval, eval_episodes, eval_envs, seed, device)))
+    flags["shard_swap_every"] = shard_swap_every
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if resume is not None:
         if dataset or dataset_dir or dataset_path or preset or task is not None:

@@ -213,6 +213,97 @@ def generate_dataset(
     return [train_path, val_path]
 
 
+def size_tag(transitions: int) -> str:
+    """How OGBench names a dataset's size: 100_000_000 -> ``'100m'``, 1e9 -> ``'1b'``, 40_000 -> ``'40k'``."""
+    for unit, letter in ((10**9, "b"), (10**6, "m"), (10**3, "k")):
+        if transitions >= unit and transitions % unit == 0:
+            return f"{transitions // unit}{letter}"
+    return str(transitions)
+
+
+def shard_folder_name(name: str, transitions: int) -> str:
+    """The folder of a sharded set, named like the official ones: ``puzzle-4x4-play-100m-v0``."""
+    stem, _, version = name.rpartition("-")
+    return f"{stem}-{size_tag(transitions)}-{version}"
+
+
+def generate_shards(
+    name: str,
+    out_dir: Path,
+    num_episodes: int,
+    shard_size: int,
+    num_val_episodes: int | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    force: bool = False,
+    on_episode: Callable[[int, int], None] | None = None,
+    episode_length: int = 1001,
+) -> list[Path]:
+    """Collect a dataset as a shard folder, laid out like the official 100M-transition sets.
+
+    ``{out_dir}/{stem}-{size}-{version}/`` (e.g. ``cube-single-play-40k-v0``) holds
+    ``{name}-000.npz``, ``{name}-000-val.npz``, ``{name}-001.npz``, ...: shard i has train episodes
+    [i * shard_size, (i + 1) * shard_size) of the same seeded sequence ``generate_dataset`` draws (so the
+    shards of a seed concatenate to the single file of that seed), and its own validation episodes.
+
+    Shards are written one at a time as they finish (memory: one shard's episodes); an interrupted
+    run keeps its finished shards and its cached episodes and picks up where it stopped.
+
+    Args:
+        num_episodes: train episodes in all; the last shard holds the remainder.
+        shard_size: train episodes per shard (the official 100M sets: 1000, i.e. 1M transitions).
+        num_val_episodes: validation episodes per shard; default a tenth of ``shard_size`` (at least 1).
+        The rest as in ``generate_dataset``.
+
+    Returns:
+        The training shards, in order.
+    """
+    _lookup(name)
+    if shard_size < 1:
+        raise RQLError(f"shard_size must be at least 1 episode, got {shard_size}.")
+    val_per_shard = max(1, shard_size // 10) if num_val_episodes is None else num_val_episodes
+    _check_counts(num_episodes, val_per_shard, workers, episode_length)
+    num_shards = -(-num_episodes // shard_size)
+    folder = Path(out_dir) / shard_folder_name(name, num_episodes * (episode_length - 1))
+    width = max(3, len(str(num_shards - 1)))
+    paths = [(folder / f"{name}-{i:0{width}d}.npz", folder / f"{name}-{i:0{width}d}-val.npz") for i in range(num_shards)]
+    cache_folder = Path(out_dir) / f".{folder.name}.partial"
+    interrupted = cache_folder.is_dir()
+    existing = [p for pair in paths for p in pair if p.exists()]
+    if existing and not force and not interrupted:
+        raise RQLError(f"{folder} already holds shards ({existing[0].name}, ...). Pass --force to overwrite, "
+                       "or choose another folder.")
+    if force:
+        for path in existing:
+            path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = _EpisodeCache(cache_folder, name, seed, episode_length)
+    total = num_episodes + num_shards * val_per_shard
+    done_before = 0
+    for i, (train_path, val_path) in enumerate(paths):
+        train_keys = [("train", k) for k in range(i * shard_size, min((i + 1) * shard_size, num_episodes))]
+        val_keys = [("val", k) for k in range(i * val_per_shard, (i + 1) * val_per_shard)]
+        if train_path.is_file() and val_path.is_file():
+            done_before += len(train_keys) + len(val_keys)
+            if on_episode is not None:
+                on_episode(done_before, total)
+            continue
+
+        def progress(done: int, _: int, offset: int = done_before) -> None:
+            if on_episode is not None:
+                on_episode(offset + done, total)
+
+        episodes = _collect_episodes(train_keys + val_keys, cache, name, seed, episode_length, workers, progress)
+        _write_npz_pair([
+            (train_path, _concatenate([episodes[key] for key in train_keys])),
+            (val_path, _concatenate([episodes[key] for key in val_keys])),
+        ])
+        done_before += len(train_keys) + len(val_keys)
+        del episodes
+    cache.remove()
+    return [train for train, _ in paths]
+
+
 def _claim_output_paths(out_dir: Path, name: str, force: bool) -> tuple[Path, Path]:
     """The train and val paths; refuses existing files unless ``force``, and creates ``out_dir``."""
     train_path = out_dir / f"{name}.npz"

@@ -1,7 +1,11 @@
-"""Where transitions come from: OGBench files, read through ogbench's own loader.
+"""Where transitions come from: OGBench files and shard folders, read through ogbench's own loader.
 
 ogbench's loader downloads a missing file from a host our machines cannot reach and would hang,
 so we look for both files first and fail at once with a message that says how to make them.
+
+A shard folder (the official ``*-100m-v0`` sets, or ``rql data generate --shard-size``) is read one
+shard at a time (``rql_cli.data.shards``); ``--dataset-path FOLDER`` or a ``--dataset-dir`` that is
+itself such a folder selects it.
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from rql_cli.data.dataset import OfflineDataset
+from rql_cli.data.shards import ShardRotation, ShardSwap, folder_fingerprint, is_shard_folder, list_shards
 from rql_cli.errors import DatasetError, DatasetNotFoundError, RQLError
 from rql_cli.names import TaskName, parse_task_name
 
@@ -26,10 +32,12 @@ class DataSpec:
     Attributes:
         name: dataset or singletask name, e.g. ``'cube-single-play-v0'``.
         dataset_dir: folder holding ``NAME.npz`` and ``NAME-val.npz`` (None: ``DEFAULT_DATASET_DIR``).
-        dataset_path: the training ``.npz`` itself (its ``-val.npz`` beside it); wins over the folder.
+        dataset_path: the training ``.npz`` itself (its ``-val.npz`` beside it), or a shard folder; wins
+            over ``dataset_dir``. A ``dataset_dir`` without ``NAME.npz`` that holds shards is a shard folder.
         task: reward task 1..5; None: the task in the name, else the family's default.
         fingerprint: the training file a run started on: ``{'file', 'size', 'sha256'}`` (absolute
-            path, bytes, content hash), so a resume finds it from anywhere and refuses another file.
+            path, bytes, content hash), so a resume finds it from anywhere and refuses another file. For a
+            shard folder: its path, total bytes, a digest of its shards' names and sizes, and ``shards``.
     """
 
     name: str
@@ -44,25 +52,36 @@ class DataSpec:
                     fingerprint=self.fingerprint)
 
     def training_file(self) -> Path:
-        """The training .npz this spec names (DatasetNotFoundError saying where we looked)."""
+        """The training .npz (or shard folder) this spec names (DatasetNotFoundError saying where we looked)."""
         return resolve_dataset_path(
             self.name, Path(self.dataset_dir) if self.dataset_dir else None,
             Path(self.dataset_path) if self.dataset_path else None,
         )
 
+    def training_files(self) -> list[Path]:
+        """The files training reads in turn: the one .npz, or every shard of a shard folder."""
+        file = self.training_file()
+        return list_shards(file) if file.is_dir() else [file]
+
+    @property
+    def env_id(self) -> str:
+        """The singletask name the rewards are relabelled for, e.g. ``'cube-single-play-singletask-task3-v0'``."""
+        return parse_task_name(self.name).env_id(self.task)
+
     def with_fingerprint(self) -> DataSpec:
-        """This spec with absolute paths and the fingerprint of its training file now."""
+        """This spec with absolute paths and the fingerprint of its training file (or shard folder) now."""
         file = self.training_file().resolve()
+        in_dir = self.dataset_path is None and not file.is_dir()
         return replace(
-            self, dataset_dir=str(file.parent) if self.dataset_path is None else None,
-            dataset_path=str(file) if self.dataset_path is not None else None, fingerprint=file_fingerprint(file),
+            self, dataset_dir=str(file.parent) if in_dir else None,
+            dataset_path=None if in_dir else str(file), fingerprint=fingerprint(file),
         )
 
     def check_fingerprint(self) -> None:
         """Refuse to continue on a training file other than the one the run started on (both named)."""
         if not self.fingerprint:
             return
-        now = file_fingerprint(self.training_file().resolve())
+        now = fingerprint(self.training_file().resolve())
         if (now["size"], now["sha256"]) != (self.fingerprint.get("size"), self.fingerprint.get("sha256")):
             raise DatasetError(
                 f"The run started on {self.fingerprint.get('file')} ({self.fingerprint.get('size'):,} bytes, "
@@ -71,10 +90,28 @@ class DataSpec:
                 "mix two datasets; restore the original file or start a new run."
             )
 
+    def rotation(
+        self, *, sparse_rewards: bool, device: torch.device | str, horizon: int, swap_every: int,
+        prefetch: bool = True, on_swap: Callable[[ShardSwap], None] | None = None,
+    ) -> ShardRotation:
+        """What training samples from: the one file, or the shard folder's shards in turn.
+
+        A single file loads through ``load_ogbench`` (its validation file too, as ogbench reads both);
+        shards load through ``load_ogbench_shard``, training arrays only.
+        """
+        files = self.training_files()
+        if len(files) == 1 and not self.training_file().is_dir():
+            def load(_: Path) -> OfflineDataset:
+                return self.load(sparse_rewards=sparse_rewards, device=device, with_val=False).train
+        else:
+            shard_loader = ShardLoader(self.env_id, sparse_rewards=sparse_rewards, device=device)
+            load = shard_loader.load
+        return ShardRotation(files, load, horizon, swap_every, prefetch=prefetch, on_swap=on_swap)
+
     def load(
         self, *, sparse_rewards: bool, device: torch.device | str = "cpu", with_val: bool = True
     ) -> LoadedData:
-        """``load_ogbench`` of this spec."""
+        """``load_ogbench`` of this spec (of a shard folder: its first shard and that shard's val file)."""
         return load_ogbench(
             self.name, task=self.task,
             dataset_dir=Path(self.dataset_dir) if self.dataset_dir else None,
@@ -94,6 +131,11 @@ class LoadedData:
     train_path: Path
 
 
+def fingerprint(path: Path) -> dict[str, str | int]:
+    """``file_fingerprint`` of a file, ``folder_fingerprint`` of a shard folder."""
+    return folder_fingerprint(path) if Path(path).is_dir() else file_fingerprint(path)
+
+
 def file_fingerprint(path: Path) -> dict[str, str | int]:
     """``{'file': absolute path, 'size': bytes, 'sha256': hex digest}`` of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -104,18 +146,29 @@ def file_fingerprint(path: Path) -> dict[str, str | int]:
 
 
 def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
-    """The training file for ``name``; raises DatasetNotFoundError naming where we looked."""
+    """The training file (or shard folder) for ``name``; raises DatasetNotFoundError naming where we looked.
+
+    ``dataset_path`` is the training .npz or a shard folder. Otherwise ``dataset_dir`` (default
+    ``DEFAULT_DATASET_DIR``) holds ``NAME.npz``, or is itself a shard folder.
+    """
     stem = parse_task_name(name).dataset_name
     if dataset_path is not None and Path(dataset_path).expanduser().is_dir():
+        folder = Path(dataset_path).expanduser()
+        single = folder / f"{stem}.npz"
+        if is_shard_folder(folder) and not single.is_file():
+            return folder
+        what = f"holds {single.name}, not shards" if single.is_file() else "holds no .npz shards"
         raise DatasetNotFoundError(
-            f"--dataset-path {dataset_path} is a folder; pass the training .npz itself "
-            f"(e.g. {Path(dataset_path) / (stem + '.npz')}), or use --dataset-dir {dataset_path}."
+            f"--dataset-path {dataset_path} is a folder that {what}; pass the training .npz itself "
+            f"(e.g. {single}), or use --dataset-dir {dataset_path}."
         )
     if dataset_path is not None:
         candidates = [Path(dataset_path).expanduser()]
     else:
         directory = Path(dataset_dir or DEFAULT_DATASET_DIR).expanduser()
         candidates = [directory / f"{stem}.npz"]
+        if not candidates[0].is_file() and is_shard_folder(directory):
+            return directory
     train = candidates[0]
     val = train.with_name(train.name.replace(".npz", "-val.npz"))
     missing = [p for p in (train, val) if not p.is_file()]
@@ -150,6 +203,8 @@ def load_ogbench(
 
     parsed = parse_task_name(name)
     train_path = resolve_dataset_path(parsed, dataset_dir, dataset_path)
+    if train_path.is_dir():
+        train_path = list_shards(train_path)[0]
     env_id = parsed.env_id(task)
     try:
         env, train, val = ogbench.make_env_and_datasets(
@@ -178,3 +233,31 @@ def _unreadable(env_id: str, train_path: Path, error: Exception) -> RQLError:
             "download the official file again. (rql never loads pickled data.)"
         )
     return DatasetError(f"ogbench could not load '{env_id}' from {train_path}: {text}")
+
+
+class ShardLoader:
+    """Reads shards of one dataset with ogbench's own file reader and singletask relabelling.
+
+    The relabelling env is made once and reused for every shard (ogbench's ``cur_env`` route); only the
+    training arrays are read (a shard's ``-val.npz`` is not needed to train). Used from one thread at
+    a time (``ShardRotation`` reads one shard at once).
+    """
+
+    def __init__(self, env_id: str, *, sparse_rewards: bool, device: torch.device | str):
+        self.env_id, self.sparse_rewards, self.device = env_id, sparse_rewards, device
+        self._env = None
+
+    def load(self, path: Path) -> OfflineDataset:
+        """One shard as an ``OfflineDataset`` on ``device``, rewards relabelled for ``env_id``."""
+        import ogbench
+        from ogbench.utils import load_dataset, relabel_dataset
+
+        singletask = parse_task_name(self.env_id).gym_id()  # the env id without the dataset type
+        if self._env is None:
+            self._env = ogbench.make_env_and_datasets(self.env_id, env_only=True)
+        try:
+            arrays = load_dataset(str(path), compact_dataset=False, add_info=True)
+            relabel_dataset(singletask, self._env, arrays)
+        except Exception as error:
+            raise _unreadable(self.env_id, Path(path), error) from error
+        return OfflineDataset.from_arrays(arrays, sparse_rewards=self.sparse_rewards, device=self.device)

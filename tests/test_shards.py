@@ -1,0 +1,160 @@
+"""Shard folders (the 100M-transition sets): generation, rotation, memory bound, resume."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from rql_cli.cli.app import app
+from rql_cli.config import RQLConfig
+from rql_cli.data.generate import generate_dataset, generate_shards, size_tag
+from rql_cli.data.shards import ShardRotation, list_shards, npz_shapes
+from rql_cli.data.sources import DataSpec, ShardLoader, resolve_dataset_path
+from rql_cli.errors import DatasetError, DatasetNotFoundError
+from rql_cli.io.run_files import read_run_record
+from rql_cli.train import train
+
+NAME = "cube-single-play-v0"
+TINY = dict(
+    actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=2, flow_steps=4,
+    horizon=3, batch_size=16, eval_episodes=0, log_interval=5, device="cpu", compile="off",
+)
+
+
+@pytest.fixture(scope="module")
+def shard_folder(tmp_path_factory) -> Path:
+    """5 train episodes of 41 rows in shards of 2 (3 shards, the last holding one episode)."""
+    out = tmp_path_factory.mktemp("shards")
+    shards = generate_shards(NAME, out, num_episodes=5, shard_size=2, seed=3, episode_length=41)
+    return shards[0].parent
+
+
+def test_generated_folder_is_laid_out_like_the_official_sets_and_splits_the_single_file(shard_folder, tmp_path):
+    assert shard_folder.name == "cube-single-play-200-v0"  # 5 episodes x 40 transitions
+    shards = list_shards(shard_folder)
+    assert [p.name for p in shards] == [f"{NAME}-{i:03d}.npz" for i in range(3)]
+    assert all(p.with_name(p.name.replace(".npz", "-val.npz")).is_file() for p in shards)
+    rows = [npz_shapes(p)["observations"][0][0] for p in shards]
+    assert rows == [82, 82, 41]
+    # The shards of a seed are the single file of that seed, cut at episode boundaries.
+    single = generate_dataset(NAME, tmp_path, num_episodes=5, num_val_episodes=1, seed=3, episode_length=41)[0]
+    with np.load(single) as whole:
+        for key in ("observations", "actions", "terminals", "qpos"):
+            parts = [np.load(p)[key] for p in shards]
+            np.testing.assert_array_equal(np.concatenate(parts), whole[key])
+    assert size_tag(100_000_000) == "100m" and size_tag(10**9) == "1b" and size_tag(1234) == "1234"
+
+
+def test_a_folder_is_found_as_a_path_or_as_the_dataset_dir(shard_folder, tmp_path):
+    assert resolve_dataset_path(NAME, None, shard_folder) == shard_folder
+    assert resolve_dataset_path(NAME, shard_folder, None) == shard_folder
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="holds no .npz shards"):
+        resolve_dataset_path(NAME, None, tmp_path / "empty")
+    (tmp_path / "empty" / f"{NAME}.npz").write_bytes((shard_folder / f"{NAME}-000.npz").read_bytes())
+    with pytest.raises(DatasetNotFoundError, match="not shards.*--dataset-dir"):  # a single-file folder
+        resolve_dataset_path(NAME, None, tmp_path / "empty")
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_rotation_visits_every_shard_in_turn_holding_at_most_two(shard_folder, prefetch):
+    loader = ShardLoader("cube-single-play-singletask-v0", sparse_rewards=False, device="cpu")
+    seen_while_loading = []
+    swaps = []
+    rotation: ShardRotation | None = None
+
+    def load(path: Path):
+        if rotation is not None:
+            seen_while_loading.append((threading.current_thread().name, rotation.resident))
+        return loader.load(path)
+
+    rotation = ShardRotation(list_shards(shard_folder), load, horizon=3, swap_every=4, prefetch=prefetch,
+                             on_swap=swaps.append)
+    residents = []
+    with rotation:
+        for step in range(30):
+            sampler = rotation.sampler(step)
+            residents.append(rotation.resident)
+            assert rotation.current == (step // 4) % 3
+            # The sampler samples the shard it says: its rows are that file's rows (last row of each
+            # episode dropped by ogbench's loader).
+            with np.load(rotation.shards[rotation.current]) as file:
+                keep = ~file["terminals"].astype(bool)
+                np.testing.assert_array_equal(sampler.dataset.observations.numpy(), file["observations"][keep])
+            sampler.sample(8, torch.Generator().manual_seed(step))
+    assert max(len(r) for r in residents) <= 2
+    assert max(len(r) for _, r in seen_while_loading) <= 2
+    assert [s.shard for s in swaps] == [0, 1, 2, 0, 1, 2, 0, 1]
+    assert [s.step for s in swaps] == [0, 4, 8, 12, 16, 20, 24, 28]
+    assert all(s.file == rotation.shards[s.shard].name for s in swaps)
+    threads = {name for name, _ in seen_while_loading}
+    if prefetch:  # the following shard is read in the background thread
+        assert any(name.startswith("rql-shard") for name in threads)
+        assert all(s.wait_seconds <= s.load_seconds + 0.05 for s in swaps[1:])
+    else:
+        assert threads == {"MainThread"}
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(str(folder / "velocity.safetensors")), **load_file(str(folder / "value.safetensors"))}
+
+
+def test_training_on_shards_resumes_on_the_right_shard_bit_for_bit(shard_folder, tmp_path):
+    data = DataSpec(name=NAME, dataset_path=str(shard_folder))
+    config = dict(TINY, shard_swap_every=3)
+    train(RQLConfig(**config, steps=7), data, tmp_path / "split")
+    resumed = train(RQLConfig(**config, steps=14), data, tmp_path / "split", resume=True)
+    whole = train(RQLConfig(**config, steps=14), data, tmp_path / "whole")
+    a, b = _weights(resumed.last_checkpoint), _weights(whole.last_checkpoint)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    split_rows = (tmp_path / "split" / "shards.csv").read_text().splitlines()
+    whole_rows = (tmp_path / "whole" / "shards.csv").read_text().splitlines()
+    used = [(r.split(",")[0], r.split(",")[1]) for r in split_rows[1:]]
+    # Steps 0-2 shard 0, 3-5 shard 1, 6-8 shard 2, ...; the resume at step 7 reloads shard 2 there.
+    assert used == [("0", "0"), ("3", "1"), ("6", "2"), ("7", "2"), ("9", "0"), ("12", "1")]
+    assert [r.split(",")[:2] for r in whole_rows[1:]] == [["0", "0"], ["3", "1"], ["6", "2"], ["9", "0"], ["12", "1"]]
+    record = json.loads((tmp_path / "whole" / "train_config.json").read_text())
+    assert record["data"]["fingerprint"]["shards"] == 3
+    assert record["config"]["shard_swap_every"] == 3
+
+
+def test_resume_refuses_a_folder_whose_shards_changed(shard_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / shard_folder.name
+    shutil.copytree(shard_folder, folder)
+    data = DataSpec(name=NAME, dataset_path=str(folder))
+    train(RQLConfig(**TINY, steps=2), data, tmp_path / "run")
+    shutil.copy(folder / f"{NAME}-000.npz", folder / f"{NAME}-002.npz")  # another shard, another size
+    record = read_run_record(tmp_path / "run")
+    with pytest.raises(DatasetError, match="another file"):
+        train(RQLConfig(**TINY, steps=4), DataSpec(name=record.dataset, **record.data), tmp_path / "run", resume=True)
+
+
+def test_cli_generates_a_shard_folder_and_trains_on_it(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "generate", NAME, "--episodes", "3", "--shard-size", "1",
+                                 "--episode-length", "21", "--workers", "1", "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "cube-single-play-60-v0"
+    assert f"--dataset-path {folder}" in result.output.replace("\n", "")
+    result = runner.invoke(app, ["train", "--dataset", NAME, "--dataset-dir", str(folder), "--steps", "6",
+                                 "--shard-swap-every", "2", "--eval-episodes", "0", "--device", "cpu",
+                                 "--set", "actor_hidden_dims=[16]", "--set", "value_hidden_dims=[16]",
+                                 "--set", "ensemble_size=2", "--set", "batch_size=4", "--set", "compile=off",
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "3 shards in turn, 2 steps each" in " ".join(result.output.split())
+    rows = (tmp_path / "run" / "shards.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == ["0", "1", "2"]
+    again = runner.invoke(app, ["data", "generate", NAME, "--episodes", "3", "--shard-size", "1",
+                                "--episode-length", "21", "--workers", "1", "--out", str(tmp_path), "-q"])
+    assert again.exit_code == 1 and "already holds shards" in again.output
