@@ -155,6 +155,58 @@ def test_cli_generates_a_shard_folder_and_trains_on_it(tmp_path):
     assert "3 shards in turn, 2 steps each" in " ".join(result.output.split())
     rows = (tmp_path / "run" / "shards.csv").read_text().splitlines()[1:]
     assert [r.split(",")[1] for r in rows] == ["0", "1", "2"]
+    info = runner.invoke(app, ["data", "info", NAME, "--dataset-dir", str(folder)])
+    assert info.exit_code == 0, info.output
+    assert "3 shards, 60 transitions in 3 episodes" in " ".join(info.output.split())
     again = runner.invoke(app, ["data", "generate", NAME, "--episodes", "3", "--shard-size", "1",
                                 "--episode-length", "21", "--workers", "1", "--out", str(tmp_path), "-q"])
     assert again.exit_code == 1 and "already holds shards" in again.output
+
+
+def _copy_with(source: Path, target: Path, change) -> None:
+    """Copy a dataset pair to ``target`` with ``change(arrays)`` applied to the training file."""
+    target.mkdir()
+    with np.load(source / f"{NAME}.npz") as file:
+        arrays = {k: file[k] for k in file.files}
+    change(arrays)
+    np.savez_compressed(target / f"{NAME}.npz", **arrays)
+    (target / f"{NAME}-val.npz").write_bytes((source / f"{NAME}-val.npz").read_bytes())
+
+
+def test_verify_passes_a_generated_set_and_names_the_field_of_a_corrupted_copy(tiny_dataset_dir, shard_folder, tmp_path):
+    runner = CliRunner()
+    good = runner.invoke(app, ["data", "verify", NAME, "--dataset-dir", str(tiny_dataset_dir)])
+    assert good.exit_code == 0, good.output
+    assert "All checks passed" in good.output and "episode length" in good.output  # 101 rows: a note
+    shards = runner.invoke(app, ["data", "verify", NAME, "--dataset-path", str(shard_folder), "--json"])
+    assert shards.exit_code == 0, shards.output
+    payload = json.loads(shards.output)
+    assert payload["passed"] and len({c["file"] for c in payload["checks"]}) == 6  # 3 shards, 3 val files
+    assert set(payload["solve_rates"]) == {"1", "2", "3", "4", "5"}
+
+    def scale_actions(arrays):
+        arrays["actions"] = arrays["actions"] * 3
+
+    def drop_qpos(arrays):
+        del arrays["qpos"]
+
+    def nan_observation(arrays):
+        arrays["observations"][57, 3] = np.nan
+
+    def tear_an_episode(arrays):
+        arrays["terminals"][150] = True
+
+    def wrong_env(arrays):
+        arrays["observations"] = arrays["observations"][:, :20]
+
+    cases = [(scale_actions, "actions range", "[-3"), (drop_qpos, "keys", "missing qpos"),
+             (nan_observation, "observations finite", "first in row 57"),
+             (tear_an_episode, "episode length", "rows"), (wrong_env, "observations shape", "20")]
+    for change, field, found in cases:
+        folder = tmp_path / change.__name__
+        _copy_with(tiny_dataset_dir, folder, change)
+        result = runner.invoke(app, ["data", "verify", NAME, "--dataset-dir", str(folder), "--json"])
+        assert result.exit_code == 1, (change.__name__, result.output)
+        failed = [c for c in json.loads(result.output)["checks"] if c["status"] == "fail"]
+        assert [c["field"] for c in failed] == [field], (change.__name__, failed)
+        assert found in failed[0]["found"]

@@ -109,8 +109,10 @@ def data_info(
     """
     from rich.table import Table
 
-    from rql_cli.data.sources import load_ogbench
+    from rql_cli.data.shards import folder_summary
+    from rql_cli.data.sources import load_ogbench, resolve_dataset_path
 
+    folder = resolve_dataset_path(name, dataset_dir or Path(DEFAULT_DATA_DIR), dataset_path)
     loaded = load_ogbench(
         name, task=task, dataset_dir=dataset_dir or Path(DEFAULT_DATA_DIR),
         dataset_path=dataset_path, sparse_rewards=sparse,
@@ -121,9 +123,15 @@ def data_info(
         "train": loaded.train.statistics(),
         "val": loaded.val.statistics() if loaded.val else None,
     }
+    if folder.is_dir():  # a shard folder: the statistics are its first shard's; the totals cover all
+        info["shard_folder"] = {"folder": str(folder), **folder_summary(folder)}
     if as_json:
         print(json.dumps(info, indent=2))
         return
+    if "shard_folder" in info:
+        whole = info["shard_folder"]
+        console.print(f"Shard folder {whole['folder']}: {whole['shards']} shards, {whole['transitions']:,} "
+                      f"transitions in {whole['episodes']:,} episodes. The table shows the first shard.")
     table = Table(title=f"{loaded.env_id} ({loaded.train_path})")
     for column, justify in (("", "left"), ("train", "right"), ("val", "right")):
         table.add_column(column, justify=justify)
@@ -131,6 +139,69 @@ def data_info(
         other = info["val"][key] if info["val"] else ""
         table.add_row(key, _fmt(value), _fmt(other))
     console.print(table)
+
+
+@data_app.command("verify")
+@handles_errors
+def data_verify(
+    name: str = typer.Argument(..., help="Dataset or singletask name, e.g. cube-single-play-v0."),
+    dataset_dir: Optional[Path] = typer.Option(
+        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a folder of shards.",
+        show_default=DEFAULT_DATA_DIR,
+    ),
+    dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself, or a shard folder."),
+    all_shards: bool = typer.Option(False, "--all-shards", help="Read every shard's values, not only the first's."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Check a dataset file (or shard folder) against what the official OGBench sets look like.
+
+    Keys, dtypes and shapes (from the env), finite values, actions in [-1, 1], whole episodes of equal
+    length, episode counts, observation statistics and how often each task's goal is reached. Exits 1
+    when something would break training; differences that only make it unlike the official files
+    (fewer or shorter episodes) are notes.
+
+    Example: rql data verify cube-single-play-v0 --dataset-dir data
+    """
+    from rich.table import Table
+
+    from rql_cli.data.sources import resolve_dataset_path
+    from rql_cli.data.verify import verify_dataset
+
+    path = resolve_dataset_path(name, dataset_dir or Path(DEFAULT_DATA_DIR), dataset_path)
+    report = verify_dataset(name, path, all_shards=all_shards)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        table = Table(title=f"{report.name}: {report.path}")
+        for column in ("file", "check", "status", "found", "expected"):
+            table.add_column(column, overflow="fold")
+        style = {"ok": "green", "note": "yellow", "fail": "bold red"}
+        for check in [c for c in report.checks if c.status != "ok"]:
+            table.add_row(check.file, check.field, f"[{style[check.status]}]{check.status}[/]", check.found, check.expected)
+        passed: dict[str, list[Any]] = {}
+        for check in report.checks:  # passed checks: one row per check, however many files had it
+            if check.status == "ok":
+                passed.setdefault(check.field, []).append(check)
+        for field_name, checks in passed.items():
+            files = checks[0].file if len(checks) == 1 else f"{len(checks)} files"
+            found = checks[0].found if len({c.found for c in checks}) == 1 else "(varies by file)"
+            table.add_row(files, field_name, "[green]ok[/]", found, checks[0].expected)
+        console.print(table)
+        if report.solve_rates:
+            rates = Table(title="How often each task is solved in the training data (first file)")
+            for column in ("task", "rows solving the task", "sub-goals solved (mean)"):
+                rates.add_column(column, justify="right")
+            for task, rate in report.solve_rates.items():
+                rates.add_row(str(task), f"{100 * rate['solved_fraction']:.2f}%", f"{100 * rate['subgoals_solved']:.1f}%")
+            console.print(rates)
+        notes = sum(c.status == "note" for c in report.checks)
+        if report.failed:
+            console.print(f"[bold red]{len(report.failed)} check(s) failed[/]: "
+                          + "; ".join(f"{c.file} {c.field}: {c.found}" for c in report.failed))
+        else:
+            console.print(f"[green]All checks passed[/] ({notes} note(s) where it differs from the official files).")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def _fmt(value: Any) -> str:

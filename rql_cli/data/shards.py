@@ -83,6 +83,20 @@ def folder_fingerprint(folder: Path) -> dict[str, str | int]:
     return {"file": str(Path(folder).resolve()), "size": total, "sha256": digest.hexdigest(), "shards": len(shards)}
 
 
+def folder_summary(folder: Path) -> dict[str, int]:
+    """``{'shards', 'transitions', 'episodes'}`` of a shard folder, reading only each shard's terminals.
+
+    Transitions count as ogbench's loader makes them: each episode's last row is dropped.
+    """
+    shards = list_shards(folder)
+    episodes = rows = 0
+    for shard in shards:
+        rows += npz_shapes(shard)["terminals"][0][0]
+        with np.load(shard) as file:
+            episodes += int(np.count_nonzero(file["terminals"]))
+    return {"shards": len(shards), "transitions": rows - episodes, "episodes": episodes}
+
+
 @dataclass
 class ShardSwap:
     """One change of resident shard.
