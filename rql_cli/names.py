@@ -115,15 +115,84 @@ class TaskName:
         return f"{self.family}-singletask{self._task_suffix(task)}-{self.version}"
 
 
-def parse_task_name(name: str | TaskName) -> TaskName:
+MINARI_PREFIX = "minari:"
+GYM_PREFIX = "gym:"
+
+
+@dataclass(frozen=True)
+class ExternalName:
+    """A dataset from outside OGBench, with the one task its environment has.
+
+    ``minari:D4RL/pen/human-v2`` is a Minari dataset (its env rebuilt from the spec the dataset
+    stores); ``gym:Hopper-v5`` is the gymnasium env a plain ``.npz`` is evaluated in (``--env``).
+    Answers the questions a ``TaskName`` answers, so evaluation, rollouts, checkpoints and the Hub
+    handle both alike; there is one task (number 1).
+
+    Attributes:
+        source: ``'minari'`` or ``'gym'``.
+        ident: the Minari dataset id or the gymnasium env id.
+    """
+
+    source: str
+    ident: str
+    task: int | None = None
+    dataset_type: str = "external"
+    version: str = ""
+
+    @property
+    def family(self) -> str:
+        """What presets key on: the id without its version, e.g. ``'minari:D4RL/antmaze/large-play'``."""
+        unversioned = re.sub(r"-v\d+$", "", self.ident)
+        return f"{self.source}:{unversioned}"
+
+    @property
+    def dataset_name(self) -> str:
+        """The name as given, e.g. ``'minari:D4RL/pen/human-v2'``."""
+        return f"{self.source}:{self.ident}"
+
+    @property
+    def tasks(self) -> tuple[int, ...]:
+        """The one task: (1,)."""
+        return (1,)
+
+    @property
+    def default_task(self) -> int:
+        """1: the env's own task."""
+        return 1
+
+    def resolve_task(self, task: int | None = None) -> int:
+        """1; any other task number is an error (the env has one task)."""
+        if task not in (None, 1):
+            raise RQLError(f"{self.dataset_name} has one task (its environment's own); --task {task} does not exist.")
+        return 1
+
+    def env_id(self, task: int | None = None) -> str:
+        """The name itself (``'minari:...'`` or ``'gym:...'``): what checkpoints record as their env."""
+        self.resolve_task(task)
+        return self.dataset_name
+
+    def gym_id(self, task: int | None = None) -> str:
+        """The gymnasium id (for Minari: the id without the prefix; the env comes from its stored spec)."""
+        self.resolve_task(task)
+        return self.ident
+
+
+def parse_task_name(name: str | TaskName | ExternalName) -> TaskName | ExternalName:
     """Parse a dataset or singletask name; raise ``UnknownNameError`` with suggestions if unknown.
 
     Accepts ``cube-single-play-v0``, ``cube-single-play-singletask-v0`` and
-    ``cube-single-play-singletask-task3-v0`` (and the same shapes for every family in ``ENV_FAMILIES``).
-    A ``TaskName`` is returned as it is, so callers may pass either.
+    ``cube-single-play-singletask-task3-v0`` (and the same shapes for every family in ``ENV_FAMILIES``),
+    and ``minari:<dataset id>`` / ``gym:<env id>`` (an ``ExternalName``). A parsed name is returned as
+    it is, so callers may pass either.
     """
-    if isinstance(name, TaskName):
+    if isinstance(name, (TaskName, ExternalName)):
         return name
+    for source, prefix in (("minari", MINARI_PREFIX), ("gym", GYM_PREFIX)):
+        if name.strip().startswith(prefix):
+            ident = name.strip()[len(prefix):].strip()
+            if not ident:
+                raise UnknownNameError(f"{name!r} names no {source} id; write e.g. 'minari:D4RL/pen/human-v2' or 'gym:Hopper-v5'.")
+            return ExternalName(source=source, ident=ident)
     match = _NAME_RE.match(name.strip())
     family = kind = None
     if match:

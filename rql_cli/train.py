@@ -175,7 +175,7 @@ def _open_session(
         data.check_fingerprint()
     else:
         data = data.with_fingerprint()
-    shard_log = _ShardLog() if data.training_file().is_dir() else None
+    shard_log = _ShardLog() if data.sharded else None
     with contextlib.ExitStack() as on_error:  # a refusal below stops the shard reader it started
         rotation = data.rotation(
             sparse_rewards=config.sparse_rewards, device=data_device, horizon=config.horizon,

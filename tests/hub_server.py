@@ -12,6 +12,9 @@ id and its own snapshot of the files, so old revisions stay readable. It answers
     GET  /api/models/{repo}[/revision/{rev}]             repo info: sha, siblings, private
     GET  /api/models/{repo}/tree/{rev}[/{path}]          file listing (oid, size, path)
     HEAD|GET /{repo}/resolve/{rev}/{path}                content with X-Repo-Commit, ETag, Content-Length
+    GET  /api/datasets?author=&search=                   dataset repos (minari's remote lists them)
+    GET  /api/datasets/{repo}[/revision/{rev}|/tree/...] and HEAD|GET /datasets/{repo}/resolve/...:
+                                                         the same answers for dataset repos (read only)
 
 Writes need ``Authorization: Bearer <token>`` with the token the server was started with, and so do
 reads of private repos; otherwise 401. Unknown repos, revisions and files get 404 with the
@@ -38,6 +41,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.mp4 filter=lfs diff=lfs merge=lfs -text\n"
 REPO_ID = r"[^/]+/[^/]+"
+DATASET_KEY = "datasets/"  # dataset repos live in the same table under this prefix
 
 
 def blob_oid(content: bytes) -> str:
@@ -115,14 +119,15 @@ class HubState:
             commit = self.repos[repo_id].resolve(revision)
             return dict(commit.files) if commit else {}
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], *, private: bool = False) -> str:
-        """Make a repo with one commit of ``files`` without a client (for tests about reading); its id."""
+    def add_repo(self, repo_id: str, files: dict[str, bytes], *, private: bool = False, dataset: bool = False) -> str:
+        """Make a repo (a dataset repo with ``dataset``) with one commit of ``files`` without a client
+        (for tests about reading); its commit id."""
         with self.lock:
             repo = Repo(repo_id=repo_id, private=private)
             initial = self.new_commit(repo, None, "initial commit", {".gitattributes": GITATTRIBUTES})
             commit = self.new_commit(repo, initial.oid, "add files", {".gitattributes": GITATTRIBUTES, **files})
             repo.branches["main"] = commit.oid
-            self.repos[repo_id] = repo
+            self.repos[DATASET_KEY + repo_id if dataset else repo_id] = repo
             return commit.oid
 
     # --- mutations ----------------------------------------------------------------------------
@@ -206,8 +211,8 @@ class Handler(BaseHTTPRequestHandler):
             # The Hub's wording; huggingface_hub then keeps it a 401 instead of "repo not found".
             raise HubError(401, "Invalid credentials in Authorization header")
 
-    def _repo(self, repo_id: str) -> Repo:
-        repo = self.state.repos.get(repo_id)
+    def _repo(self, repo_id: str | None, dataset: str | None = None) -> Repo:
+        repo = self.state.repos.get(DATASET_KEY + dataset if dataset else repo_id)
         if repo is None or (repo.private and not self._authorized()):
             raise HubError(404, "Repository not found", "RepoNotFound")
         return repo
@@ -231,6 +236,13 @@ class Handler(BaseHTTPRequestHandler):
         ("GET", rf"/api/models/(?P<repo>{REPO_ID})", "repo_info"),
         ("GET", rf"/(?P<repo>{REPO_ID})/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
         ("HEAD", rf"/(?P<repo>{REPO_ID})/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+        # Dataset repos (what minari's remote reads): the same answers, kept apart from model repos.
+        ("GET", r"/api/datasets", "list_datasets"),
+        ("GET", rf"/api/datasets/(?P<dataset>{REPO_ID})/revision/(?P<rev>.+)", "repo_info"),
+        ("GET", rf"/api/datasets/(?P<dataset>{REPO_ID})/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
+        ("GET", rf"/api/datasets/(?P<dataset>{REPO_ID})", "repo_info"),
+        ("GET", rf"/datasets/(?P<dataset>{REPO_ID})/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+        ("HEAD", rf"/datasets/(?P<dataset>{REPO_ID})/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
     ]
 
     def _dispatch(self, method: str) -> None:
@@ -349,7 +361,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {})
 
     def do_repo_info(self, groups: dict, query: dict, body: bytes, head: bool) -> None:
-        repo = self._repo(groups["repo"])
+        repo = self._repo(groups.get("repo"), groups.get("dataset"))
         commit = self._commit(repo, groups.get("rev") or "main")
         self._json(200, {
             "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.repo_id.split("/")[0],
@@ -358,8 +370,16 @@ class Handler(BaseHTTPRequestHandler):
             "siblings": [{"rfilename": path} for path in sorted(commit.files)],
         })
 
+    def do_list_datasets(self, groups: dict, query: dict, body: bytes, head: bool) -> None:
+        author, search = query.get("author", ""), query.get("search", "")
+        found = [key[len(DATASET_KEY):] for key, repo in self.state.repos.items()
+                 if key.startswith(DATASET_KEY) and (not repo.private or self._authorized())]
+        found = [repo_id for repo_id in found if (not author or repo_id.split("/")[0] == author)
+                 and search in repo_id.split("/")[1]]
+        self._json(200, [{"id": repo_id, "author": repo_id.split("/")[0], "private": False} for repo_id in sorted(found)])
+
     def do_tree(self, groups: dict, query: dict, body: bytes, head: bool) -> None:
-        repo = self._repo(groups["repo"])
+        repo = self._repo(groups.get("repo"), groups.get("dataset"))
         commit = self._commit(repo, groups["rev"])
         prefix = (groups.get("path") or "").strip("/")
         recursive = query.get("recursive", "false").lower() in ("1", "true")
@@ -384,7 +404,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, list(entries.values()))
 
     def do_resolve(self, groups: dict, query: dict, body: bytes, head: bool) -> None:
-        repo = self._repo(groups["repo"])
+        repo = self._repo(groups.get("repo"), groups.get("dataset"))
         commit = self._commit(repo, groups["rev"])
         path = unquote(groups["path"])
         if path not in commit.files:

@@ -15,9 +15,11 @@ ALLOWED = {
     "device": {"core", "errors"},
     "loop": {"errors"},
     "runtime": {"errors"},
+    "spaces": set(),
+    "minari_store": {"errors"},
     "core": {"config"},
-    "data": {"core", "device", "errors", "names"},
-    "envs": {"core", "errors", "names", "runtime"},
+    "data": {"core", "device", "errors", "minari_store", "names", "spaces"},
+    "envs": {"core", "errors", "minari_store", "names", "runtime", "spaces"},
     "io": {"config", "core", "device", "errors", "names", "package"},
     "evaluation": {"config", "core", "device", "envs", "errors", "io", "names"},
     "rollout": {"config", "core", "device", "envs", "errors", "io", "names"},
@@ -26,7 +28,7 @@ ALLOWED = {
     "finetune": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "loop", "names",
                  "runtime", "train"},
     "cli": {"config", "core", "data", "device", "envs", "errors", "evaluation", "finetune", "io", "loop",
-            "names", "rollout", "train"},
+            "minari_store", "names", "rollout", "train"},
     "__main__": {"cli"},
 }
 

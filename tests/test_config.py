@@ -101,8 +101,14 @@ def test_list_fields_take_commas_so_shells_need_no_quotes():
 
 
 def test_every_preset_is_a_known_env_family():
-    assert set(PRESETS) <= set(ENV_FAMILIES)
+    external = {"minari:D4RL/antmaze", "external"}
+    assert set(PRESETS) - external <= set(ENV_FAMILIES)
     assert make_config("pointmaze-medium-navigate-v0") == RQLConfig()  # no preset: the defaults
+    # Minari ids take the closest published preset (antmaze), or the stated one for everything else.
+    antmaze = make_config("minari:D4RL/antmaze/large-play-v1")
+    assert (antmaze.alpha, antmaze.expectile, antmaze.horizon) == (0.1, 0.5, 1)
+    hopper = make_config("minari:mujoco/hopper/medium-v0")
+    assert hopper == make_config("gym:Hopper-v5") == RQLConfig(**PRESETS["external"])
 
 
 def test_a_config_that_is_not_an_object_is_refused():

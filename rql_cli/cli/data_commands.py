@@ -96,8 +96,8 @@ def generate_with_progress(
 @data_app.command("info")
 @handles_errors
 def data_info(
-    name: str = typer.Argument(..., help="Dataset or singletask name, e.g. cube-single-play-v0."),
-    dataset_dir: Optional[Path] = typer.Option(None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR),
+    name: str = typer.Argument(..., help="Dataset or singletask name (cube-single-play-v0), minari:ID, or gym:ENV with --dataset-path."),
+    dataset_dir: Optional[Path] = typer.Option(None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a shard folder.", show_default=DEFAULT_DATA_DIR),
     dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself."),
     task: Optional[int] = typer.Option(None, "--task", help="Reward task 1-5 for the statistics."),
     sparse: bool = typer.Option(False, "--sparse", help="Show statistics of sparse rewards."),
@@ -110,20 +110,19 @@ def data_info(
     from rich.table import Table
 
     from rql_cli.data.shards import folder_summary
-    from rql_cli.data.sources import load_ogbench, resolve_dataset_path
+    from rql_cli.data.sources import DataSpec
 
-    folder = resolve_dataset_path(name, dataset_dir or Path(DEFAULT_DATA_DIR), dataset_path)
-    loaded = load_ogbench(
-        name, task=task, dataset_dir=dataset_dir or Path(DEFAULT_DATA_DIR),
-        dataset_path=dataset_path, sparse_rewards=sparse,
-    )
+    spec = DataSpec(name=name, dataset_dir=str(dataset_dir or DEFAULT_DATA_DIR),
+                    dataset_path=str(dataset_path) if dataset_path else None, task=task)
+    loaded = spec.load(sparse_rewards=sparse)
     info = {
         "train_file": str(loaded.train_path),
         "env_id": loaded.env_id,
         "train": loaded.train.statistics(),
         "val": loaded.val.statistics() if loaded.val else None,
     }
-    if folder.is_dir():  # a shard folder: the statistics are its first shard's; the totals cover all
+    if spec.sharded:  # a shard folder: the statistics are its first shard's; the totals cover all
+        folder = spec.training_file()
         info["shard_folder"] = {"folder": str(folder), **folder_summary(folder)}
     if as_json:
         print(json.dumps(info, indent=2))
@@ -139,6 +138,37 @@ def data_info(
         other = info["val"][key] if info["val"] else ""
         table.add_row(key, _fmt(value), _fmt(other))
     console.print(table)
+
+
+@data_app.command("download")
+@handles_errors
+def data_download(
+    name: str = typer.Argument(..., help="A Minari dataset as minari:ID, e.g. minari:D4RL/pen/human-v2."),
+    force: bool = typer.Option(False, "--force", help="Download again over a copy on disk."),
+) -> None:
+    """Fetch a Minari dataset through minari's own remote into MINARI_DATASETS_PATH.
+
+    The remote is a Hugging Face Hub namespace (MINARI_REMOTE, default hf://farama-minari), so
+    HF_ENDPOINT and HF_TOKEN apply; with HF_HUB_OFFLINE=1 it stops at once. OGBench files are not
+    downloaded (their host is often unreachable): make them with `rql data generate`.
+
+    Example: rql data download minari:D4RL/pen/human-v2
+    """
+    import rql_cli.minari_store as minari_store
+    from rql_cli.errors import RQLError
+    from rql_cli.names import MINARI_PREFIX
+
+    if not name.startswith(MINARI_PREFIX):
+        raise RQLError(f"`rql data download` fetches Minari datasets (minari:ID); for OGBench's '{name}' use "
+                       f"`rql data generate {name}`, or put the official files in a folder for --dataset-dir.")
+    ident = name[len(MINARI_PREFIX):]
+    if minari_store.is_local(ident) and not force:
+        console.print(f"{ident} is already at {minari_store.dataset_folder(ident)} (--force downloads it again).")
+        return
+    with console.status(f"downloading {ident}"):
+        folder = minari_store.download(ident, force=force)
+    console.print(f"downloaded {ident} to {folder}")
+    console.print(f"Train on it with: rql train --dataset {name}")
 
 
 @data_app.command("verify")

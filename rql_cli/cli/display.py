@@ -78,8 +78,17 @@ def pct(value: float) -> str:
 
 def success_text(result: dict[str, Any]) -> str:
     """'25.0% [10.0%, 50.0%] over 8 episodes' from one ``EvalResult.to_dict()``."""
+    if not result.get("success_reported", True):  # e.g. locomotion: the env has no notion of success
+        score = result.get("normalized_score")
+        if score is not None:
+            low, high = result["normalized_score_ci95"]
+            return f"n/a (normalised score {score:.1f} [{low:.1f}, {high:.1f}] over {result['episodes']} episodes)"
+        return f"n/a (mean return {result['mean_return']:.1f} over {result['episodes']} episodes)"
     low, high = result["success_ci95"]
-    return f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result['episodes']} episodes"
+    text = f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result['episodes']} episodes"
+    if result.get("normalized_score") is not None:
+        text += f", normalised score {result['normalized_score']:.1f}"
+    return text
 
 
 def runtime_text(runtime: dict[str, Any] | None) -> str:
@@ -171,7 +180,9 @@ class TrainDisplay:
         if self.eval_task is not None:
             self.progress.remove_task(self.eval_task)
             self.eval_task = None
-        self.last_success = pct(result["success_rate"])
+        self.last_success = pct(result["success_rate"]) if result.get("success_reported", True) else (
+            f"score {result['normalized_score']:.1f}" if result.get("normalized_score") is not None
+            else f"return {result['mean_return']:.0f}")
         if not self.quiet:
             self.progress.console.print(
                 f"step {step:,}: success {success_text(result)}, mean return {result['mean_return']:.1f}"
@@ -224,21 +235,31 @@ def eval_table(report: dict[str, Any], lineage: dict[str, Any] | None = None) ->
     name = Path(report["checkpoint"]).name
     origin = f", fine-tuned from {lineage_text(lineage)}" if lineage else ""
     table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}{origin}")
-    for column in ("task", "success rate", "95% CI", "mean return", "return 95% CI", "episodes"):
+    scored = any(result.get("normalized_score") is not None for result in report["tasks"])
+    columns = ["task", "success rate", "95% CI", "mean return", "return 95% CI", "episodes"]
+    if scored:  # Minari datasets with D4RL reference returns: 0 random, 100 expert
+        columns[5:5] = ["normalised score", "score 95% CI"]
+    for column in columns:
         table.add_column(column, justify="right")
     for result in report["tasks"]:
         low, high = result["success_ci95"]
         rlow, rhigh = result["return_ci95"]
-        table.add_row(
+        reported = result.get("success_reported", True)
+        row = [
             str(result["task"]),
-            pct(result["success_rate"]),
-            f"[{pct(low)}, {pct(high)}]",
+            pct(result["success_rate"]) if reported else "n/a",
+            f"[{pct(low)}, {pct(high)}]" if reported else "-",
             f"{result['mean_return']:.1f}",
             f"[{rlow:.0f}, {rhigh:.0f}]",
             str(result["episodes"]),
-        )
+        ]
+        if scored:
+            score, interval = result.get("normalized_score"), result.get("normalized_score_ci95") or ("", "")
+            row[5:5] = ["" if score is None else f"{score:.1f}",
+                        "" if score is None else f"[{interval[0]:.1f}, {interval[1]:.1f}]"]
+        table.add_row(*row)
     if len(report["tasks"]) > 1:
-        table.add_row("mean", pct(report["mean_success_rate"]), "", "", "", "")
+        table.add_row("mean", pct(report["mean_success_rate"]), *[""] * (len(columns) - 2))
     return table
 
 

@@ -32,7 +32,9 @@ def config_fields_epilog() -> str:
 @handles_errors
 def train(
     dataset: Optional[str] = typer.Option(
-        None, "--dataset", "-d", help="OGBench dataset or singletask name, e.g. cube-single-play-v0."
+        None, "--dataset", "-d",
+        help="OGBench dataset or singletask name (cube-single-play-v0), or a Minari id as minari:ID "
+        "(minari:D4RL/pen/human-v2, read from MINARI_DATASETS_PATH).",
     ),
     dataset_dir: Optional[Path] = typer.Option(
         None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a folder of shards (100M sets).",
@@ -41,6 +43,12 @@ def train(
     dataset_path: Optional[Path] = typer.Option(
         None, "--dataset-path",
         help="The training .npz itself (its -val.npz must sit beside it), or a folder of .npz shards.",
+    ),
+    env: Optional[str] = typer.Option(
+        None, "--env", help="Gymnasium env id that evaluates a plain .npz given with --dataset-path (e.g. Hopper-v5)."
+    ),
+    download: bool = typer.Option(
+        False, "--download", help="Fetch a Minari dataset that is not on disk (honours HF_ENDPOINT, HF_HUB_OFFLINE)."
     ),
     task: Optional[int] = typer.Option(
         None, "--task", help="Singletask reward task 1-5.", show_default="the name's, else the env's default"
@@ -77,15 +85,16 @@ def train(
     flags["shard_swap_every"] = shard_swap_every
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if resume is not None:
-        if dataset or dataset_dir or dataset_path or preset or task is not None:
+        if dataset or dataset_dir or dataset_path or preset or env or task is not None:
             from rql_cli.errors import RQLError
 
             raise RQLError(
                 "--resume continues a run as it was set up; drop --dataset, --dataset-dir, "
-                "--dataset-path, --task and --preset."
+                "--dataset-path, --env, --task and --preset."
             )
         config, spec, run_dir = _resumed_run(resume, overrides)
     else:
+        dataset = _dataset_name(dataset, dataset_path, env, download)
         config, spec, run_dir = _new_run(dataset, dataset_dir, dataset_path, task, preset, overrides, out)
     run_training(config, spec, run_dir, resume=resume is not None, quiet=quiet)
 
@@ -115,6 +124,30 @@ def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any, Pa
     return record.config.replace(**overrides), spec, run_dir
 
 
+def _dataset_name(dataset: Optional[str], dataset_path: Optional[Path], env: Optional[str], download: bool) -> Optional[str]:
+    """The dataset name a new run records: as given, or ``gym:ENV`` for a plain file with --env.
+
+    With --download a Minari dataset missing from disk is fetched first.
+    """
+    from rql_cli.errors import RQLError
+    from rql_cli.names import MINARI_PREFIX
+
+    if env is not None:
+        if dataset is not None or dataset_path is None:
+            raise RQLError("--env names the environment of a plain .npz: use it with --dataset-path FILE.npz "
+                           "and without --dataset.")
+        return f"gym:{env}"
+    if download:
+        if not dataset or not dataset.startswith(MINARI_PREFIX):
+            raise RQLError("--download fetches Minari datasets: use it with --dataset minari:ID.")
+        import rql_cli.minari_store as minari_store
+
+        ident = dataset[len(MINARI_PREFIX):]
+        if not minari_store.is_local(ident):
+            minari_store.download(ident)
+    return dataset
+
+
 def _new_run(
     dataset: Optional[str], dataset_dir: Optional[Path], dataset_path: Optional[Path], task: Optional[int],
     preset: Optional[str], overrides: dict[str, Any], out: Optional[Path],
@@ -132,7 +165,8 @@ def _new_run(
     if task is not None:
         task_name.resolve_task(task)
     config = make_config(task_name, preset, overrides)
-    run_dir = out or Path("runs") / f"{dataset}-seed{config.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    stem = dataset.replace(":", "-").replace("/", "-")
+    run_dir = out or Path("runs") / f"{stem}-seed{config.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     if is_run_dir(run_dir):
         raise RQLError(
             f"{run_dir} already holds a run. Continue it with `rql train --resume {run_dir}`, "

@@ -20,7 +20,7 @@ import torch
 from rql_cli.data.dataset import OfflineDataset
 from rql_cli.data.shards import ShardRotation, ShardSwap, folder_fingerprint, is_shard_folder, list_shards
 from rql_cli.errors import DatasetError, DatasetNotFoundError, RQLError
-from rql_cli.names import TaskName, parse_task_name
+from rql_cli.names import ExternalName, TaskName, parse_task_name
 
 DEFAULT_DATASET_DIR = Path("~/.ogbench/data")
 
@@ -51,8 +51,34 @@ class DataSpec:
         return dict(dataset_dir=self.dataset_dir, dataset_path=self.dataset_path, task=self.task,
                     fingerprint=self.fingerprint)
 
+    @property
+    def external(self) -> ExternalName | None:
+        """The parsed name of a Minari dataset or a plain file's gymnasium env; None for OGBench."""
+        parsed = parse_task_name(self.name)
+        return parsed if isinstance(parsed, ExternalName) else None
+
     def training_file(self) -> Path:
-        """The training .npz (or shard folder) this spec names (DatasetNotFoundError saying where we looked)."""
+        """The training .npz (or shard folder, or Minari dataset folder) this spec names.
+
+        DatasetNotFoundError says where we looked.
+        """
+        external = self.external
+        if external is not None and external.source == "minari":
+            from rql_cli.minari_store import dataset_folder, load
+
+            if not (dataset_folder(external.ident) / "data").is_dir():
+                load(external.ident)  # raises the message that says where we looked and how to get it
+            return dataset_folder(external.ident)
+        if external is not None:
+            if self.dataset_path is None:
+                raise DatasetNotFoundError(
+                    f"{self.name} names the environment; give the data with --dataset-path FILE.npz "
+                    "(observations, actions, rewards, terminals; optional masks, next_observations, timeouts)."
+                )
+            path = Path(self.dataset_path).expanduser()
+            if not path.is_file():
+                raise DatasetNotFoundError(f"Dataset file not found: {path}.")
+            return path
         return resolve_dataset_path(
             self.name, Path(self.dataset_dir) if self.dataset_dir else None,
             Path(self.dataset_path) if self.dataset_path else None,
@@ -61,7 +87,12 @@ class DataSpec:
     def training_files(self) -> list[Path]:
         """The files training reads in turn: the one .npz, or every shard of a shard folder."""
         file = self.training_file()
-        return list_shards(file) if file.is_dir() else [file]
+        return list_shards(file) if file.is_dir() and self.external is None else [file]
+
+    @property
+    def sharded(self) -> bool:
+        """Whether training reads a folder of shards in turn."""
+        return self.external is None and self.training_file().is_dir()
 
     @property
     def env_id(self) -> str:
@@ -71,6 +102,8 @@ class DataSpec:
     def with_fingerprint(self) -> DataSpec:
         """This spec with absolute paths and the fingerprint of its training file (or shard folder) now."""
         file = self.training_file().resolve()
+        if self.external is not None:
+            return replace(self, fingerprint=fingerprint(file))
         in_dir = self.dataset_path is None and not file.is_dir()
         return replace(
             self, dataset_dir=str(file.parent) if in_dir else None,
@@ -100,7 +133,7 @@ class DataSpec:
         shards load through ``load_ogbench_shard``, training arrays only.
         """
         files = self.training_files()
-        if len(files) == 1 and not self.training_file().is_dir():
+        if not self.sharded:
             def load(_: Path) -> OfflineDataset:
                 return self.load(sparse_rewards=sparse_rewards, device=device, with_val=False).train
         else:
@@ -111,7 +144,12 @@ class DataSpec:
     def load(
         self, *, sparse_rewards: bool, device: torch.device | str = "cpu", with_val: bool = True
     ) -> LoadedData:
-        """``load_ogbench`` of this spec (of a shard folder: its first shard and that shard's val file)."""
+        """``load_ogbench`` of this spec (of a shard folder: its first shard and that shard's val file).
+
+        A Minari dataset or a plain file has no validation part (``val`` None).
+        """
+        if self.external is not None:
+            return load_external(self, sparse_rewards=sparse_rewards, device=device)
         return load_ogbench(
             self.name, task=self.task,
             dataset_dir=Path(self.dataset_dir) if self.dataset_dir else None,
@@ -132,8 +170,26 @@ class LoadedData:
 
 
 def fingerprint(path: Path) -> dict[str, str | int]:
-    """``file_fingerprint`` of a file, ``folder_fingerprint`` of a shard folder."""
-    return folder_fingerprint(path) if Path(path).is_dir() else file_fingerprint(path)
+    """``file_fingerprint`` of a file, ``folder_fingerprint`` of a shard folder, ``tree_fingerprint``
+    of another folder (a Minari dataset)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_fingerprint(path)
+    return folder_fingerprint(path) if is_shard_folder(path) else tree_fingerprint(path)
+
+
+def tree_fingerprint(folder: Path) -> dict[str, str | int]:
+    """``{'file', 'size', 'sha256'}`` of a folder: its path, total bytes, and a digest of every file's
+    relative name and content (a Minari dataset: metadata and HDF5 data)."""
+    digest = hashlib.sha256()
+    total = 0
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        total += path.stat().st_size
+        digest.update(f"{path.relative_to(folder)}\n".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"file": str(Path(folder).resolve()), "size": total, "sha256": digest.hexdigest()}
 
 
 def file_fingerprint(path: Path) -> dict[str, str | int]:
@@ -261,3 +317,30 @@ class ShardLoader:
         except Exception as error:
             raise _unreadable(self.env_id, Path(path), error) from error
         return OfflineDataset.from_arrays(arrays, sparse_rewards=self.sparse_rewards, device=self.device)
+
+
+def load_external(spec: DataSpec, *, sparse_rewards: bool, device: torch.device | str = "cpu") -> LoadedData:
+    """A Minari dataset (read in bulk) or a plain .npz evaluated in a gymnasium env, as ``LoadedData``."""
+    from rql_cli.data.external import minari_arrays, plain_arrays
+
+    external = spec.external
+    assert external is not None
+    if external.source == "minari":
+        from rql_cli.minari_store import load
+
+        arrays = minari_arrays(load(external.ident))
+    else:
+        import gymnasium
+
+        try:
+            env = gymnasium.make(external.ident)
+        except Exception as error:
+            raise DatasetError(f"--env {external.ident}: gymnasium cannot make it ({type(error).__name__}: {error}).") from None
+        try:
+            arrays = plain_arrays(spec.training_file(), env.action_space)
+        finally:
+            env.close()
+    return LoadedData(
+        train=OfflineDataset.from_arrays(arrays, sparse_rewards=sparse_rewards, device=device),
+        val=None, env_id=external.env_id(), train_path=spec.training_file(),
+    )

@@ -23,7 +23,7 @@ import numpy as np
 
 from rql_cli.envs.chunks import ChunkQueue, PolicyFn
 from rql_cli.envs.make import check_env_fits, env_versions, episode_limit, make_eval_env
-from rql_cli.names import TaskName, parse_task_name
+from rql_cli.names import ExternalName, TaskName, parse_task_name
 
 EpisodeCallback = Callable[[int, int, float], None]
 """on_episode(episodes_done, episodes_total, running_success_rate in [0, 1])."""
@@ -89,6 +89,10 @@ class EvalResult:
         startup_time_s: seconds to start the envs (worker processes, model compilation).
         env_steps: env steps taken by counted episodes (sum of ``lengths``).
         policy_calls: calls made to ``policy_fn``; policy_rows: rows (chunks) it produced in total.
+        success_reported: whether the env reports success at all (OGBench envs do; a gymnasium
+            locomotion env does not, and its success rate then means nothing).
+        normalized_score, normalized_score_ci95: mean D4RL-normalised return (0 random, 100 expert)
+            and its interval, for Minari datasets with reference scores; None otherwise.
     """
 
     success_rate: float
@@ -113,6 +117,9 @@ class EvalResult:
     policy_calls: int
     policy_rows: int
     versions: dict = field(default_factory=dict)
+    success_reported: bool = True
+    normalized_score: float | None = None
+    normalized_score_ci95: tuple[float, float] | None = None
 
     @property
     def env_steps_per_s(self) -> float:
@@ -125,6 +132,8 @@ class EvalResult:
         out = asdict(self)
         out["success_ci95"] = list(self.success_ci95)
         out["return_ci95"] = list(self.return_ci95)
+        if self.normalized_score_ci95 is not None:
+            out["normalized_score_ci95"] = list(self.normalized_score_ci95)
         out["env_steps_per_s"] = self.env_steps_per_s
         return out
 
@@ -144,7 +153,10 @@ def _make_worker_env(task_name: str | TaskName, task: int | None, max_episode_st
 
         def step(self, action):
             observation, reward, terminated, truncated, info = self.env.step(action)
-            return observation, reward, terminated, truncated, {"success": bool(info["success"])}
+            kept = {"success": bool(info["success"])}
+            if "success_reported" in info:  # envs outside OGBench (envs/external.py)
+                kept["success_reported"] = bool(info["success_reported"])
+            return observation, reward, terminated, truncated, kept
 
     env = make_eval_env(task_name, task=task, render=False, max_episode_steps=max_episode_steps)
     return SuccessOnlyInfo(env)
@@ -308,6 +320,7 @@ class _EpisodeTally:
         self.slot_episode = np.arange(env_count)
         self.next_episode = env_count
         self.finished = self.solved = 0
+        self.success_reported = False
         self.on_episode = on_episode
 
     @property
@@ -324,6 +337,8 @@ class _EpisodeTally:
             self.lengths[episode] += 1
             if done[i]:
                 self.successes[episode] = bool(infos["success"][i])
+                reported = infos.get("success_reported")
+                self.success_reported |= True if reported is None else bool(reported[i])
                 self.finished += 1
                 self.solved += int(self.successes[episode])
                 if self.on_episode is not None:
@@ -376,6 +391,14 @@ def _eval_result(
     """The EvalResult of a finished tally; times in seconds."""
     versions = env_versions(parsed)
     episodes = len(tally.seeds)
+    normalized = normalized_ci = None
+    if isinstance(parsed, ExternalName):
+        from rql_cli.envs.external import reference_scores
+
+        reference = reference_scores(parsed)
+        if reference is not None:
+            scores = 100.0 * (tally.returns - reference[0]) / (reference[1] - reference[0])
+            normalized, normalized_ci = float(scores.mean()), mean_interval(scores)
     return EvalResult(
         success_rate=float(tally.successes.mean()),
         success_ci95=wilson_interval(int(tally.successes.sum()), episodes),
@@ -399,6 +422,9 @@ def _eval_result(
         policy_calls=policy_calls,
         policy_rows=policy_rows,
         versions=versions,
+        success_reported=tally.success_reported,
+        normalized_score=normalized,
+        normalized_score_ci95=normalized_ci,
     )
 
 

@@ -15,7 +15,7 @@ import warnings
 from typing import Any, Callable
 
 from rql_cli.errors import CheckpointError, RQLError
-from rql_cli.names import ENV_FAMILIES, TaskName, parse_task_name
+from rql_cli.names import ENV_FAMILIES, ExternalName, TaskName, parse_task_name
 
 # Values of MUJOCO_GL that mujoco's own import accepts on Linux; anything else makes `import mujoco`
 # raise, deep inside gymnasium.make, before any env exists.
@@ -76,6 +76,13 @@ def make_eval_env(
     parsed = parse_task_name(task_name)
     resolved_env_id = parsed.env_id(task)
     _check_mujoco_gl(render)
+    if isinstance(parsed, ExternalName):
+        from rql_cli.envs.external import make_external_env
+
+        env = make_external_env(parsed, render=render, width=width, height=height, max_episode_steps=max_episode_steps)
+        if render:
+            _check_rendering(env, before_first_frame)
+        return env
 
     import ogbench  # registers the ids with gymnasium
 
@@ -149,9 +156,12 @@ def success_timing(task_name: str | TaskName) -> str:
     older ogbench has no such kwarg and always evaluated after the action (``'post'``).
     """
     import gymnasium
-    import ogbench  # noqa: F401  (registers the ids)
 
     parsed = parse_task_name(task_name)
+    if isinstance(parsed, ExternalName):
+        return "env"  # whatever the env's own info['success'] means (after the action, in gymnasium envs)
+    import ogbench  # noqa: F401  (registers the ids)
+
     return gymnasium.spec(parsed.gym_id()).kwargs.get("success_timing", "post")
 
 
@@ -159,9 +169,15 @@ def episode_limit(task_name: str | TaskName) -> int:
     """The registered time limit of a dataset or task name's singletask env, in env steps
     (cube-single: 200)."""
     import gymnasium
+
+    parsed = parse_task_name(task_name)
+    if isinstance(parsed, ExternalName):
+        from rql_cli.envs.external import episode_limit as external_limit
+
+        return int(external_limit(parsed) or 0)
     import ogbench  # noqa: F401  (registers the ids)
 
-    return int(gymnasium.spec(parse_task_name(task_name).gym_id()).max_episode_steps)
+    return int(gymnasium.spec(parsed.gym_id()).max_episode_steps)
 
 
 def env_versions(task_name: str | TaskName | None = None) -> dict:
@@ -185,12 +201,15 @@ def env_versions(task_name: str | TaskName | None = None) -> dict:
     else:
         timings = {success_timing(f"{family}-{kinds[0]}-v0") for family, (kinds, _) in ENV_FAMILIES.items()}
         timing = timings.pop() if len(timings) == 1 else "mixed"
-    return {
+    versions = {
         "ogbench": package_version("ogbench"),
         "gymnasium": package_version("gymnasium"),
         "mujoco": package_version("mujoco"),
         "success_timing": timing,
     }
+    if task_name is not None and isinstance(parse_task_name(task_name), ExternalName):
+        versions["minari"] = package_version("minari")
+    return versions
 
 
 def check_env_fits(observation_space, action_space, obs_dim: int, action_dim: int, env_name: str) -> None:

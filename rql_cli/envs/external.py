@@ -1,0 +1,96 @@
+"""Environments outside OGBench: a Minari dataset's own env, or a plain gymnasium id (``--env``).
+
+The agent sees what it saw in the data: observations flattened to one vector (a ``Dict`` space's
+parts in the space's key order, as ``gymnasium.spaces.flatten`` does) and actions in [-1, 1] (an
+env with other finite bounds is wrapped with ``RescaleAction``; the data loader maps dataset actions
+the same way, ``rescale_actions``). ``info['success']`` is always present, False where the env does
+not report success, and ``info['success_reported']`` says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rql_cli.names import ExternalName
+from rql_cli.spaces import needs_rescale
+
+
+def make_external_env(
+    name: ExternalName, *, render: bool = False, width: int = 256, height: int = 256,
+    max_episode_steps: int | None = None,
+):
+    """The evaluation env of an ``ExternalName``, adapted as the module docstring says."""
+    import gymnasium
+
+    kwargs: dict[str, Any] = {}
+    if render:
+        kwargs.update(render_mode="rgb_array", width=width, height=height)
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = int(max_episode_steps)
+    env = _make(name, kwargs)
+    if isinstance(env.observation_space, gymnasium.spaces.Dict):
+        env = gymnasium.wrappers.FlattenObservation(env)
+    if needs_rescale(env.action_space):
+        env = gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)
+    return _success_info_wrapper()(env)
+
+
+def _make(name: ExternalName, kwargs: dict[str, Any]):
+    import gymnasium
+
+    if name.source == "minari":
+        from rql_cli.minari_store import load
+
+        dataset = load(name.ident)
+        try:
+            return dataset.recover_environment(eval_env=True, **kwargs)
+        except TypeError:  # envs without width/height arguments for rendering
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("width", "height")}
+            return dataset.recover_environment(eval_env=True, **kwargs)
+    try:
+        return gymnasium.make(name.ident, **kwargs)
+    except TypeError:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("width", "height")}
+        return gymnasium.make(name.ident, **kwargs)
+
+
+def _success_info_wrapper():
+    import gymnasium
+
+    class SuccessInfo(gymnasium.Wrapper):
+        """Puts ``success`` (the env's ``success`` or ``is_success``, else False) and
+        ``success_reported`` in every step's info."""
+
+        def step(self, action):
+            observation, reward, terminated, truncated, info = self.env.step(action)
+            info = dict(info)
+            reported = "success" in info or "is_success" in info
+            info["success"] = bool(info.get("success", info.get("is_success", False)))
+            info["success_reported"] = reported
+            return observation, reward, terminated, truncated, info
+
+    return SuccessInfo
+
+
+def episode_limit(name: ExternalName) -> int | None:
+    """The registered time limit (steps) of the env, None when it has none."""
+    import gymnasium
+
+    if name.source == "minari":
+        from rql_cli.minari_store import load
+
+        spec = load(name.ident).spec
+        env_spec = getattr(spec, "eval_env_spec", None) or spec.env_spec
+        return getattr(env_spec, "max_episode_steps", None)
+    return gymnasium.spec(name.ident).max_episode_steps
+
+
+def reference_scores(name: ExternalName) -> tuple[float, float] | None:
+    """(random, expert) reference returns of a Minari dataset (D4RL's normalisation), None if it has none."""
+    if name.source != "minari":
+        return None
+    from rql_cli.minari_store import load
+
+    metadata = load(name.ident).storage.metadata
+    low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    return None if low is None or high is None else (float(low), float(high))
