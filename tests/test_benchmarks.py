@@ -34,3 +34,28 @@ def test_gpu_check_says_so_without_a_gpu():
                           timeout=120, cwd=REPO)
     assert done.returncode == 2
     assert "sees no CUDA device" in done.stderr
+
+
+def test_shard_memory_benchmark_measures_every_variant(tiny_dataset_dir, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "shard_memory.py"), "--source",
+         str(tiny_dataset_dir / "cube-single-play-v0.npz"), "--shards", "3", "--steps", "20", "--swap-every", "5",
+         "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line[:28].strip(): line[28:].split() for line in done.stdout.splitlines()[2:]}
+    assert set(rows) == {"one shard alone (a file)", "one file", "shards, read ahead", "shards, read at each swap"}
+    assert all(float(values[0]) > 100 for values in rows.values())  # peak RSS in MiB: torch alone is more
+    assert rows["shards, read ahead"][3] == "3" and rows["one file"][3] == "0"  # swaps at steps 5, 10, 15
+
+
+def test_minari_load_benchmark_converts_and_times(tiny_dataset_dir, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "minari_load.py"), "--source",
+         str(tiny_dataset_dir / "cube-single-play-v0.npz"), "--piece", "30", "--rounds", "1", "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "300 transitions in 12 episodes, obs 28, actions 5" in done.stdout  # 3 episodes of 100, cut by 30
+    assert "rql bulk load" in done.stdout and "per-episode loop" in done.stdout
