@@ -43,7 +43,7 @@ def evaluate_checkpoint(
     from rql_cli.envs.policy import chunk_policy
 
     agent, meta = loaded.agent, loaded.meta
-    env_name = task_name or meta.env_id
+    env_name = task_name or meta.task_name  # the parsed name carries a recorded env spec
     report = EvaluationReport(
         checkpoint=str(loaded.folder), dataset=meta.dataset, step=meta.step, device=str(agent.device)
     )

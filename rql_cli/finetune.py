@@ -30,7 +30,7 @@ from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.resolve import LoadedCheckpoint
 from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, due_work
-from rql_cli.names import TaskName, parse_task_name
+from rql_cli.names import TaskName
 from rql_cli.train import TrainObserver, TrainOutcome
 
 BUFFER_FILE = "online_buffer.safetensors"
@@ -296,7 +296,7 @@ def _open_online(
     device = resolve_device(config.device)
     resumed = None if origin is not None else _latest_resumable(run_dir)
     source_meta = origin.meta if origin else read_meta(resumed)[0]
-    task_name = parse_task_name(source_meta.env_id)
+    task_name = source_meta.task_name  # carries a recorded env spec (Minari, gymnasium envs)
     offline = None
     if settings.offline_data:
         if origin is None:
@@ -314,7 +314,7 @@ def _open_online(
     meta = CheckpointMeta(config=config, dataset=source_meta.dataset, env_id=source_meta.env_id,
                           obs_dim=agent.obs_dim, action_dim=agent.action_dim, step=0,
                           versions=software_versions(), success_timing=success_timing(task_name),
-                          lineage=origin.lineage if origin else source_meta.lineage)
+                          lineage=origin.lineage if origin else source_meta.lineage, env_spec=source_meta.env_spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_files.remove_unfinished_writes(run_dir)
     check_disk(config, agent, run_dir, total=settings.online_steps,

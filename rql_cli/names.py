@@ -10,7 +10,7 @@ the data, envs and CLI layers all share this one parser.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rql_cli.errors import RQLError, UnknownNameError, closest_names
 
@@ -131,6 +131,7 @@ class ExternalName:
     Attributes:
         source: ``'minari'`` or ``'gym'``.
         ident: the Minari dataset id or the gymnasium env id.
+        env_spec: the env's gymnasium spec as JSON, when known.
     """
 
     source: str
@@ -138,6 +139,9 @@ class ExternalName:
     task: int | None = None
     dataset_type: str = "external"
     version: str = ""
+    env_spec: str | None = field(default=None, compare=False)
+    """gymnasium ``EnvSpec.to_json()`` of the env, when known (a checkpoint records it): builds the env
+    where the Minari dataset is not on disk."""
 
     @property
     def family(self) -> str:

@@ -192,7 +192,7 @@ def _open_session(
         meta = CheckpointMeta(
             config=config, dataset=data.name, env_id=data.env_id, obs_dim=dataset.obs_dim,
             action_dim=dataset.action_dim, step=0, versions=software_versions(),
-            success_timing=success_timing(task_name),
+            success_timing=success_timing(task_name), env_spec=_env_spec(task_name),
         )
         run_dir.mkdir(parents=True, exist_ok=True)  # only now: a dataset or config refused above leaves nothing
         if shard_log is not None:
@@ -217,6 +217,14 @@ def _open_session(
         _write_record(session, data, resume, origin)
         on_error.pop_all()  # from here on the session owns the rotation
         return session
+
+
+def _env_spec(task_name: Any) -> str | None:
+    """The env spec a checkpoint of a Minari or gymnasium env records (None for OGBench)."""
+    from rql_cli.envs.external import env_spec_json
+    from rql_cli.names import ExternalName
+
+    return env_spec_json(task_name) if isinstance(task_name, ExternalName) else None
 
 
 def _resume_step(run_dir: Path) -> int:

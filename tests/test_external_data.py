@@ -114,7 +114,7 @@ def _start_rows(sampler: ChunkSampler, batch) -> torch.Tensor:
     return matches.float().argmax(1)
 
 
-def test_train_eval_and_checkpoint_through_the_cli(minari_root, tmp_path):
+def test_train_eval_and_checkpoint_through_the_cli(minari_root, tmp_path, monkeypatch):
     runner = CliRunner()
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--dataset", f"minari:{MINARI_ID}", "--steps", "4", "--eval-every", "4",
@@ -129,6 +129,15 @@ def test_train_eval_and_checkpoint_through_the_cli(minari_root, tmp_path):
     assert task["success_reported"] is False and task["max_episode_steps"] == 200
     expected = 100 * (task["mean_return"] + 1500.0) / 1350.0
     assert task["normalized_score"] == pytest.approx(expected)
+    # The checkpoint records the env spec: it evaluates where the dataset is not on disk (a pulled agent).
+    meta = json.loads((run / "checkpoints" / "step_00000004" / "config.json").read_text())
+    assert json.loads(meta["env_spec"])["id"] == "Pendulum-v1"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "elsewhere"))
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--episodes", "1", "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "s.json").read_text())["tasks"][0]
+    assert again["returns"] == task["returns"]  # same env, same seeds, same policy noise
+    assert again["normalized_score"] is None  # the reference returns live in the dataset
 
 
 def test_a_minari_id_that_is_not_on_disk_gets_one_message_at_once(minari_root, monkeypatch):

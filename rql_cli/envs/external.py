@@ -39,19 +39,49 @@ def _make(name: ExternalName, kwargs: dict[str, Any]):
     import gymnasium
 
     if name.source == "minari":
-        from rql_cli.minari_store import load
+        from rql_cli.minari_store import is_local, load
 
+        if not is_local(name.ident) and name.env_spec:  # a pulled checkpoint: its recorded env
+            return _make_from_spec(name.env_spec, kwargs)
         dataset = load(name.ident)
         try:
             return dataset.recover_environment(eval_env=True, **kwargs)
         except TypeError:  # envs without width/height arguments for rendering
             kwargs = {k: v for k, v in kwargs.items() if k not in ("width", "height")}
             return dataset.recover_environment(eval_env=True, **kwargs)
+    if name.ident not in gymnasium.registry and name.env_spec:
+        return _make_from_spec(name.env_spec, kwargs)
     try:
         return gymnasium.make(name.ident, **kwargs)
     except TypeError:
         kwargs = {k: v for k, v in kwargs.items() if k not in ("width", "height")}
         return gymnasium.make(name.ident, **kwargs)
+
+
+def _make_from_spec(spec_json: str, kwargs: dict[str, Any]):
+    import gymnasium
+    from gymnasium.envs.registration import EnvSpec
+
+    spec = EnvSpec.from_json(spec_json)
+    try:
+        return gymnasium.make(spec, **kwargs)
+    except TypeError:
+        return gymnasium.make(spec, **{k: v for k, v in kwargs.items() if k not in ("width", "height")})
+
+
+def env_spec_json(name: ExternalName) -> str | None:
+    """The gymnasium ``EnvSpec`` (as JSON) of the env that evaluates ``name``; None if it cannot be written."""
+    import gymnasium
+
+    try:
+        if name.source == "minari":
+            from rql_cli.minari_store import load
+
+            spec = load(name.ident).spec
+            return (getattr(spec, "eval_env_spec", None) or spec.env_spec).to_json()
+        return gymnasium.spec(name.ident).to_json()
+    except Exception:  # a spec with callables in its kwargs cannot be JSON; the name alone still works here
+        return None
 
 
 def _success_info_wrapper():
@@ -76,6 +106,10 @@ def episode_limit(name: ExternalName) -> int | None:
     """The registered time limit (steps) of the env, None when it has none."""
     import gymnasium
 
+    if name.env_spec:
+        from gymnasium.envs.registration import EnvSpec
+
+        return EnvSpec.from_json(name.env_spec).max_episode_steps
     if name.source == "minari":
         from rql_cli.minari_store import load
 
@@ -86,10 +120,12 @@ def episode_limit(name: ExternalName) -> int | None:
 
 
 def reference_scores(name: ExternalName) -> tuple[float, float] | None:
-    """(random, expert) reference returns of a Minari dataset (D4RL's normalisation), None if it has none."""
-    if name.source != "minari":
+    """(random, expert) reference returns of a Minari dataset (D4RL's normalisation); None if it has
+    none or is not on disk."""
+    from rql_cli.minari_store import is_local, load
+
+    if name.source != "minari" or not is_local(name.ident):  # a pulled checkpoint without its dataset
         return None
-    from rql_cli.minari_store import load
 
     metadata = load(name.ident).storage.metadata
     low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")

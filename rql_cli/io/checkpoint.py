@@ -18,6 +18,8 @@ migrates older formats:
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -32,7 +34,7 @@ from rql_cli.config import RQLConfig
 from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.io.atomic import fsync_folder_files, write_bytes_synced
 from rql_cli.io.metrics import EvaluationReport, write_metrics
-from rql_cli.names import TaskName, parse_task_name
+from rql_cli.names import ExternalName, TaskName, parse_task_name
 
 if TYPE_CHECKING:
     from rql_cli.core.rql import RQLAgent
@@ -58,6 +60,8 @@ class CheckpointMeta:
         success_timing: ogbench's 'pre' or 'post' success semantics (None if unknown).
         lineage: for a fine-tuned checkpoint, where it came from and how (``rql finetune``): the
             source REF, what it resolved to, its step, the method and its settings; None otherwise.
+        env_spec: for a Minari or gymnasium env (``env_id`` 'minari:...' / 'gym:...'), its gymnasium
+            ``EnvSpec`` as JSON, so the env can be rebuilt without the dataset; None for OGBench.
     """
 
     config: RQLConfig
@@ -69,11 +73,19 @@ class CheckpointMeta:
     versions: dict[str, str] = field(default_factory=dict)
     success_timing: str | None = None
     lineage: dict[str, Any] | None = None
+    env_spec: str | None = None
 
     @property
     def task_name(self) -> TaskName:
-        """``env_id`` parsed (family, dataset type, task): the env this checkpoint acts in."""
-        return parse_task_name(self.env_id)
+        """``env_id`` parsed (family, dataset type, task): the env this checkpoint acts in.
+
+        For a Minari or gymnasium env it carries the recorded ``env_spec``, so the env can be built
+        where the dataset is not on disk.
+        """
+        parsed = parse_task_name(self.env_id)
+        if isinstance(parsed, ExternalName) and self.env_spec:
+            return dataclasses.replace(parsed, env_spec=self.env_spec)
+        return parsed
 
     def to_json(self) -> str:
         """The config.json text (always the current ``FORMAT_VERSION``)."""
@@ -89,6 +101,7 @@ class CheckpointMeta:
                 versions=self.versions,
                 success_timing=self.success_timing,
                 lineage=self.lineage,
+                **({"env_spec": self.env_spec} if self.env_spec else {}),
                 config=self.config.to_dict(),
             ),
             indent=2,
@@ -286,6 +299,7 @@ def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
             versions={str(k): str(v) for k, v in dict(versions).items()},
             success_timing=payload.get("success_timing"),
             lineage=_optional_object(payload.get("lineage"), "lineage"),
+            env_spec=_text(payload["env_spec"], "env_spec") if payload.get("env_spec") else None,
         )
     except KeyError as error:
         raise CheckpointError(f"{path} lacks the field {error}.") from None
