@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 VIDEO_LIMIT_BYTES = 2 * 2**20
 
 
-def measure(ref: str, episodes: int) -> tuple[object, dict]:
+def measure(ref: str, episodes: int, task: int | None = None) -> tuple[object, dict]:
     loaded = load_checkpoint(ref, torch.device("cpu"))
-    report = evaluate_checkpoint(loaded, tasks=[None], episodes=episodes, seed=0)
+    report = evaluate_checkpoint(loaded, tasks=[task], episodes=episodes, seed=0)
     return loaded, report
 
 
@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--control", type=Path, required=True, help="the near-BC run of the same length")
     parser.add_argument("--control-name", default="near-BC control (alpha 1000, same data and steps)")
+    parser.add_argument("--control-task", type=int, default=None,
+                        help="evaluate the control on this task (a near-BC run trained with another task's "
+                        "rewards; say so in --control-name)")
     parser.add_argument("--name", required=True)
     parser.add_argument("--recipe", required=True, help="the `rql data generate` command that made the data")
     parser.add_argument("--paper-rate", type=float, help="the paper's RQL success on this task, if any")
@@ -60,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded, report = measure(str(args.run), args.episodes)
-    control_loaded, control = measure(str(args.control), args.episodes)
+    control_loaded, control = measure(str(args.control), args.episodes, args.control_task)
     meta = loaded.meta
     out = args.root / args.name
     out.mkdir(parents=True, exist_ok=True)
