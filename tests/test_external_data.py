@@ -138,6 +138,14 @@ def test_train_eval_and_checkpoint_through_the_cli(minari_root, tmp_path, monkey
     again = json.loads((tmp_path / "s.json").read_text())["tasks"][0]
     assert again["returns"] == task["returns"]  # same env, same seeds, same policy noise
     assert again["normalized_score"] is None  # the reference returns live in the dataset
+    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.model_card import build_model_card
+
+    card = str(build_model_card(read_meta(run / "checkpoints" / "step_00000004")[0], None, "me/pendulum",
+                                files=["config.json"]))
+    assert "- minari\n- test-pendulum-random-v0\n" in card and "ogbench" not in card.split("---")[1]
+    assert "the Minari dataset `test/pendulum/random-v0`" in card
+    assert f"rql data download minari:{MINARI_ID}" in card
 
 
 def test_a_minari_id_that_is_not_on_disk_gets_one_message_at_once(minari_root, monkeypatch):

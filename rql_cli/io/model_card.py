@@ -7,6 +7,7 @@ a score exactly when one was measured; without metrics the card says how to meas
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from typing import Any
 
@@ -14,10 +15,10 @@ from rql_cli.config import FIELD_HELP, make_config
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint import CheckpointMeta
 from rql_cli.io.metrics import EvaluationReport
-from rql_cli.names import parse_task_name
+from rql_cli.names import ExternalName, parse_task_name
 
 LIBRARY_NAME = "rql"
-TAGS = ("reinforcement-learning", "offline-rl", "flow-matching", "rql", "ogbench")
+TAGS = ("reinforcement-learning", "offline-rl", "flow-matching", "rql")
 CITATION = """@article{oberai2026reversal,
   title   = {Reversal Q-Learning},
   author  = {Oberai and Park and Levine},
@@ -145,9 +146,8 @@ def card_metadata(meta: CheckpointMeta, report: EvaluationReport | None, model_n
                 **common, metric_type="mean_return", metric_name="mean return",
                 metric_value=round(float(result["mean_return"]), 3), metric_args={"episodes": episodes},
             ))
-    family = _family(meta)
     return ModelCardData(
-        library_name=LIBRARY_NAME, tags=[*TAGS, *([family] if family else [])],
+        library_name=LIBRARY_NAME, tags=[*TAGS, *_source_tags(meta)],
         pipeline_tag="reinforcement-learning", model_name=model_name, eval_results=eval_results or None,
     )
 
@@ -157,6 +157,42 @@ def _family(meta: CheckpointMeta) -> str | None:
         return meta.task_name.family
     except RQLError:
         return None
+
+
+def _external(meta: CheckpointMeta) -> ExternalName | None:
+    try:
+        parsed = meta.task_name
+    except RQLError:
+        return None
+    return parsed if isinstance(parsed, ExternalName) else None
+
+
+def _source_tags(meta: CheckpointMeta) -> list[str]:
+    """Hub tags (letters, digits, '-', '_', '.'): the data source, and the env family or id."""
+    external = _external(meta)
+    if external is None:
+        family = _family(meta)
+        return ["ogbench", *([family] if family else [])]
+    return [external.source, re.sub(r"[^A-Za-z0-9_.-]+", "-", external.ident).strip("-").lower()]
+
+
+def _dataset_words(meta: CheckpointMeta) -> str:
+    """How the card names the training data: an OGBench dataset, a Minari dataset or a plain file."""
+    external = _external(meta)
+    if external is None:
+        return f"the OGBench dataset `{meta.dataset}`"
+    if external.source == "minari":
+        return f"the Minari dataset `{external.ident}`"
+    return f"a dataset file for the gymnasium env `{external.ident}`"
+
+
+def _reproduce_hint(meta: CheckpointMeta) -> str:
+    external = _external(meta)
+    if external is None:
+        return "Reproduce the run (add `--dataset-dir DIR` where the dataset files are; `rql data generate` makes them):"
+    if external.source == "minari":
+        return f"Reproduce the run (`rql data download minari:{external.ident}` fetches the dataset):"
+    return "Reproduce the run (add `--dataset-path FILE.npz`, the data it was trained on):"
 
 
 def _results_section(meta: CheckpointMeta, report: EvaluationReport | None) -> list[str]:
@@ -222,8 +258,7 @@ def _training_section(meta: CheckpointMeta) -> list[str]:
         f"actions {meta.action_dim}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.versions.items())),
         "",
-        "Reproduce the run (add `--dataset-dir DIR` where the dataset files are; "
-        "`rql data generate` makes them):",
+        _reproduce_hint(meta),
         "", "```bash", reproduce_command(meta), "```", "",
         "### Config", "",
         "The preset column shows the task preset's value where this run differs from it.", "",
@@ -258,7 +293,7 @@ def build_model_card(
     lines = [
         f"# {name}", "",
         f"A **Reversal Q-Learning** (RQL) agent: a flow-matching policy over action chunks of "
-        f"{meta.config.horizon} steps, trained offline on the OGBench dataset `{meta.dataset}` and "
+        f"{meta.config.horizon} steps, trained offline on {_dataset_words(meta)} and "
         f"evaluated in `{meta.env_id}`. Made with `rql` (the rql-cli package).",
         "", "## Results", "",
         *_results_section(meta, report), "",
