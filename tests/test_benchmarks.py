@@ -59,3 +59,16 @@ def test_minari_load_benchmark_converts_and_times(tiny_dataset_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "300 transitions in 12 episodes, obs 28, actions 5" in done.stdout  # 3 episodes of 100, cut by 30
     assert "rql bulk load" in done.stdout and "per-episode loop" in done.stdout
+
+
+def test_minari_pendulum_learning_check_runs_end_to_end(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "minari_pendulum.py"), "--episodes", "4", "--steps", "10",
+         "--eval-episodes", "1", "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    random_return, controller_return = map(float, re.search(r"random ([-\d.]+), controller ([-\d.]+)", done.stdout).groups())
+    assert controller_return > random_return + 500  # the scripted swing-up works; random does not
+    assert re.search(r"rql\s+alpha 1 .*normalised score", done.stdout)
+    assert re.search(r"near-bc\s+alpha 1000 .*normalised score", done.stdout)
