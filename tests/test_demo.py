@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 
 def test_demo_films_the_best_bundled_agent_trains_briefly_and_says_what_next(tmp_path):
