@@ -3,7 +3,7 @@
 Runs the real command on a bundled checkpoint and reads the wall time of the stepping loop from its
 JSON report (env start-up excluded, and reported apart). Rounds alternate the env counts.
 
-    python benchmarks/eval_envs.py                       # cube-single-rql-cpu, 20 episodes, 2 rounds
+    python benchmarks/eval_envs.py                       # cube-single-task2-rql-cpu, 20 episodes, 2 rounds
     python benchmarks/eval_envs.py --compare 66a4f4b     # also another revision's rql
 """
 
@@ -35,7 +35,7 @@ def one_eval(tree: Path, checkpoint: str, episodes: int, envs: int, report: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="cube-single-rql-cpu")
+    parser.add_argument("--checkpoint", default="cube-single-task2-rql-cpu")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compare", metavar="REV")

@@ -137,10 +137,16 @@ def test_format1_run_folder_resolves_and_resumes(tiny_dataset_dir, tmp_path):
         "steps": [3, 5], "eval_episodes": [2, 0]}}]
 
 
-def test_the_bundled_format1_checkpoint_loads_by_name():
+def test_a_bundled_format1_checkpoint_loads_by_name(tmp_path, monkeypatch):
+    import shutil
+
     from rql_cli.io.resolve import load_checkpoint
 
-    loaded = load_checkpoint("cube-single-rql-cpu", "cpu")
+    # A format-1 checkpoint folder (rql 0.1) shipped as a bundled agent, weights only.
+    source = Path(__file__).parent / "data" / "format1-run" / "checkpoints" / "step_00000003"
+    shutil.copytree(source, tmp_path / "old-agent", ignore=shutil.ignore_patterns("train_state.safetensors"))
+    monkeypatch.setenv("RQL_CHECKPOINTS", str(tmp_path))
+    loaded = load_checkpoint("old-agent", "cpu")
     assert loaded.resolved.source == "bundled"
     assert loaded.meta.dataset == "cube-single-play-v0" and loaded.agent.step == loaded.meta.step > 0
 

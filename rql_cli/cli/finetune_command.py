@@ -59,7 +59,7 @@ def finetune(
     checkpoint with the online buffer; --resume drops the episode that was running and starts a
     new one.
 
-    Example: rql finetune --checkpoint cube-single-rql-cpu --online-steps 20000 --dataset-dir data
+    Example: rql finetune --checkpoint cube-single-task2-rql-cpu --online-steps 20000 --dataset-dir data
     """
     from rql_cli.finetune import FinetuneSettings
 
