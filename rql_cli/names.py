@@ -47,6 +47,8 @@ TASKS = tuple(range(1, NUM_TASKS + 1))
 """Every task number a singletask env has (``--task all`` runs these)."""
 
 
+_SIZE_RE = re.compile(r"\d+[kmb]?")
+"""The size tag of OGBench's large sets (``100m``, ``1b``) and of ``rql data generate --shard-size`` folders."""
 _NAME_RE = re.compile(r"^(?P<stem>.+?)(?:-singletask(?:-task(?P<task>\d+))?)?-(?P<version>v\d+)$")
 
 
@@ -64,17 +66,25 @@ class TaskName:
         dataset_type: ``'play'``, ``'noisy'``, ``'navigate'``, ``'stitch'`` or ``'explore'``.
         version: the trailing version token, e.g. ``'v0'``.
         task: the task number written in the name (1..5), or None when the name gives none.
+        size: the size tag of a large set's shard folder (``'100m'`` in ``puzzle-4x4-play-100m-v0``),
+            None for the ordinary single-file sets.
     """
 
     family: str
     dataset_type: str
     version: str = "v0"
     task: int | None = None
+    size: str | None = None
 
     @property
     def dataset_name(self) -> str:
         """The dataset file stem, e.g. ``'cube-single-play-v0'`` (file ``cube-single-play-v0.npz``)."""
         return f"{self.family}-{self.dataset_type}-{self.version}"
+
+    @property
+    def folder_name(self) -> str | None:
+        """The shard folder of a sized name, e.g. ``'puzzle-4x4-play-100m-v0'``; None without a size."""
+        return f"{self.family}-{self.dataset_type}-{self.size}-{self.version}" if self.size else None
 
     @property
     def tasks(self) -> tuple[int, ...]:
@@ -198,9 +208,12 @@ def parse_task_name(name: str | TaskName | ExternalName) -> TaskName | ExternalN
                 raise UnknownNameError(f"{name!r} names no {source} id; write e.g. 'minari:D4RL/pen/human-v2' or 'gym:Hopper-v5'.")
             return ExternalName(source=source, ident=ident)
     match = _NAME_RE.match(name.strip())
-    family = kind = None
+    family = kind = size = None
     if match:
         family, _, kind = match["stem"].rpartition("-")
+        if _SIZE_RE.fullmatch(kind) and family:  # a large set's folder name: puzzle-4x4-play-100m-v0
+            size = kind
+            family, _, kind = family.rpartition("-")
     known = (
         match is not None
         and family in ENV_FAMILIES
@@ -219,7 +232,7 @@ def parse_task_name(name: str | TaskName | ExternalName) -> TaskName | ExternalN
             "'cube-single-play-v0' or 'cube-single-play-singletask-task2-v0'; run `rql list` to see them."
         )
     task = int(match["task"]) if match["task"] is not None else None
-    parsed = TaskName(family=family, dataset_type=kind, version=match["version"], task=task)
+    parsed = TaskName(family=family, dataset_type=kind, version=match["version"], task=task, size=size)
     if task is not None:
         parsed.resolve_task()  # validates 1..5 with a friendly message
     return parsed

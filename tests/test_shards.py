@@ -19,6 +19,7 @@ from rql_cli.data.shards import ShardRotation, list_shards, npz_shapes
 from rql_cli.data.sources import DataSpec, ShardLoader, resolve_dataset_path
 from rql_cli.errors import DatasetError, DatasetNotFoundError
 from rql_cli.io.run_files import read_run_record
+from rql_cli.names import parse_task_name
 from rql_cli.train import train
 
 NAME = "cube-single-play-v0"
@@ -55,6 +56,12 @@ def test_generated_folder_is_laid_out_like_the_official_sets_and_splits_the_sing
 def test_a_folder_is_found_as_a_path_or_as_the_dataset_dir(shard_folder, tmp_path):
     assert resolve_dataset_path(NAME, None, shard_folder) == shard_folder
     assert resolve_dataset_path(NAME, shard_folder, None) == shard_folder
+    # A sized name (like the official puzzle-4x4-play-100m-v0) is the folder of that name in --dataset-dir.
+    sized = parse_task_name("cube-single-play-200-v0")
+    assert (sized.dataset_name, sized.size, sized.env_id()) == (NAME, "200", "cube-single-play-singletask-v0")
+    assert resolve_dataset_path("cube-single-play-200-v0", shard_folder.parent, None) == shard_folder
+    with pytest.raises(DatasetNotFoundError, match="no shard folder at .*cube-single-play-100m-v0"):
+        resolve_dataset_path("cube-single-play-100m-v0", tmp_path, None)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetNotFoundError, match="holds no .npz shards"):
         resolve_dataset_path(NAME, None, tmp_path / "empty")

@@ -207,7 +207,17 @@ def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset
     ``dataset_path`` is the training .npz or a shard folder. Otherwise ``dataset_dir`` (default
     ``DEFAULT_DATASET_DIR``) holds ``NAME.npz``, or is itself a shard folder.
     """
-    stem = parse_task_name(name).dataset_name
+    parsed = parse_task_name(name)
+    stem = parsed.dataset_name
+    if parsed.size is not None and dataset_path is None:  # puzzle-4x4-play-100m-v0: a shard folder
+        directory = Path(dataset_dir or DEFAULT_DATASET_DIR).expanduser()
+        for folder in (directory / parsed.folder_name, directory):
+            if is_shard_folder(folder):
+                return folder
+        raise DatasetNotFoundError(
+            f"Dataset '{parsed.folder_name}' not found: no shard folder at {directory / parsed.folder_name}. "
+            f"Put the official folder there (its .npz shards inside), or pass it with --dataset-path."
+        )
     if dataset_path is not None and Path(dataset_path).expanduser().is_dir():
         folder = Path(dataset_path).expanduser()
         single = folder / f"{stem}.npz"
