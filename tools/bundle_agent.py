@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 from pathlib import Path
+
+# The tool films a rollout after evaluating: mujoco picks its GL backend at first import, so choose the
+# headless one before anything imports it.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch
 
