@@ -73,7 +73,7 @@ def generate_with_progress(
     Returns the two files, or the training shards.
     """
     from rql_cli.cli.display import make_progress
-    from rql_cli.data.generate import GENERATABLE, _lookup, generate_dataset, generate_shards
+    from rql_cli.data.generate import generate_dataset, generate_shards
 
     episodes, val_episodes = options.pop("episodes"), options.pop("val_episodes")
     with make_progress(quiet) as progress:
@@ -83,9 +83,8 @@ def generate_with_progress(
             progress.update(bar, completed=done, total=total, info="episodes")
 
         if shard_size is not None:
-            _lookup(name)
             return generate_shards(
-                name, out, num_episodes=episodes or GENERATABLE[name].num_episodes, shard_size=shard_size,
+                name, out, num_episodes=episodes, shard_size=shard_size,
                 num_val_episodes=val_episodes, on_episode=on_episode, **options,
             )
         return generate_dataset(

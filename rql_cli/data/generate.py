@@ -230,7 +230,7 @@ def shard_folder_name(name: str, transitions: int) -> str:
 def generate_shards(
     name: str,
     out_dir: Path,
-    num_episodes: int,
+    num_episodes: int | None,
     shard_size: int,
     num_val_episodes: int | None = None,
     seed: int = 0,
@@ -250,7 +250,7 @@ def generate_shards(
     run keeps its finished shards and its cached episodes and picks up where it stopped.
 
     Args:
-        num_episodes: train episodes in all; the last shard holds the remainder.
+        num_episodes: train episodes in all (default the official count); the last shard holds the remainder.
         shard_size: train episodes per shard (the official 100M sets: 1000, i.e. 1M transitions).
         num_val_episodes: validation episodes per shard; default a tenth of ``shard_size`` (at least 1).
         The rest as in ``generate_dataset``.
@@ -258,7 +258,8 @@ def generate_shards(
     Returns:
         The training shards, in order.
     """
-    _lookup(name)
+    recipe = _lookup(name)
+    num_episodes = recipe.num_episodes if num_episodes is None else num_episodes
     if shard_size < 1:
         raise RQLError(f"shard_size must be at least 1 episode, got {shard_size}.")
     val_per_shard = max(1, shard_size // 10) if num_val_episodes is None else num_val_episodes

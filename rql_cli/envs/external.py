@@ -44,18 +44,18 @@ def _make(name: ExternalName, kwargs: dict[str, Any]):
         if not is_local(name.ident) and name.env_spec:  # a pulled checkpoint: its recorded env
             return _make_from_spec(name.env_spec, kwargs)
         dataset = load(name.ident)
-        try:
-            return dataset.recover_environment(eval_env=True, **kwargs)
-        except TypeError:  # envs without width/height arguments for rendering
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("width", "height")}
-            return dataset.recover_environment(eval_env=True, **kwargs)
+        return _with_frame_size(lambda **extra: dataset.recover_environment(eval_env=True, **extra), kwargs)
     if name.ident not in gymnasium.registry and name.env_spec:
         return _make_from_spec(name.env_spec, kwargs)
+    return _with_frame_size(lambda **extra: gymnasium.make(name.ident, **extra), kwargs)
+
+
+def _with_frame_size(make: Any, kwargs: dict[str, Any]):
+    """``make(**kwargs)``, again without width/height for envs whose constructor does not take them."""
     try:
-        return gymnasium.make(name.ident, **kwargs)
+        return make(**kwargs)
     except TypeError:
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("width", "height")}
-        return gymnasium.make(name.ident, **kwargs)
+        return make(**{k: v for k, v in kwargs.items() if k not in ("width", "height")})
 
 
 def _make_from_spec(spec_json: str, kwargs: dict[str, Any]):
@@ -63,10 +63,7 @@ def _make_from_spec(spec_json: str, kwargs: dict[str, Any]):
     from gymnasium.envs.registration import EnvSpec
 
     spec = EnvSpec.from_json(spec_json)
-    try:
-        return gymnasium.make(spec, **kwargs)
-    except TypeError:
-        return gymnasium.make(spec, **{k: v for k, v in kwargs.items() if k not in ("width", "height")})
+    return _with_frame_size(lambda **extra: gymnasium.make(spec, **extra), kwargs)
 
 
 def env_spec_json(name: ExternalName) -> str | None:
