@@ -176,6 +176,7 @@ def _open_session(
     else:
         data = data.with_fingerprint()
     shard_log = _ShardLog() if data.sharded else None
+    start_step = _resume_step(run_dir) if resume else 0
     with contextlib.ExitStack() as on_error:  # a refusal below stops the shard reader it started
         rotation = data.rotation(
             sparse_rewards=config.sparse_rewards, device=data_device, horizon=config.horizon,
@@ -183,7 +184,7 @@ def _open_session(
             on_swap=None if shard_log is None else shard_log.add,
         )
         on_error.callback(rotation.close)
-        dataset = rotation.sampler(_resume_step(run_dir) if resume else 0).dataset
+        dataset = rotation.sampler(start_step).dataset
         task_name = parse_task_name(data.env_id)  # parsed once; evaluation and the meta use it
         if config.eval_episodes > 0:
             check_dataset_fits_env(dataset, task_name)
@@ -196,7 +197,7 @@ def _open_session(
         )
         run_dir.mkdir(parents=True, exist_ok=True)  # only now: a dataset or config refused above leaves nothing
         if shard_log is not None:
-            shard_log.open(run_dir, _resume_step(run_dir) if resume else 0)
+            shard_log.open(run_dir, start_step)
         run_files.remove_unfinished_writes(run_dir)
         check_disk(config, agent, run_dir, total=config.steps)
         session = _Session(

@@ -129,8 +129,8 @@ class DataSpec:
     ) -> ShardRotation:
         """What training samples from: the one file, or the shard folder's shards in turn.
 
-        A single file loads through ``load_ogbench`` (its validation file too, as ogbench reads both);
-        shards load through ``load_ogbench_shard``, training arrays only.
+        A single file (or Minari dataset) loads through ``load`` (an OGBench file's validation file too,
+        as ogbench reads both); shards load through ``ShardLoader``, training arrays only.
         """
         files = self.training_files()
         if not self.sharded:
