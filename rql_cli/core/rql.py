@@ -256,10 +256,12 @@ class RQLAgent(nn.Module):
             bc_noise=torch.zeros(chunk_shape, device=self.device), bc_time=depth,
             policy_depth=depth if self.config.policy_loss_points == "reversed" else None,
         )
-        for _ in range(2 if self.compile_mode == "reduce-overhead" else 1):  # graphs record on a later call
-            self._mark_graph_step()
-            losses, _ = self._loss_fn(batch, noise)
-            losses["total"].backward()
+        # One call only. Under CUDA graphs it is the eager warm-up run and the first update records
+        # the graphs; a second warm-up call recorded them here instead, and its backward then read
+        # activations that recording had overwritten (measured on an H200, torch 2.11).
+        self._mark_graph_step()
+        losses, _ = self._loss_fn(batch, noise)
+        losses["total"].backward()
         self.optimizer.zero_grad(set_to_none=True)
 
     def update(self, batch: ChunkBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
