@@ -38,6 +38,23 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_online_fine_tuning_of_a_run_folder_finds_the_data_it_trained_on(tiny_run_dir, tiny_dataset_dir, tmp_path):
+    from rql_cli.io.run_files import read_run_record, recorded_data_location
+
+    out = tmp_path / "ft"
+    result = run("finetune", "--checkpoint", str(tiny_run_dir), "--online-steps", "10", "--eval-episodes", "0",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert read_run_record(out).data["dataset_dir"] == str(tiny_dataset_dir)
+    # A checkpoint outside its run folder, or a record of another dataset, names no data.
+    copied = tmp_path / "copied"
+    shutil.copytree(sorted((tiny_run_dir / "checkpoints").iterdir())[-1], copied)
+    assert recorded_data_location(copied, "cube-single-play-v0") == (None, None)
+    last = sorted((tiny_run_dir / "checkpoints").iterdir())[-1]
+    assert recorded_data_location(last, "cube-single-play-v0") == (tiny_dataset_dir, None)
+    assert recorded_data_location(last, "scene-play-v0") == (None, None)
+
+
 def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path):
     from rql_cli.envs.make import make_eval_env
     from rql_cli.io.checkpoint import read_meta

@@ -37,7 +37,8 @@ def finetune(
         help="Continue offline on this dataset (same env as the checkpoint's), for --steps gradient steps.",
     ),
     dataset_dir: Optional[Path] = typer.Option(
-        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.", show_default=DEFAULT_DATA_DIR
+        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.",
+        show_default=f"a run folder's own data, else {DEFAULT_DATA_DIR}",
     ),
     dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself."),
     set_: list[str] = typer.Option([], "--set", help="Override a field of the checkpoint's config, e.g. --set lr=1e-4."),
@@ -121,7 +122,7 @@ def _new(
     from rql_cli.device import resolve_device
     from rql_cli.errors import RQLError
     from rql_cli.io.resolve import load_checkpoint
-    from rql_cli.io.run_files import check_new_run_folder
+    from rql_cli.io.run_files import check_new_run_folder, recorded_data_location
     from rql_cli.names import parse_task_name
 
     if not checkpoint:
@@ -138,6 +139,9 @@ def _new(
     loaded = load_checkpoint(checkpoint, resolve_device(overrides["device"]))
     config = loaded.meta.config.replace(**overrides)
     name = dataset or loaded.meta.env_id
+    if not dataset and dataset_dir is None and dataset_path is None:
+        # Online fine-tuning of a local run replays the files that run trained on.
+        dataset_dir, dataset_path = recorded_data_location(loaded.folder, loaded.meta.dataset)
     run_dir = out or Path("runs") / f"finetune-{parse_task_name(name).dataset_name}-{datetime.now():%Y%m%d-%H%M%S}"
     check_new_run_folder(Path(run_dir))
     # Another dataset keeps the checkpoint's task unless its name gives one.

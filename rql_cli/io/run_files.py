@@ -256,6 +256,30 @@ def read_run_record(run_dir: Path) -> RunRecord:
     return RunRecord.from_dict(payload, source=str(path))
 
 
+def recorded_data_location(checkpoint_folder: Path, dataset: str) -> tuple[Path | None, Path | None]:
+    """(dataset_dir, dataset_path) where the run holding ``checkpoint_folder`` found ``dataset``.
+
+    A checkpoint inside a run folder (``RUN/checkpoints/step_N``) was trained on files its run record
+    names; fine-tuning it online replays them unless told otherwise. (None, None) for a bundled, pulled
+    or copied checkpoint, a record of another dataset, or files no longer where they were.
+    """
+    run_dir = Path(checkpoint_folder).parent.parent
+    if not is_run_dir(run_dir):
+        return None, None
+    try:
+        record = read_run_record(run_dir)
+    except RQLError:
+        return None, None
+    if record.dataset != dataset:
+        return None, None
+    path, folder = record.data.get("dataset_path"), record.data.get("dataset_dir")
+    if path and Path(path).exists():
+        return None, Path(path)
+    if folder and Path(folder).is_dir():
+        return Path(folder), None
+    return None, None
+
+
 def eval_row(step: int, result: dict[str, Any], wall_time: float) -> dict[str, Any]:
     """The eval.csv row of one ``EvalResult.to_dict()`` at ``step``, ``wall_time`` seconds into the run."""
     low, high = result["success_ci95"]
@@ -379,5 +403,6 @@ def plot_online_curves(
         axis.plot([int(r["step"]) for r in online_rows], running, label=f"online (last {window} episodes)")
     _plot_evaluations(axis, eval_rows, label="evaluation (EMA policy)")
     axis.set(title="success rate (%)", xlabel="environment step", ylim=(-2, 102))
-    axis.legend()
+    if axis.get_legend_handles_labels()[0]:  # nothing to label before the first episode ends
+        axis.legend()
     return _save_figure(fig, run_dir)
