@@ -31,13 +31,15 @@ episode ends (an episode may stop before its time limit)."""
 
 @dataclass
 class EpisodeRecord:
-    """One rollout episode. ``episode`` counts from 1; ``seed`` reset the env."""
+    """One rollout episode. ``episode`` counts from 1; ``seed`` reset the env; ``success_reported``
+    is False where the env does not report success (``success`` then means nothing)."""
 
     episode: int
     seed: int
     success: bool
     episode_return: float
     length: int
+    success_reported: bool = True
 
 
 EpisodeCallback = Callable[[EpisodeRecord, int], None]
@@ -83,6 +85,16 @@ class RolloutReport:
     wall_time_s: float = 0.0
 
     @property
+    def success_reported(self) -> bool:
+        """Whether the env reports success (OGBench envs do; Pendulum, say, does not)."""
+        return all(record.success_reported for record in self.episodes)
+
+    @property
+    def mean_return(self) -> float:
+        """Mean undiscounted return over the episodes run (0 before any episode)."""
+        return sum(record.episode_return for record in self.episodes) / max(len(self.episodes), 1)
+
+    @property
     def successes(self) -> int:
         """Episodes that ended in success."""
         return sum(record.success for record in self.episodes)
@@ -95,7 +107,9 @@ class RolloutReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict, with ``success_rate`` added."""
         out = asdict(self)
-        out["success_rate"] = self.success_rate
+        out["success_rate"] = self.success_rate if self.success_reported else None
+        out["success_reported"] = self.success_reported
+        out["mean_return"] = self.mean_return
         out["frame_size"] = list(self.frame_size) if self.frame_size else None
         return out
 
@@ -234,6 +248,7 @@ def _run_episodes(
         record = EpisodeRecord(
             episode=index + 1, seed=outcome.seed, success=outcome.success,
             episode_return=outcome.episode_return, length=outcome.length,
+            success_reported=outcome.success_reported,
         )
         report.episodes.append(record)
         if on_episode is not None:
@@ -255,10 +270,12 @@ def _film_episodes(
         frame = rendering.render_frame(env)
         if report.frame_size is None:
             report.frame_size = (frame.shape[1], frame.shape[0])
-        solved = bool(info.get("success", False))
+        reported = bool(info.get("success_reported", True))
+        solved = reported and bool(info.get("success", False))
         # An episode's last frame already counts it, so the video ends on the final tally.
         text = rendering.frame_label(
-            index + 1, episodes, step, report.successes + int(done and solved), len(report.episodes) + int(done)
+            index + 1, episodes, step, report.successes + int(done and solved), len(report.episodes) + int(done),
+            success_reported=reported,
         )
         writer.append_data(rendering.label_frame(frame, text, solved=solved))
         report.frames += 1

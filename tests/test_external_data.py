@@ -146,6 +146,11 @@ def test_train_eval_and_checkpoint_through_the_cli(minari_root, tmp_path, monkey
     assert "- minari\n- test-pendulum-random-v0\n" in card and "ogbench" not in card.split("---")[1]
     assert "the Minari dataset `test/pendulum/random-v0`" in card
     assert f"rql data download minari:{MINARI_ID}" in card
+    # Pendulum reports no success: the rollout table says so and gives the return instead.
+    result = runner.invoke(app, ["rollout", "--checkpoint", str(run), "--episodes", "1", "--max-steps", "5"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "│" in line]
+    assert "n/a" in rows[0] and " no " not in rows[0] and "n/a" in rows[1] and "(mean)" in rows[1], result.output
 
 
 def test_a_minari_id_that_is_not_on_disk_gets_one_message_at_once(minari_root, monkeypatch):

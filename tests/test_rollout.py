@@ -105,6 +105,7 @@ def test_label_is_drawn_in_a_strip_across_the_top():
     raw = np.full((HEIGHT, WIDTH, 3), 128, dtype=np.uint8)
     text = frame_label(episode=2, episodes=3, step=57, successes=1, finished=1)
     assert text == "episode 2/3  step 57  success so far 1/1"
+    assert frame_label(2, 3, 57, 0, 1, success_reported=False) == "episode 2/3  step 57"  # e.g. Pendulum
     labelled = label_frame(raw, text)
     assert labelled.shape == raw.shape and labelled.dtype == np.uint8
     assert np.array_equal(raw, np.full_like(raw, 128))  # the input is left alone

@@ -96,7 +96,8 @@ class _RolloutProgress:
         """An episode ended: show the running success count."""
         self.solved += int(record.success)
         self.finished += 1
-        info = f"episode {self.finished}/{total}, success {self.solved}/{self.finished}"
+        tally = f"success {self.solved}/{self.finished}" if record.success_reported else f"return {record.episode_return:.1f}"
+        info = f"episode {self.finished}/{total}, {tally}"
         self.progress.update(self.bar, info=info, **({} if self.render else {"completed": self.finished}))
 
 
@@ -110,8 +111,12 @@ def _episodes_table(report: Any):
         table.add_column(column, justify="right")
     for record in report.episodes:
         table.add_row(
-            str(record.episode), str(record.seed), "yes" if record.success else "no",
+            str(record.episode), str(record.seed),
+            ("yes" if record.success else "no") if record.success_reported else "n/a",
             f"{record.episode_return:.1f}", str(record.length),
         )
-    table.add_row("all", "", f"{report.successes}/{len(report.episodes)} ({pct(report.success_rate)})", "", "")
+    if report.success_reported:
+        table.add_row("all", "", f"{report.successes}/{len(report.episodes)} ({pct(report.success_rate)})", "", "")
+    else:  # an env without a success signal (Pendulum, say): the mean return is the measure
+        table.add_row("all", "", "n/a", f"{report.mean_return:.1f} (mean)", "")
     return table

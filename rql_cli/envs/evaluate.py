@@ -437,12 +437,15 @@ class EpisodeOutcome:
         success: the final step's ``info['success']``.
         episode_return: undiscounted sum of env rewards.
         length: env steps taken.
+        success_reported: False where the env does not report success (``info['success_reported']``,
+            envs outside OGBench); ``success`` then means nothing.
     """
 
     seed: int
     success: bool
     episode_return: float
     length: int
+    success_reported: bool = True
 
 
 StepCallback = Callable[[int, dict, bool], None]
@@ -486,5 +489,7 @@ def run_episode(
         if on_step is not None:
             on_step(length, info, done)
         if done:
-            success = bool(info["success"])
-            return EpisodeOutcome(seed=seed, success=success, episode_return=episode_return, length=length)
+            return EpisodeOutcome(
+                seed=seed, success=bool(info["success"]), episode_return=episode_return, length=length,
+                success_reported=bool(info.get("success_reported", True)),
+            )

@@ -99,9 +99,13 @@ def render_frame(env: Any) -> np.ndarray:
     return np.asarray(env.unwrapped.render(), dtype=np.uint8)
 
 
-def frame_label(episode: int, episodes: int, step: int, successes: int, finished: int) -> str:
-    """``'episode 2/3  step 57  success so far 1/1'``; ``episode`` counts from 1."""
-    return f"episode {episode}/{episodes}  step {step}  success so far {successes}/{finished}"
+def frame_label(
+    episode: int, episodes: int, step: int, successes: int, finished: int, success_reported: bool = True
+) -> str:
+    """``'episode 2/3  step 57  success so far 1/1'``; ``episode`` counts from 1. Without a success
+    signal (``success_reported`` False) the tally is left out: ``'episode 2/3  step 57'``."""
+    label = f"episode {episode}/{episodes}  step {step}"
+    return f"{label}  success so far {successes}/{finished}" if success_reported else label
 
 
 @functools.cache
