@@ -314,6 +314,7 @@ def test_a_push_publishes_the_evidence_and_curves_and_the_card_quotes_them(hub, 
         control=dict(name="near-BC control (alpha 1000)", success_rate=0.2, success_ci95=[0.08, 0.42],
                      episodes=20, command="rql train ... --set alpha=1000"),
         paper=dict(success_rate=None, source="cube-single is not in the paper"),
+        goal=dict(success_rate=0.8, why="the hub's aim", note="A GPU run would need 1M steps."),
     )
     (checkpoint / "evidence.json").write_text(json.dumps(evidence))
     (checkpoint / "curves.png").write_bytes(b"\x89PNG not really")
@@ -326,5 +327,6 @@ def test_a_push_publishes_the_evidence_and_curves_and_the_card_quotes_them(hub, 
     for fragment in ("## Evidence", "this agent: 65.0% [40.0%, 80.0%] over 20 episodes",
                      "near-BC control (alpha 1000): 20.0% [8.0%, 42.0%] over 20 episodes",
                      "the paper's RQL on this task: not reported", evidence["dataset_recipe"],
-                     evidence["train_command"], "training took 1.50 h on 2 CPU cores", "](curves.png)"):
+                     evidence["train_command"], "training took 1.50 h on 2 CPU cores", "](curves.png)",
+                     "the goal: 80.0% (the hub's aim): **not reached** (65.0%). A GPU run would need 1M steps."):
         assert fragment in card, fragment

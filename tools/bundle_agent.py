@@ -24,9 +24,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch
 
 from rql_cli.evaluation import evaluate_checkpoint
-from rql_cli.io.checkpoint import REQUIRED_FILES
-from rql_cli.io.metrics import write_metrics
-from rql_cli.io.model_card import EVIDENCE_FILE, build_model_card, reproduce_command
+from rql_cli.io.checkpoint import REQUIRED_FILES, read_meta
+from rql_cli.io.metrics import read_metrics, write_metrics
+from rql_cli.io.model_card import EVIDENCE_FILE, build_model_card, read_evidence, reproduce_command
 from rql_cli.io.resolve import load_checkpoint
 from rql_cli.io.atomic import write_json_atomic
 from rql_cli.rollout import run_rollout
@@ -49,6 +49,27 @@ def wall_time_s(run: Path) -> float | None:
     return float(rows[-1]["wall_time"]) if rows else None
 
 
+def goal_of(args: argparse.Namespace) -> dict | None:
+    if args.goal_rate is None:
+        return None
+    return dict(success_rate=args.goal_rate, why=args.goal_why, note=args.goal_note)
+
+
+def rewrite_card(out: Path, goal: dict | None) -> None:
+    """Rebuild a bundled agent's card from the files it already has (no new measurement)."""
+    meta, _ = read_meta(out)
+    evidence = read_evidence(out) or {}
+    if goal is not None:
+        evidence["goal"] = goal
+        write_json_atomic(out / EVIDENCE_FILE, evidence)
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
+    video = "rollout.mp4" if (out / "rollout.mp4").is_file() else None
+    card = build_model_card(meta, read_metrics(out), f"rql/{out.name}", files=[*files, "README.md"],
+                            video_name=video, evidence=evidence)
+    card.save(out / "README.md")
+    print(f"{out.name}: card rewritten")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True)
@@ -65,7 +86,15 @@ def main() -> None:
     parser.add_argument("--video-episodes", type=int, default=2)
     parser.add_argument("--machine", default="2 CPU cores (AMD EPYC), one thread")
     parser.add_argument("--root", type=Path, default=REPO / "checkpoints", help="where bundled agents live")
+    parser.add_argument("--goal-rate", type=float, help="the success the agent was meant to reach")
+    parser.add_argument("--goal-why", help="where the goal comes from (the paper, the hub's aim)")
+    parser.add_argument("--goal-note", help="what reaching the goal would take, where the agent falls short")
+    parser.add_argument("--card-only", action="store_true",
+                        help="keep the folder's measurements; update evidence.json's goal and rewrite the card")
     args = parser.parse_args()
+    if args.card_only:
+        rewrite_card(args.root / args.name, goal_of(args))
+        return
 
     loaded, report = measure(str(args.run), args.episodes)
     control_loaded, control = measure(str(args.control), args.episodes, args.control_task)
@@ -87,6 +116,7 @@ def main() -> None:
                      success_rate=control_task["success_rate"], success_ci95=control_task["success_ci95"],
                      episodes=control_task["episodes"], step=control_loaded.meta.step),
         paper=dict(success_rate=args.paper_rate, source=args.paper_source),
+        goal=goal_of(args),
     )
     write_json_atomic(out / EVIDENCE_FILE, evidence)
     video = run_rollout(str(out), episodes=args.video_episodes, render=True, out=out / "rollout.mp4",

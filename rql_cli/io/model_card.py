@@ -31,7 +31,9 @@ EVIDENCE_FILE = "evidence.json"
 """Optional file of a checkpoint folder (the bundled agents have one) with what backs its numbers:
 ``dataset_recipe`` (the `rql data generate` command), ``train_command``, ``train_wall_time_s``,
 ``machine``, ``control`` ({name, command, success_rate, success_ci95, episodes}: a near-BC run of the
-same length) and ``paper`` ({success_rate, source}: the paper's RQL number for the task, if any)."""
+same length), ``paper`` ({success_rate, source}: the paper's RQL number for the task, if any) and
+``goal`` ({success_rate, why, note}: the success the agent was meant to reach, why, and what reaching
+it would take where it falls short)."""
 
 
 def read_evidence(folder: Any) -> dict[str, Any] | None:
@@ -72,6 +74,13 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     if paper:
         number = pct(paper["success_rate"]) if paper.get("success_rate") is not None else "not reported"
         lines.append(f"- the paper's RQL on this task: {number} ({paper.get('source', 'arXiv 2606.17551')})")
+    goal = evidence.get("goal")
+    if goal and goal.get("success_rate") is not None:
+        line = f"- the goal: {pct(goal['success_rate'])}" + (f" ({goal['why']})" if goal.get("why") else "")
+        if report and report.tasks:
+            reached = report.tasks[0]["success_rate"] >= goal["success_rate"]
+            line += ": reached" if reached else f": **not reached** ({pct(report.tasks[0]['success_rate'])})"
+        lines.append(line + (f". {goal['note']}" if goal.get("note") else ""))
     for key, label in (("dataset_recipe", "data, made here"), ("train_command", "training command")):
         if evidence.get(key):
             lines += [f"- {label}:", "", "  ```bash", f"  {evidence[key]}", "  ```"]
