@@ -40,38 +40,69 @@ def list_command(
 
 
 def _bundled_table(bundled):
+    """One row per agent; the env under the name, so the table fits 80 columns."""
+    from rich import box
     from rich.table import Table
 
     from rql_cli.cli.display import lineage_text
 
-    table = Table(title="Bundled agents (rql eval --checkpoint NAME)")
-    for column in ("name", "environment", "task", "success [95% CI]", "episodes", "steps", "size", "video",
-                   "fine-tuned from"):
-        table.add_column(column, justify="right" if column in ("steps", "size", "episodes") else "left")
+    counts = {entry.episodes for entry in bundled}
+    same_count = len(counts) == 1 and None not in counts
+    title = "Bundled agents (rql eval --checkpoint NAME)"
+    if same_count:
+        title += f"; success over {counts.pop()} episodes"
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("name / env", no_wrap=True)  # the name is what the user types: never cut
+    table.add_column("task", justify="right")
+    table.add_column("success [95% CI]", justify="right", no_wrap=True)
+    if not same_count:
+        table.add_column("episodes", justify="right")
+    table.add_column("steps", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("video", min_width=5)
+    lineage = any(entry.lineage for entry in bundled)
+    if lineage:
+        table.add_column("fine-tuned from")
     for entry in bundled:
         success = entry.success
         if entry.success_ci95:
             low, high = entry.success_ci95
             success = f"{success} [{100 * low:.0f}, {100 * high:.0f}]"
-        table.add_row(
-            entry.name, entry.env_id.split("-singletask")[0] or entry.dataset, str(entry.task or "-"), success,
-            str(entry.episodes or "-"), f"{entry.step:,}", f"{entry.size_bytes / 2**20:.1f} MB",
-            entry.video or "-", lineage_text(entry.lineage) if entry.lineage else "-",
-        )
+        env = entry.env_id.split("-singletask")[0] or entry.dataset
+        row = [f"{entry.name}\n[dim]{env}[/dim]", str(entry.task or "-"), success]
+        if not same_count:
+            row.append(str(entry.episodes or "-"))
+        row += [f"{entry.step:,}", f"{entry.size_bytes / 2**20:.1f} MB", "yes" if entry.video else "-"]
+        if lineage:
+            row.append(lineage_text(entry.lineage) if entry.lineage else "-")
+        table.add_row(*row)
     return table
 
 
 def _presets_table(presets, sources):
+    """The presets with a short source column; sources other than the paper's table are numbered
+    notes printed under it (a long sentence in a cell is unreadable at 80 columns)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
+
+    from rql_cli.config import PAPER_PRESET_SOURCE
 
     table = Table(title="Task presets (chosen from the dataset name; override with --set)")
     table.add_column("family", no_wrap=True)
     for column in ("alpha", "expectile", "rho", "h", "gamma", "sparse"):
         table.add_column(column, justify="right")
-    table.add_column("source")
+    table.add_column("source", no_wrap=True)
+    notes: list[str] = []
     for family, values in presets.items():
+        source = sources[family]
+        if source == PAPER_PRESET_SOURCE:
+            label = "paper"
+        else:
+            notes.append(f"[{len(notes) + 1}] {family}: {source}")
+            label = f"see [{len(notes)}]"
         table.add_row(
             family, *(str(values.get(k, "")) for k in ("alpha", "expectile", "rho", "horizon", "discount")),
-            "yes" if values.get("sparse_rewards") else "", sources[family],
+            "yes" if values.get("sparse_rewards") else "", label,
         )
-    return table
+    return Group(table, Text(f"paper = {PAPER_PRESET_SOURCE}"), *(Text(note) for note in notes))
