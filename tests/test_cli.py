@@ -48,6 +48,18 @@ def test_help_lists_every_command_without_importing_torch():
     assert "NO_TORCH" in out
 
 
+def test_help_prose_flows_at_the_terminal_width_and_examples_keep_their_lines(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    demo = run("demo", "--help").output
+    # One paragraph of the docstring, wrapped at 100 columns in the source, is one line on a wide screen.
+    assert "The short run is a few thousand gradient steps, so expect a low score from it: the bundled agent" in demo
+    generate = run("data", "generate", "--help").output
+    lines = [line.strip() for line in generate.splitlines()]
+    first = lines.index("Examples:") + 1  # each example stays on its own line
+    assert lines[first].startswith("rql data generate cube-double-play-v0 --episodes 100")
+    assert lines[first + 1].startswith("rql data generate cube-single-play-v0 --episodes 40")
+
+
 def test_unknown_dataset_name_suggests_the_closest(tmp_path):
     result = run("train", "--dataset", "cube-singel-play-v0", "--out", str(tmp_path / "r"))
     assert_clean_error(result, "cube-single-play-v0", "rql list")

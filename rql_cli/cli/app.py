@@ -6,6 +6,7 @@ Every command parses arguments, calls one function of the layers below and print
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -57,6 +58,22 @@ app.command()(pull)
 app.add_typer(data_app, name="data")
 app.command("list")(list_command)
 app.command()(demo)
+
+
+def _prose_unwrapped(text: str) -> str:
+    """A docstring for the help screen: lines of a prose paragraph joined (Typer keeps each source line
+    break, so a paragraph wrapped at 100 columns broke again at 80); paragraphs with indented lines
+    (example blocks) are left as written."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        part if any(line[:1].isspace() for line in part.splitlines()[1:]) else " ".join(part.split("\n"))
+        for part in paragraphs
+    )
+
+
+for _info in [*app.registered_commands, *data_app.registered_commands]:
+    if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+        _info.help = _prose_unwrapped(_info.callback.__doc__)
 
 
 def _quiet_library_warnings() -> None:
