@@ -60,6 +60,16 @@ def test_help_prose_flows_at_the_terminal_width_and_examples_keep_their_lines(mo
     assert lines[first + 1].startswith("rql data generate cube-single-play-v0 --episodes 40")
 
 
+def test_library_hints_that_say_nothing_to_users_are_silenced_but_other_warnings_show():
+    code = (
+        "import warnings; from rql_cli.cli.app import _quiet_library_warnings; _quiet_library_warnings(); "
+        "warnings.warn('TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled.'); "
+        "warnings.warn('something else entirely')"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "TensorFloat32" not in err and "something else entirely" in err
+
+
 def test_unknown_dataset_name_suggests_the_closest(tmp_path):
     result = run("train", "--dataset", "cube-singel-play-v0", "--out", str(tmp_path / "r"))
     assert_clean_error(result, "cube-single-play-v0", "rql list")
