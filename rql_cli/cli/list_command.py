@@ -43,6 +43,7 @@ def _bundled_table(bundled):
     """One row per agent; the env under the name, so the table fits 80 columns."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from rql_cli.cli.display import lineage_text
 
@@ -69,7 +70,7 @@ def _bundled_table(bundled):
             low, high = entry.success_ci95
             success = f"{success} [{100 * low:.0f}, {100 * high:.0f}]"
         env = entry.env_id.split("-singletask")[0] or entry.dataset
-        row = [f"{entry.name}\n[dim]{env}[/dim]", str(entry.task or "-"), success]
+        row = [Text.assemble(entry.name, "\n", (env, "dim")), str(entry.task or "-"), success]  # no markup
         if not same_count:
             row.append(str(entry.episodes or "-"))
         row += [f"{entry.step:,}", f"{entry.size_bytes / 2**20:.1f} MB", "yes" if entry.video else "-"]
