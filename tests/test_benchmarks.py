@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -24,16 +25,17 @@ def test_throughput_benchmark_prints_a_row_per_mode_and_refuses_graphs_on_cpu():
     assert "CUDA" in graphs  # the child's own refusal, not a crash
 
 
-def test_gpu_check_says_so_without_a_gpu():
+def test_gpu_scripts_say_so_without_a_gpu(tmp_path):
     import pytest
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: gpu_check.sh runs for real there")
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
-    assert done.returncode == 2
-    assert "sees no CUDA device" in done.stderr
+    for script in ("gpu_check.sh", "gpu_e2e.sh"):
+        done = subprocess.run(["bash", str(REPO / "benchmarks" / script)], capture_output=True, text=True,
+                              timeout=120, cwd=REPO, env={**os.environ, "OUT": str(tmp_path)})
+        assert done.returncode == 2, (script, done.stdout, done.stderr)
+        assert "sees no CUDA device" in done.stderr, script
 
 
 def test_shard_memory_benchmark_measures_every_variant(tiny_dataset_dir, tmp_path):
