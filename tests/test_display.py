@@ -10,10 +10,17 @@ RESULT = dict(task=2, success_rate=0.25, success_ci95=[0.1, 0.5], mean_return=-1
               return_ci95=[-170.0, -130.0], episodes=8)
 
 
-def render(renderable) -> str:
-    console = Console(width=200, record=True)
+def render(renderable, width: int = 200) -> str:
+    console = Console(width=width, record=True)
     console.print(renderable)
     return console.export_text()
+
+
+def first_cells(text: str) -> list[str]:
+    """The first cell of each body row of a table drawn with a rule under its header."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"─"}) + 1
+    return [line.split()[0] for line in lines[start:] if line.strip()]
 
 
 def test_success_text_carries_the_interval_and_the_episode_count():
@@ -25,10 +32,10 @@ def test_eval_table_has_a_row_per_task_and_a_mean_row_for_several():
                   mean_success_rate=0.5, tasks=[RESULT, {**RESULT, "task": 3, "success_rate": 0.75}])
     text = render(display.eval_table(report))
     assert "step_00000040: cube-single-play-v0 @ step 40" in text
-    rows = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
-    assert rows == ["2", "3", "mean"] and "75.0%" in text and "50.0%" in text
-    single = render(display.eval_table({**report, "tasks": [RESULT]}))
-    assert [line.split("│")[1].strip() for line in single.splitlines() if line.startswith("│")] == ["2"]
+    assert first_cells(text) == ["2", "3", "mean"] and "75.0%" in text and "50.0%" in text
+    single = render(display.eval_table({**report, "tasks": [RESULT]}), width=80)
+    assert first_cells(single) == ["2"]
+    assert "[10.0%, 50.0%]" in single and "[-170, -130]" in single  # no interval split at 80 columns
 
 
 def test_progress_prints_plain_lines_when_stdout_is_not_a_terminal(capsys):

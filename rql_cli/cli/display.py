@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -234,13 +235,14 @@ def eval_table(report: dict[str, Any], lineage: dict[str, Any] | None = None) ->
     """
     name = Path(report["checkpoint"]).name
     origin = f", fine-tuned from {lineage_text(lineage)}" if lineage else ""
-    table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}{origin}")
+    # Light rules and unbroken intervals: the table fits 80 columns without splitting a number.
+    table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}{origin}", box=box.SIMPLE_HEAD)
     scored = any(result.get("normalized_score") is not None for result in report["tasks"])
-    columns = ["task", "success rate", "95% CI", "mean return", "return 95% CI", "episodes"]
+    columns = ["task", "success", "95% CI", "mean return", "return 95% CI", "episodes"]
     if scored:  # Minari datasets with D4RL reference returns: 0 random, 100 expert
         columns[5:5] = ["normalised score", "score 95% CI"]
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap="CI" in column)
     for result in report["tasks"]:
         low, high = result["success_ci95"]
         rlow, rhigh = result["return_ci95"]
