@@ -68,6 +68,11 @@ def test_a_folder_is_found_as_a_path_or_as_the_dataset_dir(shard_folder, tmp_pat
     (tmp_path / "empty" / f"{NAME}.npz").write_bytes((shard_folder / f"{NAME}-000.npz").read_bytes())
     with pytest.raises(DatasetNotFoundError, match="not shards.*--dataset-dir"):  # a single-file folder
         resolve_dataset_path(NAME, None, tmp_path / "empty")
+    # A --dataset-dir of other datasets' files is not a shard folder of a dataset it lacks: "not found",
+    # never another dataset's file (a folder of cube-single files asked for cube-double loaded them).
+    with pytest.raises(DatasetNotFoundError, match="'cube-double-play-v0' not found.*--dataset-path FOLDER"):
+        resolve_dataset_path("cube-double-play-v0", tmp_path / "empty", None)
+    assert resolve_dataset_path("cube-double-play-v0", None, tmp_path / "empty") == tmp_path / "empty"  # told so
 
 
 @pytest.mark.parametrize("prefetch", [True, False])

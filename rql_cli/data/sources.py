@@ -11,6 +11,7 @@ itself such a folder selects it.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -201,6 +202,15 @@ def file_fingerprint(path: Path) -> dict[str, str | int]:
     return {"file": str(Path(path).resolve()), "size": Path(path).stat().st_size, "sha256": digest.hexdigest()}
 
 
+def _holds_shards_of(folder: Path, stem: str) -> bool:
+    """Whether ``folder`` itself is a shard folder of dataset ``stem``: its shards are named after the
+    dataset (``cube-double-play-v0-000.npz``). A folder of other datasets' single files is not one,
+    so asking it for a dataset it lacks is "not found", never another dataset's file."""
+    prefix = re.sub(r"-v\d+$", "", stem)  # cube-double-play
+    shards = list_shards(folder)
+    return bool(shards) and all(shard.name.startswith(prefix) for shard in shards)
+
+
 def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
     """The training file (or shard folder) for ``name``; raises DatasetNotFoundError naming where we looked.
 
@@ -211,9 +221,10 @@ def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset
     stem = parsed.dataset_name
     if parsed.size is not None and dataset_path is None:  # puzzle-4x4-play-100m-v0: a shard folder
         directory = Path(dataset_dir or DEFAULT_DATASET_DIR).expanduser()
-        for folder in (directory / parsed.folder_name, directory):
-            if is_shard_folder(folder):
-                return folder
+        if is_shard_folder(directory / parsed.folder_name):
+            return directory / parsed.folder_name
+        if _holds_shards_of(directory, stem):
+            return directory
         raise DatasetNotFoundError(
             f"Dataset '{parsed.folder_name}' not found: no shard folder at {directory / parsed.folder_name}. "
             f"Put the official folder there (its .npz shards inside), or pass it with --dataset-path."
@@ -233,7 +244,7 @@ def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset
     else:
         directory = Path(dataset_dir or DEFAULT_DATASET_DIR).expanduser()
         candidates = [directory / f"{stem}.npz"]
-        if not candidates[0].is_file() and is_shard_folder(directory):
+        if not candidates[0].is_file() and _holds_shards_of(directory, stem):
             return directory
     train = candidates[0]
     val = train.with_name(train.name.replace(".npz", "-val.npz"))
@@ -245,7 +256,7 @@ def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset
             f"Dataset '{stem}' not found: no file at {where}. Downloads are not attempted. "
             f"Make it here with `rql data generate {stem} --out {out_dir}` "
             f"(add --episodes 100 for a quick set), or point --dataset-dir at a folder holding the "
-            f"official {stem}.npz and {stem}-val.npz."
+            f"official {stem}.npz and {stem}-val.npz (a folder of shards: --dataset-path FOLDER)."
         )
     return train
 
