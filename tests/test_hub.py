@@ -315,6 +315,10 @@ def test_a_push_publishes_the_evidence_and_curves_and_the_card_quotes_them(hub, 
                      episodes=20, command="rql train ... --set alpha=1000"),
         paper=dict(success_rate=None, source="cube-single is not in the paper"),
         goal=dict(success_rate=0.8, why="the hub's aim", note="A GPU run would need 1M steps."),
+        family=[dict(name="cube-single-task3-rql-cpu", task=3, success_rate=0.78, success_ci95=[0.689, 0.85],
+                     episodes=100, control_success_rate=0.05),
+                dict(name="cube-single-task1-rql-cpu", task=1, success_rate=0.74, success_ci95=[0.646, 0.816],
+                     episodes=100, control_success_rate=None)],
     )
     (checkpoint / "evidence.json").write_text(json.dumps(evidence))
     (checkpoint / "curves.png").write_bytes(b"\x89PNG not really")
@@ -330,3 +334,6 @@ def test_a_push_publishes_the_evidence_and_curves_and_the_card_quotes_them(hub, 
                      evidence["train_command"], "training took 1.50 h on 2 CPU cores", "](curves.png)",
                      "the goal: 80.0% (the hub's aim): **not reached** (65.0%). A GPU run would need 1M steps."):
         assert fragment in card, fragment
+    rows = [line for line in remote["README.md"].decode().splitlines() if line.startswith("| ") and "rql-cpu" in line]
+    assert rows == ["| 1 | `cube-single-task1-rql-cpu` | 74.0% [64.6%, 81.6%] | 100 | - |",
+                    "| 3 | `cube-single-task3-rql-cpu` | 78.0% [68.9%, 85.0%] | 100 | 5.0% |"]  # by task

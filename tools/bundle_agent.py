@@ -55,6 +55,36 @@ def goal_of(args: argparse.Namespace) -> dict | None:
     return dict(success_rate=args.goal_rate, why=args.goal_why, note=args.goal_note)
 
 
+def family_rows(root: Path, env_family: str) -> list[dict]:
+    """The per-task table of the bundled agents of one environment (read from their own files)."""
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if (p / "metrics.json").is_file()):
+        meta, _ = read_meta(folder)
+        if meta.dataset != env_family:
+            continue
+        first = read_metrics(folder).tasks[0]
+        control = (read_evidence(folder) or {}).get("control") or {}
+        rows.append(dict(name=folder.name, task=first["task"], success_rate=first["success_rate"],
+                         success_ci95=first["success_ci95"], episodes=first["episodes"],
+                         control_success_rate=control.get("success_rate")))
+    return rows
+
+
+def refresh_family(root: Path, name: str) -> None:
+    """Put the per-task table into every bundled agent of ``name``'s environment (when there are
+    several) and rewrite their cards."""
+    dataset = read_meta(root / name)[0].dataset
+    rows = family_rows(root, dataset)
+    if len(rows) < 2:
+        return
+    for row in rows:
+        folder = root / row["name"]
+        evidence = read_evidence(folder) or {}
+        evidence["family"] = rows
+        write_json_atomic(folder / EVIDENCE_FILE, evidence)
+        rewrite_card(folder, None)
+
+
 def rewrite_card(out: Path, goal: dict | None) -> None:
     """Rebuild a bundled agent's card from the files it already has (no new measurement)."""
     meta, _ = read_meta(out)
@@ -94,6 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.card_only:
         rewrite_card(args.root / args.name, goal_of(args))
+        refresh_family(args.root, args.name)
         return
 
     loaded, report = measure(str(args.run), args.episodes)
@@ -128,6 +159,7 @@ def main() -> None:
     card = build_model_card(meta, report, f"rql/{args.name}", files=[*files, "README.md"],
                             video_name="rollout.mp4", evidence=evidence)
     card.save(out / "README.md")
+    refresh_family(args.root, args.name)
     first = report.tasks[0]
     print(f"{args.name}: {100 * first['success_rate']:.1f}% over {first['episodes']} episodes; control "
           f"{100 * control_task['success_rate']:.1f}%; {sum(p.stat().st_size for p in out.iterdir()) / 2**20:.1f} MB")

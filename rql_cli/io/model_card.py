@@ -33,7 +33,9 @@ EVIDENCE_FILE = "evidence.json"
 ``machine``, ``control`` ({name, command, success_rate, success_ci95, episodes}: a near-BC run of the
 same length), ``paper`` ({success_rate, source}: the paper's RQL number for the task, if any) and
 ``goal`` ({success_rate, why, note}: the success the agent was meant to reach, why, and what reaching
-it would take where it falls short)."""
+it would take where it falls short) and ``family`` (a list of {name, task, success_rate, success_ci95,
+episodes, control_success_rate}: the agents for each task of this environment published beside it,
+this one included)."""
 
 
 def read_evidence(folder: Any) -> dict[str, Any] | None:
@@ -87,9 +89,27 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     if evidence.get("train_wall_time_s"):
         machine = f" on {evidence['machine']}" if evidence.get("machine") else ""
         lines.append(f"- training took {evidence['train_wall_time_s'] / 3600:.2f} h{machine}")
+    if evidence.get("family"):
+        lines += ["", *_family_table(evidence["family"])]
     if curves:
         lines += ["", "![training curves: success with its 95% interval, losses, values](curves.png)"]
     return [*lines, ""]
+
+
+def _family_table(family: list[dict[str, Any]]) -> list[str]:
+    """The per-task table: one agent per task of the same environment, each with its own control."""
+    lines = [
+        "One agent per task of this environment, each measured the same way:", "",
+        "| task | agent | success [95% CI] | episodes | near-BC control |", "|---|---|---|---|---|",
+    ]
+    for row in sorted(family, key=lambda r: r["task"]):
+        low, high = row["success_ci95"]
+        control = row.get("control_success_rate")
+        lines.append(
+            f"| {row['task']} | `{row['name']}` | {pct(row['success_rate'])} [{pct(low)}, {pct(high)}] | "
+            f"{row['episodes']} | {'-' if control is None else pct(control)} |"
+        )
+    return lines
 
 
 def pct(value: float) -> str:
