@@ -102,14 +102,14 @@ def rewrite_card(out: Path, goal: dict | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--control", type=Path, required=True, help="the near-BC run of the same length")
+    parser.add_argument("--run", type=Path, help="the finished run to bundle (not with --card-only)")
+    parser.add_argument("--control", type=Path, help="the near-BC run of the same length (not with --card-only)")
     parser.add_argument("--control-name", default="near-BC control (alpha 1000, same data and steps)")
     parser.add_argument("--control-task", type=int, default=None,
                         help="evaluate the control on this task (a near-BC run trained with another task's "
                         "rewards; say so in --control-name)")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--recipe", required=True, help="the `rql data generate` command that made the data")
+    parser.add_argument("--recipe", help="the `rql data generate` command that made the data (not with --card-only)")
     parser.add_argument("--paper-rate", type=float, help="the paper's RQL success on this task, if any")
     parser.add_argument("--paper-source", default="Oberai, Park and Levine (2026), arXiv 2606.17551")
     parser.add_argument("--episodes", type=int, default=100)
@@ -126,6 +126,8 @@ def main() -> None:
         rewrite_card(args.root / args.name, goal_of(args))
         refresh_family(args.root, args.name)
         return
+    if not (args.run and args.control and args.recipe):
+        parser.error("--run, --control and --recipe are needed to bundle a run (only --card-only does without)")
 
     loaded, report = measure(str(args.run), args.episodes)
     control_loaded, control = measure(str(args.control), args.episodes, args.control_task)
