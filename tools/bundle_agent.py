@@ -85,6 +85,16 @@ def refresh_family(root: Path, name: str) -> None:
         rewrite_card(folder, None)
 
 
+def film(out: Path, episodes: int) -> Path:
+    """A labelled 320x240 rollout of ``episodes`` episodes, fewer while the file is over the limit."""
+    for count in range(episodes, 0, -1):
+        video = Path(run_rollout(str(out), episodes=count, render=True, out=out / "rollout.mp4",
+                                 size=(320, 240), device="cpu").video)
+        if video.stat().st_size <= VIDEO_LIMIT_BYTES:
+            return video
+    raise SystemExit(f"{video} is {video.stat().st_size / 2**20:.1f} MB even with one episode")
+
+
 def rewrite_card(out: Path, goal: dict | None) -> None:
     """Rebuild a bundled agent's card from the files it already has (no new measurement)."""
     meta, _ = read_meta(out)
@@ -120,9 +130,13 @@ def main() -> None:
     parser.add_argument("--goal-why", help="where the goal comes from (the paper, the hub's aim)")
     parser.add_argument("--goal-note", help="what reaching the goal would take, where the agent falls short")
     parser.add_argument("--card-only", action="store_true",
-                        help="keep the folder's measurements; update evidence.json's goal and rewrite the card")
+                        help="keep the folder's measurements; update evidence.json's goal, film the rollout "
+                        "if it is missing or too large, and rewrite the card")
     args = parser.parse_args()
     if args.card_only:
+        video = args.root / args.name / "rollout.mp4"
+        if not video.is_file() or video.stat().st_size > VIDEO_LIMIT_BYTES:  # a bundle stopped at its video
+            film(args.root / args.name, args.video_episodes)
         rewrite_card(args.root / args.name, goal_of(args))
         refresh_family(args.root, args.name)
         return
@@ -152,11 +166,7 @@ def main() -> None:
         goal=goal_of(args),
     )
     write_json_atomic(out / EVIDENCE_FILE, evidence)
-    video = run_rollout(str(out), episodes=args.video_episodes, render=True, out=out / "rollout.mp4",
-                        size=(320, 240), device="cpu").video
-    video = Path(video)
-    if video.stat().st_size > VIDEO_LIMIT_BYTES:
-        raise SystemExit(f"{video} is {video.stat().st_size / 2**20:.1f} MB; use fewer --video-episodes")
+    film(out, args.video_episodes)
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
     card = build_model_card(meta, report, f"rql/{args.name}", files=[*files, "README.md"],
                             video_name="rollout.mp4", evidence=evidence)
