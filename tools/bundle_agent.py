@@ -42,11 +42,16 @@ def measure(ref: str, episodes: int, task: int | None = None) -> tuple[object, d
 
 
 def wall_time_s(run: Path) -> float | None:
+    """Training seconds of the whole run: metrics.csv's wall_time counts from each (re)start, so a
+    resumed run's sessions are added up (a drop in wall_time marks a resume)."""
     if not (run / "metrics.csv").is_file():
         return None
     with open(run / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    return float(rows[-1]["wall_time"]) if rows else None
+        times = [float(row["wall_time"]) for row in csv.DictReader(handle)]
+    if not times:
+        return None
+    total = sum(before for before, after in zip(times, times[1:]) if after < before)
+    return total + times[-1]
 
 
 def goal_of(args: argparse.Namespace) -> dict | None:
@@ -112,7 +117,7 @@ def rewrite_card(out: Path, goal: dict | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="the finished run to bundle (not with --card-only)")
+    parser.add_argument("--run", type=Path, help="the finished run to bundle (with --card-only: refresh its training time)")
     parser.add_argument("--control", type=Path, help="the near-BC run of the same length (not with --card-only)")
     parser.add_argument("--control-name", default="near-BC control (alpha 1000, same data and steps)")
     parser.add_argument("--control-task", type=int, default=None,
@@ -134,6 +139,10 @@ def main() -> None:
                         "if it is missing or too large, and rewrite the card")
     args = parser.parse_args()
     if args.card_only:
+        if args.run:  # refresh the run's training time (sessions added up)
+            evidence = read_evidence(args.root / args.name) or {}
+            evidence["train_wall_time_s"] = wall_time_s(args.run)
+            write_json_atomic(args.root / args.name / EVIDENCE_FILE, evidence)
         video = args.root / args.name / "rollout.mp4"
         if not video.is_file() or video.stat().st_size > VIDEO_LIMIT_BYTES:  # a bundle stopped at its video
             film(args.root / args.name, args.video_episodes)
