@@ -36,13 +36,17 @@ def assert_clean_error(result, *fragments: str) -> None:
         assert fragment in " ".join(output.split()), (fragment, output)
 
 
+def fresh_python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter (nothing imported yet, warnings filters as a user gets them)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+
 def test_help_lists_every_command_without_importing_torch():
-    code = (
+    out = fresh_python(
         "import sys; from typer.testing import CliRunner; from rql_cli.cli.app import app; "
         "r = CliRunner().invoke(app, ['--help']); print(r.output); "
         "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    ).stdout
     for command in ("train", "eval", "finetune", "rollout", "push", "pull", "data", "list"):
         assert command in out
     assert "NO_TORCH" in out
@@ -61,12 +65,11 @@ def test_help_prose_flows_at_the_terminal_width_and_examples_keep_their_lines(mo
 
 
 def test_library_hints_that_say_nothing_to_users_are_silenced_but_other_warnings_show():
-    code = (
+    err = fresh_python(
         "import warnings; from rql_cli.cli.app import _quiet_library_warnings; _quiet_library_warnings(); "
         "warnings.warn('TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled.'); "
         "warnings.warn('something else entirely')"
-    )
-    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    ).stderr
     assert "TensorFloat32" not in err and "something else entirely" in err
 
 
