@@ -172,11 +172,12 @@ def _online(
     config: RQLConfig, settings: FinetuneSettings, data: DataSpec, run_dir: Path,
     origin: run_files.RunOrigin | None, observer: FinetuneObserver,
 ) -> TrainOutcome:
-    run = _open_online(config, settings, data, run_dir, origin)
-    try:
-        return _run_online(run, observer)
-    finally:
-        run.collector.close()
+    with run_files.RunLock(run_dir):
+        run = _open_online(config, settings, data, run_dir, origin)
+        try:
+            return _run_online(run, observer)
+        finally:
+            run.collector.close()
 
 
 def _run_online(run: _Online, observer: FinetuneObserver) -> TrainOutcome:

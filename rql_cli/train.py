@@ -131,8 +131,15 @@ def train(
     ``origin`` (continued offline training, ``rql finetune --dataset``) a new run starts from that
     checkpoint's weights (and its Adam state when it has one) at step 0, and records the lineage.
     """
-    observer = observer or TrainObserver()
-    session = _open_session(config, data, Path(run_dir), resume, origin)
+    with run_files.RunLock(run_dir):
+        return _train_locked(config, data, Path(run_dir), resume, observer or TrainObserver(), origin)
+
+
+def _train_locked(
+    config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool, observer: TrainObserver,
+    origin: run_files.RunOrigin | None,
+) -> TrainOutcome:
+    session = _open_session(config, data, run_dir, resume, origin)
     agent = session.agent
     observer.on_start(_start_info(session))
     outcome = TrainOutcome(run_dir=session.run_dir, step=agent.step, last_checkpoint=session.last_checkpoint)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,30 @@ def test_a_run_keeps_exactly_its_newest_checkpoints_and_its_best(tiny_dataset_di
     outcome = train(config, DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir)), tmp_path / "run")
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000007", "step_00000008", "step_00000009"]
     assert outcome.last_checkpoint == tmp_path / "run" / "checkpoints" / "step_00000009"
+
+
+def test_a_run_folder_in_use_refuses_a_second_process_and_a_stale_lock_is_taken_over(tiny_run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from rql_cli.io.run_files import LOCK_FILE, RunLock, read_run_record
+    from rql_cli.train import DataSpec, train
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    before = (run / "metrics.csv").read_bytes()
+    record = read_run_record(run)
+    with RunLock(run):
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with pytest.raises(RQLError, match=f"in use by another rql process \\(pid {os.getpid()}\\)"):
+            train(record.config.replace(steps=4), DataSpec(name=record.dataset, **record.data), run, resume=True)
+        assert (run / "metrics.csv").read_bytes() == before  # the second resume touched nothing
+    assert not (run / LOCK_FILE).exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK_FILE).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    with RunLock(run):  # its process has exited: stale, taken over
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+    fresh = tmp_path / "never-written"
+    with RunLock(fresh):
+        assert fresh.is_dir()
+    assert not fresh.exists()  # a lock alone leaves no folder behind

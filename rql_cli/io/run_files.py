@@ -220,6 +220,73 @@ def check_new_run_folder(run_dir: Path) -> None:
         raise RQLError(f"Cannot write the run folder {run_dir}: {error.strerror or error}. Choose another --out.") from None
 
 
+LOCK_FILE = ".lock"
+"""A run folder's lock while a process trains in it: ``{"pid", "host"}`` of that process."""
+
+
+class RunLock:
+    """Refuse a second process on one run folder (two resumes would truncate each other's logs).
+
+    Entering creates ``RUN/.lock`` atomically with this process's pid and host; a lock whose process
+    is gone (same host, pid not running) is stale and taken over. Leaving removes it, and the folder
+    too when entering created it and nothing else was written.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._created_folder = False
+
+    def __enter__(self) -> "RunLock":
+        import os
+        import socket
+
+        self._created_folder = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._refuse_unless_stale(me["host"])
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(handle, "w") as out:
+                json.dump(me, out)
+            return self
+        raise RQLError(f"Could not lock {self.run_dir}: another process keeps taking {self.path}.")
+
+    def _refuse_unless_stale(self, host: str) -> None:
+        import os
+
+        try:
+            holder = json.loads(self.path.read_text())
+            pid, holder_host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # unreadable: a lock torn by a crash, stale
+        if holder_host != host:
+            raise RQLError(
+                f"{self.run_dir} is in use by an rql process on {holder_host} (pid {pid}). Wait for it, or "
+                f"delete {self.path} if that process is gone."
+            )
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # its process is gone
+        except PermissionError:
+            pass  # alive, another user's
+        raise RQLError(
+            f"{self.run_dir} is in use by another rql process (pid {pid}): two runs in one folder would "
+            f"overwrite each other's checkpoints and logs. Wait for it to finish, or stop it with "
+            f"`kill -INT {pid}` (it saves a checkpoint), then resume."
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.path.unlink(missing_ok=True)
+        if self._created_folder and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()
+
+
 def check_resumable(run_dir: Path) -> None:
     """Refuse --resume of something that is not a run folder, saying what it is and what to pass."""
     run_dir = Path(run_dir)
