@@ -202,7 +202,8 @@ def _open_session(
             action_dim=dataset.action_dim, step=0, versions=software_versions(),
             success_timing=success_timing(task_name), env_spec=_env_spec(task_name),
         )
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a dataset or config refused above leaves nothing
+        # RunLock made the folder; a refusal above leaves it empty, and the lock removes it again.
+        run_dir.mkdir(parents=True, exist_ok=True)
         if shard_log is not None:
             shard_log.open(run_dir, start_step)
         run_files.remove_unfinished_writes(run_dir)

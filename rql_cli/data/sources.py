@@ -11,7 +11,6 @@ itself such a folder selects it.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -206,7 +205,7 @@ def _holds_shards_of(folder: Path, stem: str) -> bool:
     """Whether ``folder`` itself is a shard folder of dataset ``stem``: its shards are named after the
     dataset (``cube-double-play-v0-000.npz``). A folder of other datasets' single files is not one,
     so asking it for a dataset it lacks is "not found", never another dataset's file."""
-    prefix = re.sub(r"-v\d+$", "", stem)  # cube-double-play
+    prefix = stem.rpartition("-")[0]  # cube-double-play-v0 -> cube-double-play, as generate names shards
     shards = list_shards(folder)
     return bool(shards) and all(shard.name.startswith(prefix) for shard in shards)
 

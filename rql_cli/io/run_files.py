@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,9 +240,6 @@ class RunLock:
         self._created_folder = False
 
     def __enter__(self) -> "RunLock":
-        import os
-        import socket
-
         self._created_folder = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -257,8 +256,6 @@ class RunLock:
         raise RQLError(f"Could not lock {self.run_dir}: another process keeps taking {self.path}.")
 
     def _refuse_unless_stale(self, host: str) -> None:
-        import os
-
         try:
             holder = json.loads(self.path.read_text())
             pid, holder_host = int(holder["pid"]), str(holder["host"])
