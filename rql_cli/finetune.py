@@ -172,8 +172,8 @@ def _online(
     config: RQLConfig, settings: FinetuneSettings, data: DataSpec, run_dir: Path,
     origin: run_files.RunOrigin | None, observer: FinetuneObserver,
 ) -> TrainOutcome:
-    with run_files.RunLock(run_dir):
-        run = _open_online(config, settings, data, run_dir, origin)
+    with run_files.RunLock(run_dir) as lock:
+        run = _open_online(config, settings, data, lock, origin)
         try:
             return _run_online(run, observer)
         finally:
@@ -278,10 +278,13 @@ def _start_info(run: _Online) -> dict[str, Any]:
 
 
 def _open_online(
-    config: RQLConfig, settings: FinetuneSettings, data: DataSpec, run_dir: Path,
+    config: RQLConfig, settings: FinetuneSettings, data: DataSpec, lock: run_files.RunLock,
     origin: run_files.RunOrigin | None,
 ) -> _Online:
-    """Build the agent, the buffer (offline part loaded), the env and the run's files; restore on resume."""
+    """Build the agent, the buffer (offline part loaded), the env and the run's files; restore on resume.
+
+    The run folder (``lock.run_dir``) is made and locked only once the inputs are checked.
+    """
     from rql_cli.core.rql import RQLAgent
     from rql_cli.data.dataset import ACTION_CLIP
     from rql_cli.data.replay import ReplayBuffer, buffer_bytes
@@ -294,6 +297,7 @@ def _open_online(
 
     if settings.utd < 1:
         raise RQLError(f"--utd must be at least 1, got {settings.utd}.")
+    run_dir = lock.run_dir
     device = resolve_device(config.device)
     resumed = None if origin is not None else _latest_resumable(run_dir)
     source_meta = origin.meta if origin else read_meta(resumed)[0]
@@ -316,7 +320,7 @@ def _open_online(
                           obs_dim=agent.obs_dim, action_dim=agent.action_dim, step=0,
                           versions=software_versions(), success_timing=success_timing(task_name),
                           lineage=origin.lineage if origin else source_meta.lineage, env_spec=source_meta.env_spec)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock.make_folder()
     run_files.remove_unfinished_writes(run_dir)
     check_disk(config, agent, run_dir, total=settings.online_steps,
                extra_bytes=buffer_bytes(settings.online_steps, agent.obs_dim, agent.action_dim))

@@ -131,15 +131,15 @@ def train(
     ``origin`` (continued offline training, ``rql finetune --dataset``) a new run starts from that
     checkpoint's weights (and its Adam state when it has one) at step 0, and records the lineage.
     """
-    with run_files.RunLock(run_dir):
-        return _train_locked(config, data, Path(run_dir), resume, observer or TrainObserver(), origin)
+    with run_files.RunLock(run_dir) as lock:
+        return _train_locked(config, data, lock, resume, observer or TrainObserver(), origin)
 
 
 def _train_locked(
-    config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool, observer: TrainObserver,
+    config: RQLConfig, data: DataSpec, lock: run_files.RunLock, resume: bool, observer: TrainObserver,
     origin: run_files.RunOrigin | None,
 ) -> TrainOutcome:
-    session = _open_session(config, data, run_dir, resume, origin)
+    session = _open_session(config, data, lock, resume, origin)
     agent = session.agent
     observer.on_start(_start_info(session))
     outcome = TrainOutcome(run_dir=session.run_dir, step=agent.step, last_checkpoint=session.last_checkpoint)
@@ -166,9 +166,14 @@ def _train_locked(
 
 
 def _open_session(
-    config: RQLConfig, data: DataSpec, run_dir: Path, resume: bool, origin: run_files.RunOrigin | None
+    config: RQLConfig, data: DataSpec, lock: run_files.RunLock, resume: bool, origin: run_files.RunOrigin | None
 ) -> _Session:
-    """Load the data, build (or restore) the agent and its generators, and open the run's files."""
+    """Load the data, build (or restore) the agent and its generators, and open the run's files.
+
+    Nothing is written to the run folder (``lock.run_dir``) until the inputs are checked; then the
+    lock makes the folder (a new run's) and holds it.
+    """
+    run_dir = lock.run_dir
     from rql_cli.core.rql import RQLAgent
     from rql_cli.device import check_agent_fits, make_generator, resolve_device
     from rql_cli.envs.make import success_timing
@@ -202,8 +207,7 @@ def _open_session(
             action_dim=dataset.action_dim, step=0, versions=software_versions(),
             success_timing=success_timing(task_name), env_spec=_env_spec(task_name),
         )
-        # RunLock made the folder; a refusal above leaves it empty, and the lock removes it again.
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.make_folder()
         if shard_log is not None:
             shard_log.open(run_dir, start_step)
         run_files.remove_unfinished_writes(run_dir)

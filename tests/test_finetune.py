@@ -111,6 +111,7 @@ def test_sigterm_then_resume_restores_the_online_buffer_and_counters(tiny_run_di
         finetune,
     )
     from rql_cli.io.resolve import load_checkpoint
+    from rql_cli.io.run_files import RunLock
 
     class SignalAt(FinetuneObserver):
         def on_log(self, step, metrics):
@@ -128,15 +129,16 @@ def test_sigterm_then_resume_restores_the_online_buffer_and_counters(tiny_run_di
     saved = load_file(str(outcome.last_checkpoint / "online_buffer.safetensors"))
     assert saved.pop("counters").tolist() == [250, 1]  # the running episode (50 steps) is dropped
 
-    resumed = _open_online(config, settings, data, out, None)
-    try:
-        assert (resumed.env_step, resumed.episodes, resumed.agent.step) == (250, 1, 250)
-        assert resumed.buffer.online_size == 200
-        for name, tensor in resumed.buffer.online_part().items():
-            assert torch.equal(tensor, saved[name]), name
-        assert resumed.collector.episode == 1  # a new episode starts
-    finally:
-        resumed.collector.close()
+    with RunLock(out) as lock:
+        resumed = _open_online(config, settings, data, lock, None)
+        try:
+            assert (resumed.env_step, resumed.episodes, resumed.agent.step) == (250, 1, 250)
+            assert resumed.buffer.online_size == 200
+            for name, tensor in resumed.buffer.online_part().items():
+                assert torch.equal(tensor, saved[name]), name
+            assert resumed.collector.episode == 1  # a new episode starts
+        finally:
+            resumed.collector.close()
     finished = finetune(None, config, settings, data, out, resume=True)
     assert finished.step == 600 and not finished.interrupted
     history = json.loads((out / "train_config.json").read_text())["history"]

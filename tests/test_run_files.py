@@ -129,6 +129,10 @@ def test_a_run_folder_in_use_refuses_a_second_process_and_a_stale_lock_is_taken_
     with RunLock(run):  # its process has exited: stale, taken over
         assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
     fresh = tmp_path / "never-written"
-    with RunLock(fresh):
-        assert fresh.is_dir()
+    with RunLock(fresh) as lock:
+        assert not fresh.exists()  # a new run's folder waits until its inputs are checked
+        lock.make_folder()
+        assert json.loads((fresh / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with pytest.raises(RQLError, match="in use by another rql process"), RunLock(fresh) as second:
+            second.make_folder()  # a second new run into the same --out, racing the first
     assert not fresh.exists()  # a lock alone leaves no folder behind

@@ -229,19 +229,33 @@ LOCK_FILE = ".lock"
 class RunLock:
     """Refuse a second process on one run folder (two resumes would truncate each other's logs).
 
-    Entering creates ``RUN/.lock`` atomically with this process's pid and host; a lock whose process
-    is gone (same host, pid not running) is stale and taken over. Leaving removes it, and the folder
-    too when entering created it and nothing else was written.
+    The lock is ``RUN/.lock``, created atomically with this process's pid and host; a lock whose
+    process is gone (same host, pid not running) is stale and taken over. Entering takes it when the
+    folder exists (a resume is refused before any data loads); a new run's folder is made, and locked,
+    by :meth:`make_folder` once its inputs are checked, so a refused command leaves nothing behind.
+    Leaving removes the lock, and the folder too when this lock made it and nothing else was written.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self._created_folder = False
+        self._held = False
 
     def __enter__(self) -> "RunLock":
-        self._created_folder = not self.run_dir.exists()
+        if self.run_dir.is_dir():
+            self._acquire()
+        return self
+
+    def make_folder(self) -> None:
+        """Make the run folder (and its parents) and hold its lock: call before the run's first write."""
+        if not self._held:
+            self._created_folder = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self._held:
+            self._acquire()
+
+    def _acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(2):
             try:
@@ -252,7 +266,8 @@ class RunLock:
                 continue
             with os.fdopen(handle, "w") as out:
                 json.dump(me, out)
-            return self
+            self._held = True
+            return
         raise RQLError(f"Could not lock {self.run_dir}: another process keeps taking {self.path}.")
 
     def _refuse_unless_stale(self, host: str) -> None:
@@ -279,7 +294,10 @@ class RunLock:
         )
 
     def __exit__(self, *exc_info: object) -> None:
+        if not self._held:
+            return
         self.path.unlink(missing_ok=True)
+        self._held = False
         if self._created_folder and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
             self.run_dir.rmdir()
 
