@@ -392,6 +392,7 @@ def _restore(run: _Online, folder: Path) -> None:
     run.last_checkpoint = folder
     for log in run.logs.values():
         log.truncate_after(run.env_step)
+    run.started -= run_files.logged_wall_time(list(run.logs.values()))
     run.recent.extend(float(r["success"]) for r in run.logs["online"].read()[-RUNNING_EPISODES:])
 
 

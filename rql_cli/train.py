@@ -111,7 +111,7 @@ class _Session:
         return path
 
     def wall_time(self) -> float:
-        """Seconds since this session started."""
+        """Training seconds of the run: since this session started, plus the sessions before a resume."""
         return time.perf_counter() - self.started
 
 
@@ -356,6 +356,7 @@ def _restore(session: _Session) -> Path:
     load_train_state_into(agent, latest, session.generators)
     session.metrics_log.truncate_after(agent.step)
     session.eval_log.truncate_after(agent.step)
+    session.started -= run_files.logged_wall_time([session.metrics_log, session.eval_log])
     return latest
 
 

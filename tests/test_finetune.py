@@ -111,7 +111,7 @@ def test_sigterm_then_resume_restores_the_online_buffer_and_counters(tiny_run_di
         finetune,
     )
     from rql_cli.io.resolve import load_checkpoint
-    from rql_cli.io.run_files import RunLock
+    from rql_cli.io.run_files import CsvLog, RunLock
 
     class SignalAt(FinetuneObserver):
         def on_log(self, step, metrics):
@@ -144,6 +144,9 @@ def test_sigterm_then_resume_restores_the_online_buffer_and_counters(tiny_run_di
     history = json.loads((out / "train_config.json").read_text())["history"]
     # Opening the run above counted as a resume too: both at env step 250.
     assert [(h["event"], h["step"]) for h in history] == [("start", 0), ("resume", 250), ("resume", 250)]
+    rows = CsvLog(out / "metrics.csv", []).read()
+    clock = [float(row["wall_time"]) for row in rows]  # the run's training seconds, across both sessions
+    assert [int(row["step"]) for row in rows][4:6] == [250, 300] and clock == sorted(clock)
 
 
 def test_continued_offline_training_starts_from_the_checkpoints_weights(tiny_run_dir, tiny_dataset_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -23,6 +24,11 @@ TINY = dict(
 )
 
 
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return {**load_file(str(folder / "velocity.safetensors")), **load_file(str(folder / "value.safetensors"))}
 
@@ -38,8 +44,11 @@ def test_n_steps_then_resume_n_steps_equals_2n_steps(tiny_dataset_dir, tmp_path)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     # The logs of the resumed run hold each step once.
-    steps = [int(row.split(",")[0]) for row in (tmp_path / "split" / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [2, 4, 6, 8, 10, 12]
+    rows = read_csv(tmp_path / "split" / "metrics.csv")
+    assert [int(row["step"]) for row in rows] == [2, 4, 6, 8, 10, 12]
+    # Its clock goes on across the resume: wall_time counts the run's training seconds, not the session's.
+    clock = [float(row["wall_time"]) for row in rows]
+    assert clock == sorted(clock) and clock[3] > clock[2] > 0
     # And the weights did move: training happened.
     start = weights(list_checkpoints(tmp_path / "split")[0])
     assert any(not torch.equal(start[k], a[k]) for k in a)

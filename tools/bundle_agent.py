@@ -42,8 +42,8 @@ def measure(ref: str, episodes: int, task: int | None = None) -> tuple[object, d
 
 
 def wall_time_s(run: Path) -> float | None:
-    """Training seconds of the whole run: metrics.csv's wall_time counts from each (re)start, so a
-    resumed run's sessions are added up (a drop in wall_time marks a resume)."""
+    """Training seconds of the whole run. Runs resumed before the clock went on across resumes restarted
+    metrics.csv's wall_time on each resume: a drop marks one, and the sessions are added up."""
     if not (run / "metrics.csv").is_file():
         return None
     with open(run / "metrics.csv") as handle:

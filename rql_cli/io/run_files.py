@@ -405,6 +405,20 @@ class CsvLog:
             return list(csv.DictReader(handle))
 
 
+def logged_wall_time(logs: list[CsvLog]) -> float:
+    """The largest ``wall_time`` (s) in the last rows of these logs: a resumed run's clock goes on from it.
+
+    0.0 when none has a row with a ``wall_time``; so a resumed run's ``wall_time`` keeps counting
+    training seconds from where its checkpoint left off (the time it spent stopped is not counted).
+    """
+    times = []
+    for log in logs:
+        rows = log.read()
+        if rows and rows[-1].get("wall_time"):
+            times.append(float(rows[-1]["wall_time"]))
+    return max(times, default=0.0)
+
+
 def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
