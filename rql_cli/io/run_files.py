@@ -249,11 +249,12 @@ class RunLock:
 
     def make_folder(self) -> None:
         """Make the run folder (and its parents) and hold its lock: call before the run's first write."""
-        if not self._held:
-            self._created_folder = not self.run_dir.exists()
+        if self._held:  # the folder existed when entering (a resume)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return
+        self._created_folder = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self._held:
-            self._acquire()
+        self._acquire()
 
     def _acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
