@@ -249,8 +249,7 @@ class RunLock:
 
     def make_folder(self) -> None:
         """Make the run folder (and its parents) and hold its lock: call before the run's first write."""
-        if self._held:  # the folder existed when entering (a resume)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._held:  # entering found the folder (a resume) and locked it
             return
         self._created_folder = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
