@@ -337,3 +337,20 @@ def test_a_push_publishes_the_evidence_and_curves_and_the_card_quotes_them(hub, 
     rows = [line for line in remote["README.md"].decode().splitlines() if line.startswith("| ") and "rql-cpu" in line]
     assert rows == ["| 1 | `cube-single-task1-rql-cpu` | 74.0% [64.6%, 81.6%] | 100 | - |",
                     "| 3 | `cube-single-task3-rql-cpu` | 78.0% [68.9%, 85.0%] | 100 | 5.0% |"]  # by task
+
+
+def test_a_card_says_a_goal_was_reached_with_the_number_and_drops_the_shortfall_note(checkpoint):
+    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.metrics import read_metrics
+    from rql_cli.io.model_card import build_model_card
+
+    note = "A GPU run would need 1M steps."
+    meta = read_meta(checkpoint)[0]
+    for success, expected in ((0.85, "the goal: 80.0% (the hub's aim): reached (85.0%)"),
+                              (0.65, f"the goal: 80.0% (the hub's aim): **not reached** (65.0%). {note}")):
+        write_training_metrics(checkpoint, success)
+        evidence = dict(goal=dict(success_rate=0.8, why="the hub's aim", note=note))
+        card = build_model_card(meta, read_metrics(checkpoint), "alice/goal", files=[], evidence=evidence).content
+        card = " ".join(card.split())
+        assert expected in card, card
+        assert (note in card) == (success < 0.8)

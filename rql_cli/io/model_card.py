@@ -79,10 +79,11 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     goal = evidence.get("goal")
     if goal and goal.get("success_rate") is not None:
         line = f"- the goal: {pct(goal['success_rate'])}" + (f" ({goal['why']})" if goal.get("why") else "")
+        reached = bool(report and report.tasks) and report.tasks[0]["success_rate"] >= goal["success_rate"]
         if report and report.tasks:
-            reached = report.tasks[0]["success_rate"] >= goal["success_rate"]
-            line += ": reached" if reached else f": **not reached** ({pct(report.tasks[0]['success_rate'])})"
-        lines.append(line + (f". {goal['note']}" if goal.get("note") else ""))
+            line += f": {'reached' if reached else '**not reached**'} ({pct(report.tasks[0]['success_rate'])})"
+        # the note says what reaching the goal would take: only where it is not reached
+        lines.append(line + (f". {goal['note']}" if goal.get("note") and not reached else ""))
     for key, label in (("dataset_recipe", "data, made here"), ("train_command", "training command")):
         if evidence.get(key):
             lines += [f"- {label}:", "", "  ```bash", f"  {evidence[key]}", "  ```"]
