@@ -106,7 +106,9 @@ def rewrite_card(out: Path, goal: dict | None) -> None:
     evidence = read_evidence(out) or {}
     if goal is not None:
         evidence["goal"] = goal
-        write_json_atomic(out / EVIDENCE_FILE, evidence)
+    # the command leaves out what equals today's preset: written again, it stays exact when a preset changes
+    evidence["train_command"] = reproduce_command(meta)
+    write_json_atomic(out / EVIDENCE_FILE, evidence)
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
     video = "rollout.mp4" if (out / "rollout.mp4").is_file() else None
     card = build_model_card(meta, read_metrics(out), f"rql/{out.name}", files=[*files, "README.md"],
