@@ -79,9 +79,10 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     goal = evidence.get("goal")
     if goal and goal.get("success_rate") is not None:
         line = f"- the goal: {pct(goal['success_rate'])}" + (f" ({goal['why']})" if goal.get("why") else "")
-        reached = bool(report and report.tasks) and report.tasks[0]["success_rate"] >= goal["success_rate"]
-        if report and report.tasks:
-            line += f": {'reached' if reached else '**not reached**'} ({pct(report.tasks[0]['success_rate'])})"
+        measured = report.tasks[0]["success_rate"] if report and report.tasks else None
+        reached = measured is not None and measured >= goal["success_rate"]
+        if measured is not None:
+            line += f": {'reached' if reached else '**not reached**'} ({pct(measured)})"
         # the note says what reaching the goal would take: only where it is not reached
         lines.append(line + (f". {goal['note']}" if goal.get("note") and not reached else ""))
     for key, label in (("dataset_recipe", "data, made here"), ("train_command", "training command")):
