@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The command line end to end on a CUDA machine (about 5 minutes), after benchmarks/gpu_check.sh:
 # generate a small dataset, train with compile=graphs (the fast mode, so it is what a GPU user runs),
-# resume, evaluate a bundled agent, fine-tune online, film a rollout through EGL. Logs go to $OUT
+# resume, evaluate a bundled agent, fine-tune online (graphs too), film a rollout through EGL. Logs go to $OUT
 # (or ./gpu_e2e_out). Where the image lacks the simulators, carry what benchmarks/gpu_pack_deps.sh
 # made (.whl and .gl); this unpacks them first.
 #   bash benchmarks/gpu_e2e.sh
@@ -24,8 +24,8 @@ step $C train --dataset cube-single-play-v0 --dataset-dir $R/data --steps 2000 -
     --eval-envs 8 --device cuda --out $R/run $NET --set save_interval=1000 --set compile=graphs -q
 step $C train --resume $R/run --steps 3000 --device cuda -q
 step $C eval --checkpoint cube-single-task1-rql-cpu --episodes 24 --envs 8 --device cuda -q
-step $C finetune --checkpoint $R/run --online-steps 400 --eval-episodes 4 --device cuda --out $R/ft -q
+step $C finetune --checkpoint $R/run --online-steps 400 --eval-episodes 4 --device cuda --out $R/ft --set compile=graphs -q
 step $C rollout --checkpoint cube-single-task1-rql-cpu --episodes 1 --max-steps 60 --render --out "$OUT/rollout.gif" --device cuda -q
-grep -h "steps_per_second" -m1 $R/run/metrics.csv > /dev/null && tail -n 2 $R/run/metrics.csv
+cp $R/run/metrics.csv "$OUT/train_metrics.csv" 2>/dev/null && tail -n 2 $R/run/metrics.csv
 tail -n 20 "$OUT/e2e.log"
 exit $status

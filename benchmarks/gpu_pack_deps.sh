@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Run HERE (a machine with a package index), before a GPU lease whose image lacks the simulators.
 # The lent GPU machines (Python 3.12, torch, no network) have no gymnasium, mujoco, ogbench,
-# dm_control or minari; this packs them, for Python 3.12 on x86-64, into one archive of about 27 MB
-# (dm_control's suite/locomotion assets and mujoco's studio and docs are dropped: rql never imports
-# them), and fetches the GL libraries headless rendering needs there. Both folders are git-ignored.
+# dm_control or minari; this packs them, for Python 3.12 on x86-64, into one archive of about 17 MB
+# (dm_control's suite, locomotion and test assets, labmaze, mujoco's studio, docs and Filament
+# renderer, and every *_test.py are left out: rql never imports them, and the tracked tree (43 MB,
+# mostly checkpoints/) plus this archive must stay under the 64 MiB a lease carries), and fetches
+# the GL libraries headless rendering needs there. Both folders are git-ignored.
 #   bash benchmarks/gpu_pack_deps.sh        # writes .whl/site.tar.xz and .gl/*.deb
 # On the GPU machine, carry .whl and .gl and run benchmarks/gpu_e2e.sh (it unpacks both).
 set -euo pipefail
@@ -15,9 +17,11 @@ python3 -m pip install -q --no-deps --only-binary=:all: --python-version 3.12 --
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     --platform any --target "$site" \
     gymnasium==1.4.0 farama-notifications mujoco==4.0.0 mujoco-core==4.0.0 mujoco-studio==4.0.0 \
-    websockets glfw==2.11.0 PyOpenGL==3.1.10 ogbench==1.2.2 dm_control==1.0.50 dm-env dm-tree labmaze \
+    websockets glfw==2.11.0 PyOpenGL==3.1.10 ogbench==1.2.2 dm_control==1.0.50 dm-env dm-tree \
     minari==0.5.4
-rm -rf "$site"/dm_control/suite "$site"/dm_control/locomotion "$site"/mujoco/studio "$site"/mujoco/doc "$site"/bin
+rm -rf "$site"/dm_control/suite "$site"/dm_control/locomotion "$site"/dm_control/mujoco/testing \
+    "$site"/labmaze "$site"/labmaze-* "$site"/mujoco/studio "$site"/mujoco/doc "$site"/mujoco/_render_filament* "$site"/bin
+find "$site" -name '*_test.py' -delete
 mkdir -p .whl && tar -C "$site" -cJf .whl/site.tar.xz . && rm -rf "$site"
 mkdir -p .gl /tmp/amd64/partial
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'

@@ -113,8 +113,9 @@ class RQLConfig:
     )
     compile: str = _field(
         "auto",
-        "torch.compile of the update: 'auto' (on CUDA, and on CPU for runs of 20,000+ steps; eager if "
-        "compiling fails), 'on', 'off' (eager), 'graphs' (compiled and replayed as CUDA graphs; CUDA only).",
+        "torch.compile of the update: 'auto' (graphs on CUDA; compiled on CPU for runs of 20,000+ steps; "
+        "a mode down if compiling fails), 'on', 'off' (eager), 'graphs' (compiled and replayed as CUDA "
+        "graphs; CUDA only).",
     )
     threads: int = _field(
         0,

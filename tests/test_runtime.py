@@ -99,7 +99,7 @@ def test_compile_choices():
     assert compile_mode("on", CPU, 1) == "default"
     assert compile_mode("auto", CPU, AUTO_COMPILE_MIN_STEPS - 1) is None
     assert compile_mode("auto", CPU, AUTO_COMPILE_MIN_STEPS) == "default"
-    assert compile_mode("auto", torch.device("cuda"), 1) == "default"
+    assert compile_mode("auto", torch.device("cuda"), 1) == "reduce-overhead"
     assert compile_mode("graphs", torch.device("cuda"), 1) == "reduce-overhead"
     with pytest.raises(RQLError, match="CUDA graphs.*compile=on"):
         compile_mode("graphs", CPU, 1)
@@ -127,6 +127,42 @@ def test_a_compile_that_fails_falls_back_to_eager_under_auto_and_is_an_error_und
         with pytest.raises(RQLError, match="compile=off"):
             prepare_update(_odd_agent(), "on", 1, batch)
     torch._dynamo.reset()
+
+
+class _AgentWhoseGraphsFail:
+    """Records each compile mode it is given; recording CUDA graphs (or, with ``fail_all``, any
+    compile) raises in the warm-up, as a failing inductor or graph capture would."""
+
+    device = torch.device("cuda")
+
+    def __init__(self, fail_all: bool = False):
+        self.fail_all, self.modes, self.compile_mode = fail_all, [], None
+
+    def compile_update(self, mode):
+        self.modes.append(mode)
+        self.compile_mode = mode
+
+    def warm_up(self, batch):
+        if self.compile_mode == "reduce-overhead" or (self.fail_all and self.compile_mode):
+            raise RuntimeError(f"cannot compile in mode {self.compile_mode}")
+
+
+def test_auto_on_cuda_steps_down_from_graphs_to_the_plain_compile_then_to_eager():
+    agent = _AgentWhoseGraphsFail()
+    with pytest.warns(UserWarning, match="plain compile"):
+        report = prepare_update(agent, "auto", 1, None)
+    assert agent.modes == ["reduce-overhead", None, "default"]
+    assert report.mode == agent.compile_mode == "default" and "reduce-overhead" in report.fallback
+
+    agent = _AgentWhoseGraphsFail(fail_all=True)
+    with pytest.warns(UserWarning) as warned:
+        report = prepare_update(agent, "auto", 1, None)
+    assert agent.modes == ["reduce-overhead", None, "default", None]
+    assert report.mode is None and agent.compile_mode is None and "default" in report.fallback
+    assert "training eagerly" in str(warned[-1].message)
+
+    with pytest.raises(RQLError, match="compile=graphs"):
+        prepare_update(_AgentWhoseGraphsFail(), "graphs", 1, None)
 
 
 def test_a_compiled_update_is_prepared_once_and_reports_its_time():
