@@ -77,6 +77,7 @@ def test_every_bundled_agent_loads_fits_its_env_matches_its_card_and_runs():
         finally:
             env.close()
         report = read_metrics(folder)
+        assert report.checkpoint == name  # what `rql eval --checkpoint` takes, not a path on the bundling machine
         card = (folder / "README.md").read_text()
         first = report.tasks[0]
         low, high = first["success_ci95"]

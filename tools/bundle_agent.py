@@ -161,7 +161,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in REQUIRED_FILES:
         shutil.copyfile(loaded.resolved.folder / name, out / name)
-    report.checkpoint = str(out)
+    report.checkpoint = out.name  # the bundled name `rql eval --checkpoint` takes, not a path on this machine
     write_metrics(out, report)
     shutil.copyfile(args.run / "curves.png", out / "curves.png")
     control_task = control.tasks[0]
