@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The command line end to end on a CUDA machine (about 5 minutes), after benchmarks/gpu_check.sh:
 # generate a small dataset, train with compile=graphs (the fast mode, so it is what a GPU user runs),
-# resume, evaluate a bundled agent, fine-tune online (graphs too), film a rollout through EGL. Logs go to $OUT
-# (or ./gpu_e2e_out). Where the image lacks the simulators, carry what benchmarks/gpu_pack_deps.sh
+# resume, evaluate a bundled agent, fine-tune online (graphs too), film a rollout through EGL. Logs go
+# to $OUT (or ./gpu_e2e_out). Where the image lacks the simulators, carry what benchmarks/gpu_pack_deps.sh
 # made (.whl and .gl); this unpacks them first.
 #   bash benchmarks/gpu_e2e.sh
 set -uo pipefail

@@ -234,6 +234,8 @@ def prepare_update(agent: Any, choice: str, steps_to_run: int, example_batch: An
     """
     mode = compile_mode(choice, agent.device, steps_to_run)
     report = CompileReport(choice=choice, mode=mode)
+    if mode is None:
+        return report
     started = time.perf_counter()
     while mode is not None:
         try:
@@ -252,7 +254,7 @@ def prepare_update(agent: Any, choice: str, steps_to_run: int, example_batch: An
             instead = "with the plain compile (no CUDA graphs)" if mode else "eagerly"
             warnings.warn(f"Compiling the update failed ({message}); training {instead} instead.", stacklevel=2)
             report.mode, report.fallback = mode, message
-    report.seconds = time.perf_counter() - started if report.mode else 0.0
+    report.seconds = time.perf_counter() - started
     return report
 
 
