@@ -19,13 +19,14 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
-from train_throughput import worktree  # this folder is on the path when run as a script
+# this folder is on the path when run as a script
+from train_throughput import tree_env, worktree
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def one_eval(tree: Path, checkpoint: str, episodes: int, envs: int, report: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree), CI="true")
+    env = tree_env(tree)
     command = [sys.executable, "-m", "rql_cli", "eval", "--checkpoint", checkpoint, "--episodes", str(episodes),
                "--envs", str(envs), "--device", "cpu", "--quiet", "--json", str(report)]
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=tree)

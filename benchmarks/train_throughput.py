@@ -148,6 +148,13 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
 # ------------------------------------------------------------------------------------------------
 # The parent: variants, rounds, load, worktrees, the table
 # ------------------------------------------------------------------------------------------------
+def tree_env(tree: Path) -> dict[str, str]:
+    """This process's environment with ``tree``'s rql_cli first on the path (a PYTHONPATH already set,
+    e.g. to packages unpacked on a GPU machine, stays behind it), and CI=true for plain output."""
+    path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, CI="true")
+
+
 @contextmanager
 def worktree(revision: str) -> Iterator[Path]:
     """A temporary detached checkout of ``revision`` (removed afterwards); the other benchmarks' --compare too."""
@@ -174,7 +181,7 @@ def busy_processes(count: int) -> Iterator[None]:
 
 
 def run_child(tree: Path, args: argparse.Namespace, config_name: str, mode: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    env = tree_env(tree)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", config_name, mode,
                "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.profile:
