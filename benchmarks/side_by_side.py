@@ -9,7 +9,7 @@ window, which holds start-up, is skipped) and what share of the lone speed each 
     python benchmarks/side_by_side.py --device cuda --networks paper --steps 4000   # two on one GPU
 
 Runs use the CPU-sized networks (3x256, K=4; ``--networks paper`` for 4x512, K=10) with no
-evaluation; threads and compilation are each run's own choice (on CUDA, `auto` replays CUDA graphs).
+evaluation; threads and compilation are each run's own choice (on CUDA, ``auto`` replays CUDA graphs).
 """
 
 from __future__ import annotations
