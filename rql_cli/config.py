@@ -395,8 +395,9 @@ PRESET_SOURCES: dict[str, str] = {
 CPU_NETWORKS: dict[str, Any] = dict(
     actor_hidden_dims=[256, 256, 256], value_hidden_dims=[256, 256, 256], ensemble_size=4
 )
-"""Networks sized for a 2-core CPU (about 5x fewer FLOPs than the paper's 4x512, K=10); the demo
-and the bundled CPU checkpoints use them. Everything else stays at the paper's values."""
+"""Networks sized for a 2-core CPU (about 11x fewer FLOPs than the paper's 4x512, K=10); the demo's
+short training run uses them. Everything else stays at the paper's values. (The bundled agents
+under checkpoints/ use 4x256, K=2, chosen by the pilots in the README's "Bundled agents".)"""
 
 
 def preset_for(
