@@ -89,3 +89,73 @@ def test_every_bundled_agent_loads_fits_its_env_matches_its_card_and_runs():
             assert _interval_text(first) in card, name  # the Evidence section quotes metrics.json
         short = evaluate_checkpoint(loaded, tasks=[None], episodes=2, num_envs=1)
         assert short.tasks[0]["episodes"] == 2
+
+
+def _config_of_train_command(command: str) -> tuple[int | None, dict]:
+    """(task, config fields) that a card's `rql train --dataset D [--task T] [--set K=V]...` command makes."""
+    import shlex
+
+    from rql_cli.config import make_config, parse_set_option
+    from rql_cli.names import parse_task_name
+
+    tokens = shlex.split(command)
+    assert tokens[:2] == ["rql", "train"], command
+    options = list(zip(tokens[2::2], tokens[3::2]))
+    dataset = next(value for flag, value in options if flag == "--dataset")
+    task = next((int(value) for flag, value in options if flag == "--task"), None)
+    overrides = dict(parse_set_option(value) for flag, value in options if flag == "--set")
+    assert {flag for flag, _ in options} <= {"--dataset", "--task", "--set"}, command
+    fields = make_config(parse_task_name(dataset), overrides=overrides).to_dict()
+    fields.pop("device")
+    return task, fields
+
+
+def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_controls():
+    """The training command on a card, run today, must make the agent's config: a preset changed since
+    bundling would otherwise make it train something else. The control's differs only in alpha."""
+    import pytest
+
+    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.model_card import read_evidence
+
+    folders = bundled_checkpoint_folders()
+    if not folders:
+        pytest.skip("no bundled agents")
+    for name, folder in folders.items():
+        evidence = read_evidence(folder)
+        if evidence is None:
+            continue
+        meta, _ = read_meta(folder)
+        stored = meta.config.to_dict()
+        stored.pop("device")
+        task, fields = _config_of_train_command(evidence["train_command"])
+        assert fields == stored, name
+        assert (task or meta.task_name.resolve_task()) == meta.task_name.resolve_task(), name
+        assert evidence["train_command"] in (folder / "README.md").read_text(), name
+        _, control = _config_of_train_command(evidence["control"]["command"])
+        assert control["alpha"] == 1000.0, name
+        assert {**control, "alpha": stored["alpha"]} == stored, name
+
+
+def test_an_old_control_command_gains_the_fields_a_changed_preset_no_longer_gives(tiny_run_dir):
+    """A control's command written before a preset changed: the fields that neither it nor its
+    agent's command set held the old preset's value, the agent's, and come back as --set."""
+    from rql_cli.config import make_config
+    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.model_card import reproduce_command, restate_preset_values
+
+    meta, _ = read_meta(sorted((tiny_run_dir / "checkpoints").iterdir())[-1])
+    today = make_config(meta.dataset).to_dict()
+    meta.config.expectile, meta.config.rho = today["expectile"], today["rho"]
+    old_agent = reproduce_command(meta)  # written when the preset gave this agent's expectile and rho
+    assert "expectile=" not in old_agent and "rho=" not in old_agent
+    meta.config.expectile, meta.config.rho = today["expectile"] + 0.05, today["rho"] + 0.25  # the preset moved
+    control_then = f"{old_agent} --set alpha=1000.0"
+    restated = restate_preset_values(control_then, old_agent, meta)
+    assert restated.startswith(control_then)
+    _, control = _config_of_train_command(restated)
+    assert (control["expectile"], control["rho"], control["alpha"]) == (meta.config.expectile, meta.config.rho, 1000.0)
+    # a field the agent's command stated is left alone (its control followed its own command)
+    stated = restate_preset_values(control_then, f"{old_agent} --set rho={today['rho']}", meta)
+    assert "rho=" not in stated.removeprefix(control_then)
+    assert restate_preset_values(restated, old_agent, meta) == restated  # once is enough

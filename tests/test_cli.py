@@ -116,7 +116,7 @@ def test_train_then_eval_through_the_cli(tiny_dataset_dir, tmp_path):
     assert "rql eval --checkpoint" in result.output
     config = json.loads((out / "checkpoints" / "step_00000003" / "config.json").read_text())
     assert config["config"]["seed"] == 3 and config["config"]["ensemble_size"] == 2
-    assert config["config"]["expectile"] == 0.9  # the cube-single preset
+    assert config["config"]["expectile"] == 0.7  # the cube-single preset
     # A second train into the same folder is refused instead of mixing runs.
     again = run("train", "--dataset", "cube-single-play-v0", "--dataset-dir", str(tiny_dataset_dir), "--out", str(out))
     assert_clean_error(again, "already holds a run", f"rql train --resume {out}")

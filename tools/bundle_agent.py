@@ -26,7 +26,9 @@ import torch
 from rql_cli.evaluation import evaluate_checkpoint
 from rql_cli.io.checkpoint import REQUIRED_FILES, read_meta
 from rql_cli.io.metrics import read_metrics, write_metrics
-from rql_cli.io.model_card import EVIDENCE_FILE, build_model_card, read_evidence, reproduce_command
+from rql_cli.io.model_card import (
+    EVIDENCE_FILE, build_model_card, read_evidence, reproduce_command, restate_preset_values,
+)
 from rql_cli.io.resolve import load_checkpoint
 from rql_cli.io.atomic import write_json_atomic
 from rql_cli.rollout import run_rollout
@@ -106,7 +108,11 @@ def rewrite_card(out: Path, goal: dict | None) -> None:
     evidence = read_evidence(out) or {}
     if goal is not None:
         evidence["goal"] = goal
-    # the command leaves out what equals today's preset: written again, it stays exact when a preset changes
+    # the command leaves out what equals today's preset: written again, it stays exact when a preset changes;
+    # the control's, whose config the bundle does not keep, gains --set for what its agent's command left out
+    control = evidence.get("control") or {}
+    if control.get("command") and evidence.get("train_command"):
+        control["command"] = restate_preset_values(control["command"], evidence["train_command"], meta)
     evidence["train_command"] = reproduce_command(meta)
     write_json_atomic(out / EVIDENCE_FILE, evidence)
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")

@@ -135,6 +135,30 @@ def reproduce_command(meta: CheckpointMeta) -> str:
     return " ".join(shlex.quote(part) for part in parts)
 
 
+def _set_fields(command: str) -> set[str]:
+    """Names of the config fields a `rql train` command sets with --set NAME=VALUE."""
+    tokens = shlex.split(command)
+    return {tokens[i + 1].split("=", 1)[0] for i, token in enumerate(tokens[:-1]) if token == "--set"}
+
+
+def restate_preset_values(command: str, sibling_command: str, meta: CheckpointMeta) -> str:
+    """Keep an old `rql train` command exact after a preset changed, given a sibling run's command of
+    the same day and that sibling's config (``meta``).
+
+    Both commands left to the preset every field they do not --set, so a field neither sets held the
+    then preset's value, which is the sibling's value in ``meta``. Where today's preset differs from it,
+    the field is added to ``command`` as --set NAME=VALUE. (A near-BC control's command, say, beside
+    its agent's: the bundle keeps the agent's config, not the control's.)"""
+    preset = _preset(meta)
+    stated = _set_fields(command) | _set_fields(sibling_command)
+    extra = [
+        ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
+        for name, value in meta.config.to_dict().items()
+        if name != "device" and name not in stated and name in preset and preset[name] != value
+    ]
+    return " ".join([command, *(shlex.quote(part) for pair in extra for part in pair)])
+
+
 def _preset(meta: CheckpointMeta) -> dict[str, Any]:
     try:
         return make_config(meta.dataset).to_dict()
