@@ -382,8 +382,9 @@ PRESET_SOURCES: dict[str, str] = {
         "ours (not in the paper): cube-double's h and rho; alpha 10 measured highest after 80k steps on task 2 "
         "(alpha 3 / 10: 86% / 93% over 100 episodes, intervals overlapping; near-BC alpha 1000: 12%; after 40k "
         "alpha 1 / 3 / 10 gave 29% / 73% / 60%); expectile 0.7 over cube-double's 0.9 at alpha 10: task 2 after "
-        "40k 79% [70, 86] against 60% [50, 69] (after 80k 94% and 93%: as good, sooner), task 5 after 80k 78% [69, 85] against 68% [58, 76]. 1000 "
-        "generated episodes, 4x256, K=2. Command: README, 'Bundled agents'"
+        "40k 79% [70, 86] against 60% [50, 69] (after 80k 94% and 93%: as good, sooner), task 5 after 80k "
+        "78% [69, 85] against 68% [58, 76]. 1000 generated episodes, 4x256, K=2. Command: README, "
+        "'Bundled agents'"
     ),
     "minari:D4RL/antmaze": "the paper's antmaze-large row (closest published: the same ant in D4RL's smaller mazes)",
     "external": (
