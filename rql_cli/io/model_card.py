@@ -128,11 +128,19 @@ def reproduce_command(meta: CheckpointMeta) -> str:
             parts += ["--task", str(task)]
     except RQLError:
         pass  # a name this rql does not know: the dataset name alone is the best we can say
-    preset = _preset(meta)
-    for name, value in meta.config.to_dict().items():
-        if name != "device" and preset.get(name) != value:  # the device is the machine's, not the recipe's
-            parts += ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
+    parts += _set_options_off_preset(meta, _preset(meta))
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def _set_options_off_preset(
+    meta: CheckpointMeta, preset: dict[str, Any], skip: frozenset[str] = frozenset()
+) -> list[str]:
+    """``--set NAME=VALUE`` tokens for each config field (but those in ``skip``) whose value is not ``preset``'s."""
+    parts: list[str] = []
+    for name, value in meta.config.to_dict().items():
+        if name != "device" and name not in skip and preset.get(name) != value:  # the device is the machine's
+            parts += ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
+    return parts
 
 
 def _set_fields(command: str) -> set[str]:
@@ -150,13 +158,10 @@ def restate_preset_values(command: str, sibling_command: str, meta: CheckpointMe
     the field is added to ``command`` as --set NAME=VALUE. (A near-BC control's command, say, beside
     its agent's: the bundle keeps the agent's config, not the control's.)"""
     preset = _preset(meta)
-    stated = _set_fields(command) | _set_fields(sibling_command)
-    extra = [
-        ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
-        for name, value in meta.config.to_dict().items()
-        if name != "device" and name not in stated and name in preset and preset[name] != value
-    ]
-    return " ".join([command, *(shlex.quote(part) for pair in extra for part in pair)])
+    if not preset:  # a name this rql does not know: no preset to have changed
+        return command
+    stated = frozenset(_set_fields(command) | _set_fields(sibling_command))
+    return " ".join([command, *(shlex.quote(part) for part in _set_options_off_preset(meta, preset, stated))])
 
 
 def _preset(meta: CheckpointMeta) -> dict[str, Any]:
