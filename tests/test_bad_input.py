@@ -47,6 +47,9 @@ CASES: list[tuple[str, list[str], list[str], dict[str, str]]] = [
     ("train-eval-episodes-negative", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--eval-episodes", "-5", "--out", "{W}/new"], ["eval_episodes must lie in"], {}),
     ("train-log-interval-zero", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "log_interval=0", "--out", "{W}/new"], ["log_interval must lie in"], {}),
     ("train-huge-seed", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--seed", "99999999999999999999", "--out", "{W}/new"], ["seed must lie in [0, 2,147,483,647]"], {}),
+    ("eval-huge-seed", ["eval", "--checkpoint", "{W}/ckpt", "--episodes", "1", "--seed", "99999999999999999999"], ["--seed must lie in [0, 2,147,483,647]"], {}),
+    ("rollout-negative-seed", ["rollout", "--checkpoint", "{W}/ckpt", "--episodes", "1", "--max-steps", "3", "--seed", "-1"], ["--seed must lie in [0, 2,147,483,647]"], {}),
+    ("generate-huge-seed", ["data", "generate", "cube-single-play-v0", "--episodes", "1", "--val-episodes", "1", "--seed", "2147483648", "--out", "{W}/gen"], ["--seed must lie in [0, 2,147,483,647]"], {}),
     ("train-negative-steps", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--steps", "-1", "--out", "{W}/new"], ["steps must lie in"], {}),
     ("rollout-fps-zero", ["rollout", "--checkpoint", "{W}/ckpt", "--fps", "0"], ["--fps must lie in"], {}),
     ("rollout-task-nine", ["rollout", "--checkpoint", "{W}/ckpt", "--task", "9"], ["--task must lie in [1, 5]"], {}),
@@ -69,7 +72,6 @@ CASES: list[tuple[str, list[str], list[str], dict[str, str]]] = [
     ("set-policy-points", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "policy_loss_points=foo"], ["policy_loss_points must be"], {}),
     ("set-width-huge", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "value_hidden_dims=[100000000]"], ["value_hidden_dims must hold"], {}),
     ("set-bool-as-number", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "alpha=true"], ["'alpha' expects a number"], {}),
-    ("cuda-absent", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--device", "cuda", "--out", "{W}/new"], ["asked for CUDA"], {}),
     ("device-unknown", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--device", "tpu", "--out", "{W}/new"], ["Unknown device 'tpu'"], {}),
     # --- dataset files ---------------------------------------------------------------------------
     ("dataset-missing", ["train", "--dataset", "cube-double-play-v0", "--dataset-dir", "{W}/empty", "--out", "{W}/new"], ["not found", "rql data generate cube-double-play-v0"], {}),
@@ -94,6 +96,9 @@ CASES: list[tuple[str, list[str], list[str], dict[str, str]]] = [
     ("ckpt-empty-folder", ["eval", "--checkpoint", "{W}/empty"], ["neither a checkpoint folder"], {}),
     ("ckpt-best-bad-metrics", ["eval", "--checkpoint", "{W}/run-badmetrics", "--best"], ["metrics.json is not valid JSON"], {}),
     ("eval-json-folder", ["eval", "--checkpoint", "{W}/ckpt", "--json", "{W}/data"], ["--json", "is a folder"], {}),
+    ("eval-json-under-a-file", ["eval", "--checkpoint", "{W}/ckpt", "--episodes", "1", "--json", "{W}/afile.txt/r.json"], ["--json {W}/afile.txt/r.json cannot be written", "is a file"], {}),
+    ("rollout-video-under-a-file", ["rollout", "--checkpoint", "{W}/ckpt", "--render", "--max-steps", "3", "--out", "{W}/afile.txt/v.mp4"], ["--out {W}/afile.txt/v.mp4 cannot be written", "is a file"], {}),
+    ("generate-out-is-a-file", ["data", "generate", "cube-single-play-v0", "--episodes", "1", "--val-episodes", "1", "--out", "{W}/afile.txt"], ["--out {W}/afile.txt is a file"], {}),
     ("ckpt-missing-train-state-key", ["train", "--resume", "{W}/run-badstate"], ["lacks rng.noise"], {}),
     # --- run folders -----------------------------------------------------------------------------
     ("resume-checkpoint-folder", ["train", "--resume", "{W}/run/checkpoints/step_00000002"], ["is a checkpoint folder, not a run folder", "--resume {W}/run"], {}),
@@ -115,6 +120,12 @@ CASES: list[tuple[str, list[str], list[str], dict[str, str]]] = [
     ("pull-offline-uncached", ["pull", "alice/never"], ["offline", "not in the Hub cache"], {"HF_HUB_OFFLINE": "1"}),
     ("eval-save-hub-id", ["eval", "--checkpoint", "alice/agent", "--save"], ["--save writes metrics.json", "rql pull alice/agent --dir"], {}),
 ]
+
+# Only a machine without CUDA refuses this one (with CUDA it trains), so it has its own test, which CUDA machines skip.
+CUDA_ABSENT_CASE = (
+    "cuda-absent", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--device", "cuda", "--out", "{W}/new"],
+    ["asked for CUDA"], {},
+)
 
 
 def tree_hash(root: Path) -> dict[str, str]:
@@ -193,18 +204,84 @@ def run_case(world: Path, args: list[str], extra_env: dict[str, str]) -> subproc
         return subprocess.CompletedProcess(argv, -1, "", f"still running after {CASE_TIMEOUT_S} s")
 
 
-def test_every_bad_input_gets_one_clean_message_and_changes_nothing(world):
-    assert len(CASES) >= 60 and len({case[0] for case in CASES}) == len(CASES)
-    before = tree_hash(world)
+def problems_with(world: Path, cases: list[tuple[str, list[str], list[str], dict[str, str]]]) -> list[str]:
+    """Run the cases two at a time; one line for each that was not a clean refusal."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda case: run_case(world, case[1], case[3]), CASES))
+        results = list(pool.map(lambda case: run_case(world, case[1], case[3]), cases))
     problems = []
-    for (name, _, fragments, _), result in zip(CASES, results):
+    for (name, _, fragments, _), result in zip(cases, results):
         text = " ".join((result.stdout + result.stderr).split())
         missing = [f.replace("{W}", str(world)) for f in fragments if f.replace("{W}", str(world)) not in text]
         if result.returncode != 1 or "Traceback" in text or missing:
             problems.append(f"{name}: exit {result.returncode}, missing {missing}: {text[-400:]}")
+    return problems
+
+
+def test_every_bad_input_gets_one_clean_message_and_changes_nothing(world):
+    assert len(CASES) >= 60 and len({case[0] for case in CASES}) == len(CASES)
+    before = tree_hash(world)
+    problems = problems_with(world, CASES)
     print(f"{len(CASES) - len(problems)} of {len(CASES)} bad inputs answered cleanly")
     assert problems == [], "\n".join(problems)
     assert not (world / "new").exists() and not (world / "gen").exists()
     assert tree_hash(world) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, --device cuda trains instead of refusing")
+def test_cuda_asked_for_on_a_machine_without_it_gets_one_clean_message(world):
+    before = tree_hash(world)
+    assert problems_with(world, [CUDA_ABSENT_CASE]) == []
+    assert not (world / "new").exists()
+    assert tree_hash(world) == before
+
+
+# How to reach each command that has --seed, with arguments that would start work if the seed were
+# accepted: a checkpoint that does not exist, or a dataset folder with nothing in it. {T} is a fresh folder.
+SEED_COMMANDS: dict[str, list[str]] = {
+    "eval": ["eval", "--checkpoint", "no-such-checkpoint"],
+    "rollout": ["rollout", "--checkpoint", "no-such-checkpoint", "--render", "--out", "{T}/v.mp4"],
+    "data generate": ["data", "generate", "cube-single-play-v0", "--episodes", "0", "--out", "{T}/gen"],
+    "train": ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{T}/nodata", "--out", "{T}/run"],
+    # finetune builds its config from the checkpoint's, so it needs one that loads
+    "finetune": ["finetune", "--checkpoint", str(Path(__file__).resolve().parents[1] / "checkpoints" / "cube-single-task1-rql-cpu"),
+                 "--online-steps", "5", "--out", "{T}/run"],
+}
+
+
+def commands_with_a_seed_option() -> set[str]:
+    import typer.main
+
+    from rql_cli.cli.app import app
+
+    found: set[str] = set()
+
+    def walk(command, path: list[str]) -> None:  # noqa: ANN001 (a click command or group)
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+        elif any("--seed" in param.opts for param in command.params):
+            found.add(" ".join(path))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "2147483648", "-1"])
+def test_every_seed_option_refuses_a_seed_outside_the_config_range_before_any_work(seed, tmp_path):
+    from typer.testing import CliRunner
+
+    from rql_cli.cli.app import app
+    from rql_cli.config import RANGES
+
+    assert commands_with_a_seed_option() == set(SEED_COMMANDS), "list every command with --seed here"
+    assert RANGES["seed"] == (0, 2**31 - 1)
+    problems = []
+    for name, args in SEED_COMMANDS.items():
+        argv = [arg.replace("{T}", str(tmp_path)) for arg in args] + ["--seed", seed]
+        result = CliRunner().invoke(app, argv)
+        text = " ".join(result.output.split())
+        if result.exit_code != 1 or result.exception and not isinstance(result.exception, SystemExit) \
+                or "seed must lie in [0, 2,147,483,647]" not in text:
+            problems.append(f"rql {name}: exit {result.exit_code}, {result.exception!r}: {text[-300:]}")
+    assert problems == []
+    assert list(tmp_path.iterdir()) == []

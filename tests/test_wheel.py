@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -27,16 +28,40 @@ def build_wheel(tmp: Path) -> Path:
     return wheel
 
 
+def make_venv_that_sees_this_environment(venv: Path) -> Path:
+    """A venv whose own site-packages (where the wheel goes) come first, then those of the Python running
+    the tests, which provide torch, mujoco, typer and the rest; returns its python.
+
+    ``venv --system-site-packages`` is not enough: run from inside a virtualenv it links the base
+    interpreter, whose site-packages lack what was installed into the virtualenv. So the new venv gets
+    a .pth file that adds this Python's site directories (and runs their .pth files, as Python does
+    for its own), after its own site-packages.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    sites = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    sites = [path for path in dict.fromkeys(sites) if Path(path).is_dir()]
+    adds = "; ".join(f"site.addsitedir({path!r})" for path in sites)
+    (Path(own) / "running-python-sites.pth").write_text(f"import site; {adds}\n")
+    return python
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
 def test_an_installed_wheel_lists_and_evaluates_its_bundled_agents(tmp_path):
     wheel = build_wheel(tmp_path)
     venv = tmp_path / "venv"
-    # System site packages provide torch, mujoco and the rest; rql itself comes only from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    python, rql = venv / "bin" / "python", venv / "bin" / "rql"
+    python = make_venv_that_sees_this_environment(venv)
+    rql = venv / "bin" / "rql"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RQL_CHECKPOINTS")}
-    env.update(CI="true", COLUMNS="200")
+    env.update(CI="true", COLUMNS="200", OMP_NUM_THREADS="1")  # one thread: the two evaluations below agree
     outside = tmp_path / "elsewhere"
     outside.mkdir()
 
@@ -45,18 +70,35 @@ def test_an_installed_wheel_lists_and_evaluates_its_bundled_agents(tmp_path):
                            cwd=outside, env=env, capture_output=True, text=True, check=True)
     module_file, root = where.stdout.split()
     assert Path(module_file).is_relative_to(venv), "rql_cli was not imported from the wheel"
-    assert Path(root).is_relative_to(venv) and Path(root).name == "bundled_checkpoints"
+    root = Path(root)
+    assert root.is_relative_to(venv) and root.name == "bundled_checkpoints"
+    shipped, in_repo = files_under(root), files_under(REPO / "checkpoints")
+    assert sorted(shipped) == sorted(in_repo)
+    assert [name for name in in_repo if shipped[name] != in_repo[name]] == []
+
+    def both(*args: str, timeout: int = 120) -> list[subprocess.CompletedProcess]:
+        """The same command from the installed wheel and from the repository's sources; ``{run}`` in an
+        argument becomes ``wheel`` or ``source``."""
+        done = []
+        for run, command, cwd in (("wheel", [str(rql)], outside), ("source", [sys.executable, "-m", "rql_cli"], REPO)):
+            argv = [*command, *(arg.replace("{run}", run) for arg in args)]
+            result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+            assert result.returncode == 0, (run, result.stderr)
+            done.append(result)
+        return done
 
     bundled = sorted(p.name for p in (REPO / "checkpoints").iterdir() if (p / "config.json").is_file())
-    listed = subprocess.run([str(rql), "list"], cwd=outside, env=env, capture_output=True, text=True, timeout=120)
-    assert listed.returncode == 0, listed.stderr
-    for name in bundled:
-        assert name in listed.stdout
+    listed, listed_in_repo = (json.loads(result.stdout)["bundled"] for result in both("list", "--json"))
+    assert [agent["name"] for agent in listed] == bundled
+    assert all(Path(agent["path"]).parent == root for agent in listed)
+    assert [{**agent, "path": None} for agent in listed] == [{**agent, "path": None} for agent in listed_in_repo]
 
-    report = outside / "report.json"
-    done = subprocess.run([str(rql), "eval", "--checkpoint", bundled[0], "--episodes", "1", "--envs", "1",
-                           "--device", "cpu", "--quiet", "--json", str(report)],
-                          cwd=outside, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    task = json.loads(report.read_text())["tasks"][0]
-    assert task["episodes"] == 1 and 0.0 <= task["success_rate"] <= 1.0
+    both("eval", "--checkpoint", bundled[0], "--episodes", "1", "--envs", "1", "--device", "cpu", "--quiet",
+         "--json", str(outside / "{run}.json"), timeout=300)
+    report, report_in_repo = (json.loads((outside / f"{run}.json").read_text()) for run in ("wheel", "source"))
+    assert report["checkpoint"] == str(root / bundled[0]), "the wheel's rql evaluated another copy"
+    task, task_in_repo = report["tasks"][0], report_in_repo["tasks"][0]
+    assert task["episodes"] == 1 and task["seeds"] == [0] and task["success_rate"] == float(task["successes"][0])
+    # Same weights, seed and thread count: the same episode, step for step.
+    outcome = ("env_id", "successes", "returns", "lengths", "success_rate", "mean_return")
+    assert {key: task[key] for key in outcome} == {key: task_in_repo[key] for key in outcome}

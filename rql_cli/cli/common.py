@@ -1,4 +1,5 @@
-"""What every command shares: --debug, turning RQLError into a clean exit, options made from the config.
+"""What every command shares: --debug, turning RQLError into a clean exit, options made from the config,
+--seed, and the check that an output path can be written.
 
 The --debug switch lives in the root click context of the running command (``ctx.obj``), not in a
 module global, so two invocations in one process (tests) never see each other's setting.
@@ -9,12 +10,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 import typer
 
 from rql_cli.cli.display import err_console
+
+if TYPE_CHECKING:
+    from rql_cli.errors import RQLError
 
 DEFAULT_DATA_DIR = "~/.ogbench/data"
 CHECKPOINT_HELP = (
@@ -42,12 +47,17 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except RQLError as error:
-            if debug_enabled():
-                raise
-            err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
-            raise typer.Exit(1) from None
+            exit_with(error)
 
     return wrapper
+
+
+def exit_with(error: RQLError) -> NoReturn:
+    """Print ``error`` as one paragraph and exit with code 1; with --debug, raise it for its traceback."""
+    if debug_enabled():
+        raise error
+    err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
+    raise typer.Exit(1) from None
 
 
 def config_option(name: str, *flags: str) -> Any:
@@ -89,9 +99,68 @@ def ranged(flag: str, text: str) -> str:
 
 def check_options(values: dict[str, int | None]) -> None:
     """Refuse a numeric option outside its range (exit 1 with the range), before any work."""
+    for flag, value in values.items():
+        _check_range(flag, value, *OPTION_RANGES[flag])
+
+
+def _check_range(flag: str, value: int | None, low: float, high: float) -> None:
     from rql_cli.errors import RQLError
 
-    for flag, value in values.items():
-        low, high = OPTION_RANGES[flag]
-        if value is not None and not low <= value <= high:
-            raise RQLError(f"{flag} must lie in [{low:,}, {high:,}], got {value:,}.")
+    if value is not None and not low <= value <= high:
+        raise RQLError(f"{flag} must lie in [{low:,}, {high:,}], got {value:,}.")
+
+
+def seed_option(text: str) -> Any:
+    """The ``--seed`` option (default 0) of a command that does not put it into a config.
+
+    It is held to the config's seed range (``config.RANGES['seed']``, shown in the help) while the
+    arguments are parsed, so an out-of-range seed is refused with exit code 1 before any work;
+    commands that pass ``--seed`` into a config get the same check from ``RQLConfig.validate``.
+    """
+    from rql_cli.config import RANGES
+
+    low, high = RANGES["seed"]
+
+    def check(value: int) -> int:
+        from rql_cli.errors import RQLError
+
+        try:
+            _check_range("--seed", value, low, high)
+        except RQLError as error:
+            exit_with(error)
+        return value
+
+    return typer.Option(0, "--seed", help=f"{text} Range: {low:,} to {high:,}.", callback=check)
+
+
+def check_output_path(path: Path, flag: str, *, folder: bool = False, example: str = "out") -> None:
+    """Refuse, before any work, an output file (or, with ``folder``, an output folder) that cannot be written.
+
+    A file output may not be an existing folder, nor a folder output an existing file. Writability is
+    tested with a temporary file in the output's folder, or in its nearest existing ancestor when the
+    writer will make the missing folders; it is never created here, so a refused command leaves
+    nothing behind. ``example`` names a file in a folder given where a file was wanted.
+    """
+    import tempfile
+
+    from rql_cli.errors import RQLError
+
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise RQLError(f"{flag} {path} is a file; it needs a folder. Choose another {flag}.")
+    if not folder and path.is_dir():
+        raise RQLError(f"{flag} {path} is a folder; give a file name, e.g. {path / example}.")
+    home = path.absolute() if folder else path.absolute().parent
+    ancestor = next(p for p in (home, *home.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise RQLError(f"{flag} {path} cannot be written: {ancestor} is a file, not a folder. Choose another {flag}.")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise RQLError(
+            f"{flag} {path} cannot be written: a test file in {ancestor} failed ({error.strerror or error}). "
+            f"Choose another {flag}."
+        ) from None
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise RQLError(f"{flag} {path} exists and is read-only. Choose another {flag}.")

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from rql_cli.cli.common import DEFAULT_DATA_DIR, check_options, handles_errors, ranged
+from rql_cli.cli.common import DEFAULT_DATA_DIR, check_options, check_output_path, handles_errors, ranged, seed_option
 from rql_cli.cli.display import console
 
 data_app = typer.Typer(
@@ -30,7 +30,7 @@ def data_generate(
     out: Path = typer.Option(Path(DEFAULT_DATA_DIR), "--out", "-o", help="Folder for NAME.npz and NAME-val.npz."),
     episodes: Optional[int] = typer.Option(None, "--episodes", help="Train episodes.", show_default="the official count"),
     val_episodes: Optional[int] = typer.Option(None, "--val-episodes", help="Validation episodes.", show_default="a tenth"),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes, whatever --workers is."),
+    seed: int = seed_option("Same seed, same bytes, whatever --workers is."),
     workers: int = typer.Option(default_workers(), "--workers", "-j", help=ranged("--workers", "Processes collecting episodes.")),
     episode_length: int = typer.Option(1001, "--episode-length", help="Steps per episode (1001 is the official length)."),
     shard_size: Optional[int] = typer.Option(
@@ -50,6 +50,7 @@ def data_generate(
       rql data generate cube-single-play-v0 --episodes 40 --shard-size 10 --out data   (4 shards)
     """
     check_options({"--workers": workers, "--shard-size": shard_size})
+    check_output_path(out, "--out", folder=True)
     paths = generate_with_progress(
         name, out.expanduser(), episodes=episodes, val_episodes=val_episodes, seed=seed, workers=workers,
         episode_length=episode_length, force=force, quiet=quiet, shard_size=shard_size,

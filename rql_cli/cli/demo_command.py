@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from rql_cli.cli.common import handles_errors
+from rql_cli.cli.common import check_output_path, handles_errors
 from rql_cli.cli.data_commands import default_workers, generate_with_progress
 from rql_cli.cli.display import console
 from rql_cli.cli.train_command import run_training
@@ -41,6 +41,7 @@ def demo(
     from rql_cli.data.sources import DataSpec
 
     out = out.expanduser()
+    check_output_path(out, "--out", folder=True)
     agent = _best_bundled()
     video = None
     if agent is not None:

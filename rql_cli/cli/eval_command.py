@@ -8,22 +8,8 @@ from typing import Optional
 
 import typer
 
-from rql_cli.cli.common import CHECKPOINT_HELP, check_options, handles_errors, ranged
+from rql_cli.cli.common import CHECKPOINT_HELP, check_options, check_output_path, handles_errors, ranged, seed_option
 from rql_cli.cli.display import console
-
-
-def check_writable_file(path: Path, flag: str) -> None:
-    """Refuse, before any work, an output path that is a folder or whose folder cannot be written."""
-    from rql_cli.errors import RQLError
-
-    if path.is_dir():
-        raise RQLError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'report.json'}.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as error:
-        raise RQLError(f"{flag} {path} cannot be written: {error.strerror or error}.") from None
 
 
 def parse_tasks(text: Optional[str]) -> list[Optional[int]]:
@@ -47,7 +33,7 @@ def eval_command(
     task: Optional[str] = typer.Option(
         None, "--task", help="Task 1-5, or 'all' for a per-task table.", show_default="the checkpoint's task"
     ),
-    seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise is seeded too."),
+    seed: int = seed_option("Episode i starts from env seed SEED+i; flow noise is seeded too."),
     envs: Optional[int] = typer.Option(
         None, "--envs", help=ranged("--envs", "Parallel environments."), show_default="one per core from 32 episodes on, else 1"
     ),
@@ -71,7 +57,7 @@ def eval_command(
     check_options({"--episodes": episodes, "--envs": envs})
     tasks = parse_tasks(task)
     if json_path is not None:
-        check_writable_file(json_path, "--json")
+        check_output_path(json_path, "--json", example="report.json")
     if save and reference_source(checkpoint) == "hub":
         raise RQLError(
             "--save writes metrics.json into the checkpoint folder, and a Hub checkpoint lives "

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from rql_cli.cli.common import CHECKPOINT_HELP, check_options, handles_errors, ranged
+from rql_cli.cli.common import CHECKPOINT_HELP, check_options, check_output_path, handles_errors, ranged, seed_option
 from rql_cli.cli.display import console
 
 EPISODES_WITH_RENDER = 1
@@ -35,7 +35,7 @@ def rollout(
         None, "--task", help=ranged("--task", "Task number."),
         show_default="the checkpoint's task",
     ),
-    seed: int = typer.Option(0, "--seed", help="Episode i starts from env seed SEED+i; flow noise as `rql eval --seed`."),
+    seed: int = seed_option("Episode i starts from env seed SEED+i; flow noise as `rql eval --seed`."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
     max_steps: Optional[int] = typer.Option(
@@ -54,8 +54,9 @@ def rollout(
 
     check_options({"--episodes": episodes, "--fps": fps, "--task": task, "--max-steps": max_steps})
     width, height = parse_size(size)
-    if render:
-        check_video_path(out, width, height)  # before loading anything
+    if render:  # before loading anything
+        check_video_path(out, width, height)
+        check_output_path(out, "--out", example="rollout.mp4")
     count = episodes or (EPISODES_WITH_RENDER if render else EPISODES_WITHOUT_RENDER)
 
     with make_progress(quiet) as progress:
