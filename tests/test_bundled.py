@@ -55,40 +55,174 @@ def test_list_json_describes_every_bundled_agent_and_each_preset_source():
     assert "cube-single-play-v0" in payload["generatable"]
 
 
-def test_every_bundled_agent_loads_fits_its_env_matches_its_card_and_runs():
-    import pytest
-    import torch
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
 
-    from rql_cli.envs.make import check_env_fits, make_eval_env
-    from rql_cli.evaluation import evaluate_checkpoint
+
+def _interval(result: dict) -> str:
+    low, high = result["success_ci95"]
+    return f"{_pct(result['success_rate'])} [{_pct(low)}, {_pct(high)}] over {result['episodes']} episodes"
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """A card body's '## ' sections, by title: their lines."""
+    sections: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            lines = sections.setdefault(line[3:].strip(), [])
+        else:
+            lines.append(line)
+    return sections
+
+
+def _bullets(lines: list[str]) -> list[tuple[str, str | None]]:
+    """A section's top-level '- ' items, each with the one command of the bash block under it (or None)."""
+    items: list[list] = []
+    block: list[str] | None = None
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith("- "):
+            items.append([line[2:], None])
+        elif stripped == "```bash":
+            block = []
+        elif stripped == "```" and block is not None:
+            assert items and items[-1][1] is None and len(block) == 1, lines
+            items[-1][1], block = block[0], None
+        elif block is not None:
+            block.append(stripped)
+    return [tuple(item) for item in items]
+
+
+def _table_rows(lines: list[str]) -> list[list[str]]:
+    """The body rows of the first markdown table in ``lines``, cells stripped."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    return rows[2:]
+
+
+def test_every_bundled_card_parses_to_its_metrics_and_evidence():
+    """The card's model-index metadata (parsed as the Hub parses it) holds metrics.json's numbers, and
+    its Results and Evidence sections hold metrics.json's and evidence.json's."""
+    import pytest
+    from huggingface_hub import ModelCard
+
     from rql_cli.io.metrics import read_metrics
-    from rql_cli.io.model_card import _interval_text, read_evidence
-    from rql_cli.io.resolve import load_checkpoint
+    from rql_cli.io.model_card import read_evidence
 
     folders = bundled_checkpoint_folders()
     if not folders:
         pytest.skip("no bundled agents")
     for name, folder in folders.items():
+        report = read_metrics(folder)
+        assert report.checkpoint == name  # what `rql eval --checkpoint` takes, not a path on the bundling machine
+        card = ModelCard.load(folder / "README.md")
+        assert (card.data.model_name, card.data.library_name) == (name, "rql"), name
+        expected = []
+        for task in report.tasks:
+            low, high = task["success_ci95"]
+            common = dict(
+                task_type="reinforcement-learning", dataset_type=task["dataset_name"],
+                dataset_name=task["env_id"], dataset_config=f"task{task['task']}",
+            )
+            expected += [
+                dict(common, metric_type="success_rate", metric_value=round(task["success_rate"], 4),
+                     metric_args={"episodes": task["episodes"], "ci95": [round(low, 4), round(high, 4)]}),
+                dict(common, metric_type="mean_return", metric_value=round(task["mean_return"], 3),
+                     metric_args={"episodes": task["episodes"]}),
+            ]
+        parsed = [{key: getattr(result, key) for key in want} for result, want in zip(card.data.eval_results, expected)]
+        assert parsed == expected and len(card.data.eval_results) == len(expected), name
+        for task in report.tasks:  # per-episode records back the summary
+            assert len(task["successes"]) == len(task["seeds"]) == task["episodes"], name
+            assert task["success_rate"] == pytest.approx(sum(task["successes"]) / task["episodes"]), name
+            assert task["seeds"] == list(range(task["seeds"][0], task["seeds"][0] + task["episodes"])), name
+
+        sections = _sections(card.text)
+        results = [
+            [str(t["task"]), f"`{t['env_id']}`", _pct(t["success_rate"]),
+             f"[{_pct(t['success_ci95'][0])}, {_pct(t['success_ci95'][1])}]", str(t["episodes"])]
+            for t in report.tasks
+        ]
+        assert _table_rows(sections["Results"]) == results, name
+
+        evidence = read_evidence(folder)
+        if evidence is None:
+            assert "Evidence" not in sections, name
+            continue
+        bullets = {}
+        for text, command in _bullets(sections["Evidence"]):
+            key, _, value = text.partition(":")
+            bullets[key] = (value.strip(), command)
+        assert bullets["this agent"] == (_interval(report.tasks[0]), None), name
+        control = evidence["control"]
+        assert bullets[control["name"]] == (_interval(control), control["command"]), name
+        paper = evidence["paper"]
+        number = "not reported" if paper["success_rate"] is None else _pct(paper["success_rate"])
+        assert bullets["the paper's RQL on this task"] == (f"{number} ({paper['source']})", None), name
+        goal, measured = evidence["goal"], report.tasks[0]["success_rate"]
+        verdict = "reached" if measured >= goal["success_rate"] else "**not reached**"
+        stated, _ = bullets["the goal"]
+        assert stated.startswith(f"{_pct(goal['success_rate'])} ({goal['why']}): {verdict} ({_pct(measured)})"), name
+        assert bullets["data, made here"] == ("", evidence["dataset_recipe"]), name
+        assert bullets["training command"] == ("", evidence["train_command"]), name
+        if "family" in evidence:
+            family = [
+                [str(row["task"]), f"`{row['name']}`",
+                 f"{_pct(row['success_rate'])} [{_pct(row['success_ci95'][0])}, {_pct(row['success_ci95'][1])}]",
+                 str(row["episodes"]), _pct(row["control_success_rate"])]
+                for row in sorted(evidence["family"], key=lambda row: row["task"])
+            ]
+            header = sections["Evidence"].index("| task | agent | success [95% CI] | episodes | near-BC control |")
+            assert _table_rows(sections["Evidence"][header:]) == family, name
+            own = next(row for row in evidence["family"] if row["name"] == name)
+            assert (own["success_rate"], own["episodes"]) == (measured, report.tasks[0]["episodes"]), name
+
+
+STRONG = 0.8
+"""Agents whose metrics.json records at least this success rate must solve episodes it records as solved."""
+
+
+def test_every_bundled_agent_loads_fits_its_env_and_strong_ones_solve_recorded_episodes():
+    """Each agent loads and fits its env. A strong one, replayed from the reset seeds of the three
+    shortest episodes its metrics.json records as successes (fresh flow noise, so not the recorded
+    runs themselves), solves at least two of them; a weak one plays one of them to the end."""
+    import pytest
+    import torch
+
+    from rql_cli.envs.evaluate import run_episode
+    from rql_cli.envs.make import check_env_fits, make_eval_env
+    from rql_cli.envs.policy import chunk_policy
+    from rql_cli.io.metrics import read_metrics
+    from rql_cli.io.resolve import load_checkpoint
+
+    folders = bundled_checkpoint_folders()
+    if not folders:
+        pytest.skip("no bundled agents")
+    strong = 0
+    for name, folder in folders.items():
         loaded = load_checkpoint(name, torch.device("cpu"))
         assert loaded.resolved.folder == folder
+        recorded = read_metrics(folder).tasks[0]
+        assert recorded["task"] == loaded.meta.task_name.resolve_task(), name
+        solved = sorted(
+            (length, seed)
+            for seed, length, success in zip(recorded["seeds"], recorded["lengths"], recorded["successes"])
+            if success
+        )
+        seeds = [seed for _, seed in solved[:3]]
+        is_strong = recorded["success_rate"] >= STRONG
         env = make_eval_env(loaded.meta.task_name)
         try:
             check_env_fits(env.observation_space, env.action_space, loaded.meta.obs_dim, loaded.meta.action_dim, name)
+            policy = chunk_policy(loaded.agent, torch.Generator().manual_seed(0))
+            outcomes = [run_episode(env, policy, seed) for seed in (seeds if is_strong else seeds[:1])]
         finally:
             env.close()
-        report = read_metrics(folder)
-        assert report.checkpoint == name  # what `rql eval --checkpoint` takes, not a path on the bundling machine
-        card = (folder / "README.md").read_text()
-        first = report.tasks[0]
-        low, high = first["success_ci95"]
-        assert f"value: {round(first['success_rate'], 4)}" in card, name
-        assert f"- {round(low, 4)}" in card and f"- {round(high, 4)}" in card, name
-        assert f"episodes: {first['episodes']}" in card, name
-        evidence = read_evidence(folder)
-        if evidence is not None:
-            assert _interval_text(first) in card, name  # the Evidence section quotes metrics.json
-        short = evaluate_checkpoint(loaded, tasks=[None], episodes=2, num_envs=1)
-        assert short.tasks[0]["episodes"] == 2
+        assert all(o.length <= recorded["max_episode_steps"] for o in outcomes), name
+        if is_strong:
+            strong += 1
+            assert sum(o.success for o in outcomes) >= 2, (name, [(o.seed, o.success, o.length) for o in outcomes])
+    assert strong >= 1
 
 
 def _config_of_train_command(command: str) -> tuple[int | None, dict]:

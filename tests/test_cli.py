@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -233,5 +234,51 @@ def test_run_flags_are_made_from_the_config_and_official_names_work_in_set(tiny_
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
 
 
-def test_eval_task_all_runs_every_task_and_a_bad_task_is_refused(tiny_run_dir):
-    assert_clean_error(run("eval", "--checkpoint", str(tiny_run_dir), "--task", "7"), "--task expects a number 1-5")
+def test_eval_task_all_runs_every_task_and_a_bad_task_is_refused(tmp_path, monkeypatch):
+    bundled = "cube-single-task1-rql-cpu"
+    assert_clean_error(run("eval", "--checkpoint", bundled, "--task", "7"), "--task expects a number 1-5")
+
+    # Which env each task really ran in: the first observation each task's policy is shown (episode 0
+    # of every task is reset with env seed 0, and the five tasks start from five different states).
+    from rql_cli.envs import policy as policy_module
+
+    first_observations = []
+    real_chunk_policy = policy_module.chunk_policy
+
+    def recording_chunk_policy(*args, **kwargs):
+        policy = real_chunk_policy(*args, **kwargs)
+        seen = []
+
+        def recording(obs):
+            if not seen:
+                seen.append(obs[0].copy())
+                first_observations.append(seen[0])
+            return policy(obs)
+
+        return recording
+
+    monkeypatch.setattr(policy_module, "chunk_policy", recording_chunk_policy)
+    monkeypatch.setenv("COLUMNS", "200")
+    report_path = tmp_path / "all.json"
+    result = run(
+        "eval", "--checkpoint", bundled, "--task", "all", "--episodes", "1", "--envs", "1",
+        "--device", "cpu", "--json", str(report_path),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    rows = report["tasks"]
+    assert [row["task"] for row in rows] == [1, 2, 3, 4, 5]
+    assert [row["env_id"] for row in rows] == [f"cube-single-play-singletask-task{n}-v0" for n in range(1, 6)]
+    assert all(row["episodes"] == 1 and row["seeds"] == [0] for row in rows)
+    assert all(row["success_rate"] == float(row["successes"][0]) for row in rows)
+    assert report["mean_success_rate"] == pytest.approx(sum(row["success_rate"] for row in rows) / 5)
+    assert len(first_observations) == 5
+    for i in range(5):
+        for j in range(i):
+            assert not np.allclose(first_observations[i], first_observations[j]), (j + 1, i + 1)
+    # The printed table: a row per task, then the mean.
+    lines = [line.split() for line in result.output.splitlines()]
+    table = {line[0]: line[1] for line in lines if line and line[0] in {"1", "2", "3", "4", "5", "mean"}}
+    assert list(table) == ["1", "2", "3", "4", "5", "mean"]
+    assert table["mean"] == f"{100 * report['mean_success_rate']:.1f}%"
+    assert [table[str(n)] for n in range(1, 6)] == [f"{100 * row['success_rate']:.1f}%" for row in rows]

@@ -25,8 +25,55 @@ def test_config_json_round_trip_keeps_every_field():
     assert restored == config and unknown == []
 
 
+def _help_words(text: str) -> str:
+    """A help text less what is added to every field's (its range, its official name)."""
+    text = re.sub(r"\s*\(official name: \w+\)$", "", text)
+    return re.sub(r"\s*Range: [^ ]+ to [^ ]+\.$", "", text).strip()
+
+
+def _epilog_help(epilog: str) -> dict[str, str]:
+    """``{field: help}`` from `rql train --help`'s epilog, one '[bold]NAME[/] = JSON: HELP' paragraph each."""
+    import json
+
+    helps = {}
+    for paragraph in epilog.split("\n\n")[1:]:
+        match = re.match(r"\[bold\](\w+)\[/\] = ", paragraph)
+        assert match, paragraph
+        _, end = json.JSONDecoder().raw_decode(paragraph, match.end())  # the default, whatever its JSON
+        assert paragraph[end:end + 2] == ": ", paragraph
+        helps[match.group(1)] = paragraph[end + 2:]
+    return helps
+
+
 def test_every_field_has_help_text():
-    assert set(FIELD_HELP) == set(field_names())
+    """Read where `rql train --help` reads: the train command's epilog (--set's list of fields) and the
+    help of each option that sets a config field, in every command that has one."""
+    import typer.main
+
+    from rql_cli.cli.app import app
+    from rql_cli.cli.train_command import RUN_FLAGS
+
+    group = typer.main.get_command(app)
+    train = group.commands["train"]
+    helps = _epilog_help(train.epilog)
+    assert list(helps) == field_names()
+    for name, text in helps.items():
+        assert len(_help_words(text)) > 10, (name, text)
+
+    def commands(command):
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from commands(sub)
+
+    with_options = set()
+    for command in commands(group):
+        for param in command.params:
+            match = re.fullmatch(r"(.*?)\s*\(config field (\w+)\)", param.help or "", re.DOTALL)
+            if match:
+                assert match.group(2) in helps, (command.name, param.opts)
+                assert len(_help_words(match.group(1))) > 10, (command.name, param.opts, param.help)
+                with_options.add((command.name, match.group(2)))
+    assert {("train", name) for name in RUN_FLAGS} <= with_options
 
 
 def test_presets_follow_the_dataset_name_and_set_overrides_win():

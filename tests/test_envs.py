@@ -252,6 +252,41 @@ def test_success_is_the_final_steps_flag_and_return_sums_rewards(monkeypatch):
     assert rates == [1.0, 0.5, 2 / 3, 0.5]
 
 
+def _early_success_env():
+    """Tiny env that reports success at step 2 and goes on to be truncated at step 5; at that last step
+    it reports success again for odd seeds and failure for even ones."""
+    import gymnasium
+
+    class EarlySuccessEnv(gymnasium.Env):
+        observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float64)
+        action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.ends_solved, self.t = seed is not None and seed % 2 == 1, 0
+            return np.zeros(OBS_DIM), {}
+
+        def step(self, action):
+            self.t += 1
+            success = self.t == 2 or (self.t == 5 and self.ends_solved)
+            return np.zeros(OBS_DIM), 0.0 if success else -1.0, False, self.t == 5, {"success": success}
+
+    return EarlySuccessEnv()
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_an_episode_that_succeeds_early_but_ends_unsolved_is_a_failure(monkeypatch, num_envs):
+    monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: _early_success_env())
+    policy = lambda obs: np.zeros((len(obs), 2, ACTION_DIM))  # noqa: E731
+    result = evaluate(policy, CUBE, episodes=4, num_envs=num_envs, seed=10)
+    assert result.successes == [False, True, False, True]  # seeds 10..13: only the final step counts
+    assert result.lengths == [5, 5, 5, 5]  # the early success ended nothing
+    assert result.returns == [-4.0, -3.0, -4.0, -3.0]
+    assert result.success_rate == 0.5
+    outcomes = [run_episode(_early_success_env(), policy, seed) for seed in (10, 11)]
+    assert [(o.success, o.length) for o in outcomes] == [(False, 5), (True, 5)]
+
+
 def test_parallel_envs_with_uneven_episodes_hand_out_each_episode_once(monkeypatch):
     # Episodes alternate 3 and 6 steps, so the two envs finish at different times, sometimes
     # together, and one goes idle while the other finishes the last episode.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -81,15 +84,28 @@ def test_rotation_visits_every_shard_in_turn_holding_at_most_two(shard_folder, p
     seen_while_loading = []
     swaps = []
     rotation: ShardRotation | None = None
+    # Weak references to the arrays of every shard ever loaded: what is really held in memory, whatever
+    # the rotation's own bookkeeping says.
+    loaded: list[list[weakref.ref]] = []
+    alive_while_loading = []
+
+    def alive(limit: int = 0) -> int:
+        count = lambda: sum(any(ref() is not None for ref in refs) for refs in loaded)  # noqa: E731
+        if count() > limit:
+            gc.collect()  # only reference cycles outlive their last reference; clear them before judging
+        return count()
 
     def load(path: Path):
         if rotation is not None:
             seen_while_loading.append((threading.current_thread().name, rotation.resident))
-        return loader.load(path)
+        alive_while_loading.append(alive(limit=1))
+        dataset = loader.load(path)
+        loaded.append([weakref.ref(getattr(dataset, f.name)) for f in dataclasses.fields(dataset)])
+        return dataset
 
     rotation = ShardRotation(list_shards(shard_folder), load, horizon=3, swap_every=4, prefetch=prefetch,
                              on_swap=swaps.append)
-    residents = []
+    residents, alive_after_step = [], []
     with rotation:
         for step in range(30):
             sampler = rotation.sampler(step)
@@ -101,7 +117,14 @@ def test_rotation_visits_every_shard_in_turn_holding_at_most_two(shard_folder, p
                 keep = ~file["terminals"].astype(bool)
                 np.testing.assert_array_equal(sampler.dataset.observations.numpy(), file["observations"][keep])
             sampler.sample(8, torch.Generator().manual_seed(step))
+            del sampler  # the test holds no shard between steps
+            alive_after_step.append(alive(limit=2))
     assert max(len(r) for r in residents) <= 2
+    assert len(loaded) >= 8  # 8 swaps in 30 steps (and maybe the read-ahead after the last)
+    # At most the current shard while another is read (so two with it), and two between steps.
+    assert max(alive_while_loading) <= 1, alive_while_loading
+    assert max(alive_after_step) <= 2, alive_after_step
+    assert alive() == 0  # closing the rotation lets go of every shard
     assert max(len(r) for _, r in seen_while_loading) <= 2
     assert [s.shard for s in swaps] == [0, 1, 2, 0, 1, 2, 0, 1]
     assert [s.step for s in swaps] == [0, 4, 8, 12, 16, 20, 24, 28]

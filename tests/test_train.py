@@ -93,7 +93,20 @@ def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
     assert meta.success_timing in ("pre", "post")
     metrics = json.loads((checkpoint / "metrics.json").read_text())["tasks"][0]
     assert metrics["episodes"] == 1 and len(metrics["seeds"]) == 1
-    assert outcome.last_eval["success_rate"] in (0.0, 1.0)
+    # The one episode's own record decides its success: cube-single pays -1 a step until the cube is
+    # placed and 0 on the step that finds it placed, which ends the episode; so its return and length
+    # tell success apart from the flag. The rate, its interval, metrics.json and eval.csv follow it.
+    last = outcome.last_eval
+    [success], [length], [episode_return] = last["successes"], last["lengths"], last["returns"]
+    assert episode_return == -(length - int(success)), last
+    assert length <= last["max_episode_steps"] and (success or length == last["max_episode_steps"])
+    assert last["success_rate"] == float(success) and last["mean_return"] == episode_return
+    assert last["success_ci95"] == pytest.approx((0.20654, 1.0) if success else (0.0, 0.79346), abs=1e-5)
+    assert {k: metrics[k] for k in ("success_rate", "successes", "lengths", "returns", "seeds")} == {
+        k: last[k] for k in ("success_rate", "successes", "lengths", "returns", "seeds")
+    }
+    [row] = read_csv(run / "eval.csv")
+    assert (int(row["step"]), float(row["success_rate"]), int(row["episodes"])) == (4, float(success), 1)
 
 
 def test_resume_finds_the_data_from_anywhere_and_refuses_another_file(tiny_dataset_dir, tmp_path, monkeypatch):
