@@ -33,7 +33,7 @@ def make_checkpoint(folder: Path) -> Path:
     from rql_cli.core.rql import RQLAgent
     from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint, software_versions
 
-    config = RQLConfig(horizon=5, device="cpu")
+    config = RQLConfig(horizon=5)
     torch.manual_seed(0)
     agent = RQLAgent(config, 28, 5, torch.device("cpu"))
     meta = CheckpointMeta(config=config, dataset="cube-single-play-v0", env_id="cube-single-play-singletask-v0",

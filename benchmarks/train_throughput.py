@@ -72,14 +72,17 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
     import torch
 
     import rql_cli
-    from rql_cli.config import RQLConfig
+    from rql_cli import config as config_module
     from rql_cli.core.rql import RQLAgent
     from rql_cli.data.dataset import ChunkSampler, OfflineDataset
     from rql_cli.device import make_generator, resolve_device
 
     device = resolve_device(device_name)
-    fields = dict(CONFIGS[config_name], device=str(device))
-    config = RQLConfig(**fields)
+    if hasattr(config_module, "RunConfig"):  # the agent's config apart from the run's (threads: 0 adapts)
+        config, threads_requested = config_module.RQLConfig(**CONFIGS[config_name]), 0
+    else:  # older trees: one config object holding both
+        config = config_module.RQLConfig(**CONFIGS[config_name], device=str(device))
+        threads_requested = config.threads
     rng = np.random.default_rng(0)
     n, length = 100_000, 1000
     terminals = np.zeros(n, dtype=np.float32)
@@ -98,13 +101,18 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
 
     poll, runtime_info, compile_seconds = (lambda: None), {}, 0.0
     # An editable install would serve a module this tree lacks from the installed tree: look on disk.
-    if not (Path(rql_cli.__file__).parent / "runtime.py").is_file():  # older: fixed threads, eager
+    package = Path(rql_cli.__file__).parent
+    if (package / "training" / "runtime.py").is_file():
+        from rql_cli.training.runtime import configure_threads, prepare_update
+    elif (package / "runtime.py").is_file():  # trees before the training package
+        from rql_cli.runtime import configure_threads, prepare_update  # type: ignore[no-redef]
+    else:  # older still: fixed threads, eager
+        configure_threads = prepare_update = None
+    if configure_threads is None:
         if mode != "eager":
-            return dict(skipped=f"{mode} needs rql_cli.runtime, which this tree lacks")
+            return dict(skipped=f"{mode} needs the runtime module, which this tree lacks")
     else:
-        from rql_cli.runtime import configure_threads, prepare_update
-
-        threads, governor = configure_threads(config.threads, device)
+        threads, governor = configure_threads(threads_requested, device)
         poll = governor.poll if governor else poll
         choice = {"eager": "off", "compiled": "on", "graphs": "graphs"}[mode]
         report = prepare_update(agent, choice, 10**9, sampler.sample(config.batch_size, make_generator(device, 9)))

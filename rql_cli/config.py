@@ -1,4 +1,8 @@
-"""One typed configuration object for an RQL run, its JSON round-trip and the per-task presets.
+"""The typed configuration of an RQL agent and of a training run, their JSON round-trip, the presets.
+
+``RQLConfig`` is what defines the agent and its update (a checkpoint's config.json); ``RunConfig``
+holds it as ``agent`` beside how one run uses a machine (the run's train_config.json), as LeRobot
+splits a policy's config from its training config. ``--set`` takes every field of both by name.
 
 Field names follow the official code's ``get_config()`` so a reader can check them side by side,
 except four that we renamed to say what they are (``OFFICIAL_NAMES`` maps them; ``--set`` and config
@@ -42,9 +46,39 @@ def _field(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+class _Fields:
+    """What both config objects share: a dict of their own fields, checked copies, range checks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name, JSON-friendly (lists, numbers, strings, bools; a nested config as a dict)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        """``to_dict`` as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, *, strict: bool = True) -> Any:
+        """``from_dict`` of JSON text: (config, unknown field names)."""
+        return cls.from_dict(json.loads(text), strict=strict)  # type: ignore[attr-defined]
+
+    def _check_ranges(self) -> None:
+        """Raise ConfigError for a numeric field of this object outside its ``RANGES`` entry."""
+        for item in fields(self):  # type: ignore[arg-type]
+            if item.name in RANGES:
+                low, high = RANGES[item.name]
+                value = getattr(self, item.name)
+                if not low <= value <= high:
+                    raise ConfigError(f"Invalid config: {item.name} must lie in [{low:,}, {high:,}], got {value!r}.")
+
+
 @dataclass
-class RQLConfig:
-    """Every hyperparameter of the RQL agent and every setting of a training run."""
+class RQLConfig(_Fields):
+    """What defines an RQL agent and its update: networks, flow, chunks, losses, targets, optimiser, batch.
+
+    A checkpoint's config.json holds exactly this; a resumed run may not change it. How one run used
+    a machine is a ``RunConfig``.
+    """
 
     # --- networks -------------------------------------------------------------------------
     actor_hidden_dims: list[int] = _field(
@@ -80,7 +114,59 @@ class RQLConfig:
         False,
         "Turn every non-zero reward into -1 (solved or not), as the paper does for scene and puzzle.",
     )
-    # --- run ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = True) -> tuple[RQLConfig, list[str]]:
+        """Build an agent config from a dict; returns (config, unknown field names).
+
+        Official field names (``OFFICIAL_NAMES``) are accepted for ours. Run fields (a format-1 or -2
+        checkpoint's config holds them) are ignored. With ``strict`` an unknown field is an error;
+        otherwise it is returned for a warning (a checkpoint written by a newer rql may carry fields
+        we do not know).
+        """
+        values, unknown = _known_values(data, strict)
+        config = cls(**{k: coerce_field(k, v) for k, v in values.items() if k in AGENT_FIELDS})
+        config.validate()
+        return config, unknown
+
+    def replace(self, **changes: Any) -> RQLConfig:
+        """A copy with ``changes`` applied (each checked against its field's type), validated."""
+        changes = {canonical_field_name(k): v for k, v in changes.items()}
+        new = dataclasses.replace(self, **{k: coerce_field(k, v) for k, v in changes.items()})
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise ConfigError for values no agent could use (each numeric field's range is in ``RANGES``)."""
+        self._check_ranges()
+        for name in ("actor_hidden_dims", "value_hidden_dims"):
+            widths = getattr(self, name)
+            if not 1 <= len(widths) <= MAX_HIDDEN_LAYERS or not all(1 <= w <= MAX_HIDDEN_WIDTH for w in widths):
+                raise ConfigError(
+                    f"Invalid config: {name} must hold 1 to {MAX_HIDDEN_LAYERS} widths, each in "
+                    f"[1, {MAX_HIDDEN_WIDTH:,}]; got {widths}."
+                )
+        _refuse_failed([
+            (0.0 < self.expectile < 1.0, "expectile must lie in (0, 1)", self.expectile),
+            (0.0 < self.lr <= 1.0, "lr must lie in (0, 1]", self.lr),
+            (
+                self.policy_loss_points in ("interpolation", "reversed"),
+                "policy_loss_points must be 'interpolation' or 'reversed'",
+                self.policy_loss_points,
+            ),
+        ])
+
+
+@dataclass
+class RunConfig(_Fields):
+    """One training run: the agent it trains (``agent``) and how the run uses the machine.
+
+    Steps, intervals, evaluation, checkpoint retention, seed, device, compile, threads, data
+    placement and shards: the run's train_config.json holds them beside the agent config. ``--set``
+    takes every field of both by name (``flat``/``from_flat``/``replace``).
+    """
+
+    agent: RQLConfig = field(default_factory=RQLConfig)
     steps: int = _field(1_000_000, "Gradient steps in total.")
     eval_interval: int = _field(
         100_000,
@@ -122,85 +208,83 @@ class RQLConfig:
         "CPU threads for the maths: 0 adapts to the cores other processes leave free; N fixes N.",
     )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Every field by name, JSON-friendly (lists, numbers, strings, bools)."""
-        return dataclasses.asdict(self)
+    @classmethod
+    def of(cls, **fields: Any) -> RunConfig:
+        """A run config from agent and run fields by name (the rest at their defaults), checked."""
+        return cls.from_flat(fields)[0]
 
-    def to_json(self) -> str:
-        """``to_dict`` as indented JSON text."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+    def flat(self) -> dict[str, Any]:
+        """Every field of the agent and of the run by name, as ``--set`` names them."""
+        run = self.to_dict()
+        return {**run.pop("agent"), **run}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, strict: bool = True) -> tuple[RQLConfig, list[str]]:
-        """Build a config from a dict; returns (config, unknown field names).
-
-        Official field names (``OFFICIAL_NAMES``) are accepted for ours. With ``strict`` an unknown
-        field is an error; otherwise it is returned for a warning (checkpoints written by a newer
-        rql may carry fields we do not know).
-        """
-        if not isinstance(data, dict):
-            raise ConfigError(f"A config must be a JSON object of fields, got {type(data).__name__}.")
-        known = set(field_names())
-        unknown = [k for k in data if canonical_field_name(k) not in known]
-        if unknown and strict:
-            raise ConfigError(_unknown_field_message(unknown[0]))
-        values = {canonical_field_name(k): v for k, v in data.items() if k not in unknown}
-        config = cls(**{k: coerce_field(k, v) for k, v in values.items()})
+    def from_flat(cls, data: dict[str, Any], *, strict: bool = True) -> tuple[RunConfig, list[str]]:
+        """Build from a dict of agent and run fields by name; returns (config, unknown field names)."""
+        values, unknown = _known_values(data, strict)
+        agent, _ = RQLConfig.from_dict({k: v for k, v in values.items() if k in AGENT_FIELDS})
+        config = cls(agent=agent, **{k: coerce_field(k, v) for k, v in values.items() if k in RUN_FIELDS})
         config.validate()
         return config, unknown
 
     @classmethod
-    def from_json(cls, text: str, *, strict: bool = True) -> tuple[RQLConfig, list[str]]:
-        """``from_dict`` of JSON text."""
-        return cls.from_dict(json.loads(text), strict=strict)
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = True) -> tuple[RunConfig, list[str]]:
+        """``from_flat`` of ``to_dict``'s form (the agent nested under 'agent') or of a flat dict."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"A config must be a JSON object of fields, got {type(data).__name__}.")
+        nested = data.get("agent")
+        flat = {**nested, **{k: v for k, v in data.items() if k != "agent"}} if isinstance(nested, dict) else data
+        return cls.from_flat(flat, strict=strict)
 
-    def replace(self, **changes: Any) -> RQLConfig:
-        """A copy with ``changes`` applied (each checked against its field's type), validated."""
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` (agent or run fields by name) applied, each checked, validated."""
         changes = {canonical_field_name(k): v for k, v in changes.items()}
-        new = dataclasses.replace(self, **{k: coerce_field(k, v) for k, v in changes.items()})
+        for name in changes:
+            if name not in field_names():
+                raise ConfigError(_unknown_field_message(name))
+        agent = self.agent.replace(**{k: v for k, v in changes.items() if k in AGENT_FIELDS})
+        run = {k: coerce_field(k, v) for k, v in changes.items() if k in RUN_FIELDS}
+        new = dataclasses.replace(self, agent=agent, **run)
         new.validate()
         return new
 
     def validate(self) -> None:
-        """Raise ConfigError for values no run could use (each field's range is in ``RANGES``)."""
-        for name, (low, high) in RANGES.items():
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ConfigError(f"Invalid config: {name} must lie in [{low:,}, {high:,}], got {value!r}.")
-        for name in ("actor_hidden_dims", "value_hidden_dims"):
-            widths = getattr(self, name)
-            if not 1 <= len(widths) <= MAX_HIDDEN_LAYERS or not all(1 <= w <= MAX_HIDDEN_WIDTH for w in widths):
-                raise ConfigError(
-                    f"Invalid config: {name} must hold 1 to {MAX_HIDDEN_LAYERS} widths, each in "
-                    f"[1, {MAX_HIDDEN_WIDTH:,}]; got {widths}."
-                )
-        checks = [
-            (0.0 < self.expectile < 1.0, "expectile must lie in (0, 1)", self.expectile),
-            (0.0 < self.lr <= 1.0, "lr must lie in (0, 1]", self.lr),
-            (
-                self.compile in COMPILE_CHOICES,
-                f"compile must be one of {', '.join(COMPILE_CHOICES)}",
-                self.compile,
-            ),
-            (
-                self.policy_loss_points in ("interpolation", "reversed"),
-                "policy_loss_points must be 'interpolation' or 'reversed'",
-                self.policy_loss_points,
-            ),
-        ]
-        for ok, message, value in checks:
-            if not ok:
-                raise ConfigError(f"Invalid config: {message}, got {value!r}.")
+        """Raise ConfigError for values no run could use."""
+        self.agent.validate()
+        self._check_ranges()
+        _refuse_failed([
+            (self.compile in COMPILE_CHOICES, f"compile must be one of {', '.join(COMPILE_CHOICES)}", self.compile),
+        ])
+
+
+def _refuse_failed(checks: list[tuple[bool, str, Any]]) -> None:
+    for ok, message, value in checks:
+        if not ok:
+            raise ConfigError(f"Invalid config: {message}, got {value!r}.")
+
+
+def _known_values(data: dict[str, Any], strict: bool) -> tuple[dict[str, Any], list[str]]:
+    """``data`` by our field names, and its names that are no field (an error with ``strict``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"A config must be a JSON object of fields, got {type(data).__name__}.")
+    known = set(field_names())
+    unknown = [k for k in data if canonical_field_name(k) not in known]
+    if unknown and strict:
+        raise ConfigError(_unknown_field_message(unknown[0]))
+    return {canonical_field_name(k): v for k, v in data.items() if k not in unknown}, unknown
+
+
+AGENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RQLConfig))
+"""The agent config's fields, in declaration order."""
+RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig) if f.name != "agent")
+"""The run config's own fields, in declaration order."""
+FIXED_ON_RESUME = frozenset({*AGENT_FIELDS, "dataset_on_device"})
+"""Fields a resumed run may not change: the agent's (its saved weights and Adam moments were made for
+them) and where the data lives (the sampler's saved generator state belongs to that device)."""
 
 
 COMPILE_CHOICES = ("auto", "off", "on", "graphs")
 """Values of the ``compile`` field (``rql_cli.runtime.compile_mode`` says what each runs)."""
-
-FIXED_ON_RESUME = frozenset({
-    "actor_hidden_dims", "value_hidden_dims", "value_layer_norm", "ensemble_size", "flow_steps", "horizon",
-    "sparse_rewards", "dataset_on_device",
-})
-"""Fields a resumed run may not change: they shape the networks or the data the saved state was made for."""
 
 MAX_HIDDEN_LAYERS = 64
 MAX_HIDDEN_WIDTH = 65_536
@@ -236,18 +320,21 @@ def _help_with_range(name: str, text: str) -> str:
     return text
 
 
-FIELD_HELP: dict[str, str] = {f.name: _help_with_range(f.name, f.metadata["help"]) for f in fields(RQLConfig)}
-"""Help text of every config field, by name (from the fields' metadata, with its range)."""
+FIELD_HELP: dict[str, str] = {
+    f.name: _help_with_range(f.name, f.metadata["help"]) for f in (*fields(RQLConfig), *fields(RunConfig))
+    if f.name != "agent"
+}
+"""Help text of every config field, agent and run, by name (from the fields' metadata, with its range)."""
 
 
 def field_names() -> list[str]:
-    """The config's field names, in declaration order."""
-    return [f.name for f in fields(RQLConfig)]
+    """Every config field's name: the agent's, then the run's, each in declaration order."""
+    return [*AGENT_FIELDS, *RUN_FIELDS]
 
 
 def field_default(name: str) -> Any:
     """The default value of field ``name`` (before any task preset)."""
-    return getattr(RQLConfig(), canonical_field_name(name))
+    return RunConfig().flat()[canonical_field_name(name)]
 
 
 def canonical_field_name(name: str) -> str:
@@ -256,7 +343,7 @@ def canonical_field_name(name: str) -> str:
 
 
 def _field_type(name: str) -> Any:
-    return typing.get_type_hints(RQLConfig)[name]
+    return typing.get_type_hints(RQLConfig if name in AGENT_FIELDS else RunConfig)[name]
 
 
 def _unknown_field_message(name: str) -> str:
@@ -430,9 +517,9 @@ def preset_for(
 
 def make_config(
     task_name: str | TaskName, preset: str | None = None, overrides: dict[str, Any] | None = None
-) -> RQLConfig:
+) -> RunConfig:
     """Defaults, then the task preset, then ``--set`` overrides (each checked against its type)."""
     _, values = preset_for(task_name, preset)
     values.update(overrides or {})
-    config, _ = RQLConfig.from_dict(values, strict=True)
+    config, _ = RunConfig.from_flat(values, strict=True)
     return config

@@ -5,7 +5,9 @@ Outside ``core/`` because it speaks to the user (its errors say how to fix the f
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,3 +79,28 @@ def check_agent_fits(config: Any, obs_dim: int, action_dim: int, device: torch.d
         5 * 4 * parameters, device, f"An agent of {parameters:,} parameters (networks of this config)",
         "Check the config's hidden widths and ensemble_size.",
     )
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota if one is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs allowed by the cgroup v2 ``cpu.max`` (or v1 cfs quota), None when unlimited or unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None

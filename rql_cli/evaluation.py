@@ -10,7 +10,7 @@ from rql_cli.io.resolve import LoadedCheckpoint
 from rql_cli.names import TaskName
 
 if TYPE_CHECKING:
-    from rql_cli.config import RQLConfig
+    from rql_cli.config import RunConfig
     from rql_cli.core.rql import RQLAgent
 
 TaskCallback = Callable[[int], None]
@@ -63,7 +63,7 @@ def evaluate_checkpoint(
 
 
 def evaluate_agent(
-    agent: RQLAgent, task_name: str | TaskName, config: RQLConfig, step: int,
+    agent: RQLAgent, task_name: str | TaskName, config: RunConfig, step: int,
     on_episode: EpisodeCallback | None = None,
 ) -> dict[str, Any]:
     """A training loop's periodic evaluation of the EMA policy: ``config.eval_episodes`` episodes.

@@ -25,11 +25,11 @@ def tiny_dataset_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run_dir(tiny_dataset_dir, tmp_path_factory) -> Path:
     """A run folder trained for 2 steps on the tiny dataset with small networks."""
-    from rql_cli.config import RQLConfig
-    from rql_cli.train import DataSpec, train
+    from rql_cli.config import RunConfig
+    from rql_cli.training.offline import DataSpec, train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    config = RQLConfig(
+    config = RunConfig.of(
         actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=2, flow_steps=4,
         horizon=5, batch_size=8, eval_episodes=0, steps=2, device="cpu",
     )

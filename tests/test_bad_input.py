@@ -60,6 +60,7 @@ CASES: list[tuple[str, list[str], list[str], dict[str, str]]] = [
     ("generate-zero-workers", ["data", "generate", "cube-single-play-v0", "--workers", "0", "--out", "{W}/gen"], ["--workers must lie in"], {}),
     ("finetune-utd-zero", ["finetune", "--checkpoint", "{W}/ckpt", "--online-steps", "5", "--utd", "0"], ["--utd must lie in"], {}),
     ("finetune-negative-online", ["finetune", "--checkpoint", "{W}/ckpt", "--online-steps", "-5"], ["--online-steps must be a positive"], {}),
+    ("finetune-dataset-without-steps", ["finetune", "--checkpoint", "{W}/ckpt", "--dataset", "cube-single-play-v0"], ["add --steps N"], {}),
     # --- config fields ---------------------------------------------------------------------------
     ("set-unknown-field", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "alpah=3"], ["Unknown config field 'alpah'", "'alpha'"], {}),
     ("set-wrong-type", ["train", "--dataset", "cube-single-play-v0", "--dataset-dir", "{W}/data", "--set", "horizon=abc"], ["'horizon' expects an integer"], {}),

@@ -239,7 +239,7 @@ def _config_of_train_command(command: str) -> tuple[int | None, dict]:
     task = next((int(value) for flag, value in options if flag == "--task"), None)
     overrides = dict(parse_set_option(value) for flag, value in options if flag == "--set")
     assert {flag for flag, _ in options} <= {"--dataset", "--task", "--set"}, command
-    fields = make_config(parse_task_name(dataset), overrides=overrides).to_dict()
+    fields = make_config(parse_task_name(dataset), overrides=overrides).flat()
     fields.pop("device")
     return task, fields
 
@@ -260,13 +260,15 @@ def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_cont
         if evidence is None:
             continue
         meta, _ = read_meta(folder)
-        stored = meta.config.to_dict()
-        stored.pop("device")
-        task, fields = _config_of_train_command(evidence["train_command"])
+        stored = meta.config.to_dict()  # the agent's config: a checkpoint keeps no run settings
+        task, command_fields = _config_of_train_command(evidence["train_command"])
+        fields = {k: v for k, v in command_fields.items() if k in stored}
         assert fields == stored, name
+        assert (command_fields["steps"], command_fields["seed"]) == (meta.step, meta.seed), name
         assert (task or meta.task_name.resolve_task()) == meta.task_name.resolve_task(), name
         assert evidence["train_command"] in (folder / "README.md").read_text(), name
-        _, control = _config_of_train_command(evidence["control"]["command"])
+        _, control_fields = _config_of_train_command(evidence["control"]["command"])
+        control = {k: v for k, v in control_fields.items() if k in stored}
         assert control["alpha"] == 1000.0, name
         assert {**control, "alpha": stored["alpha"]} == stored, name
 
@@ -279,7 +281,7 @@ def test_an_old_control_command_gains_the_fields_a_changed_preset_no_longer_give
     from rql_cli.io.model_card import reproduce_command, restate_preset_values
 
     meta, _ = read_meta(sorted((tiny_run_dir / "checkpoints").iterdir())[-1])
-    today = make_config(meta.dataset).to_dict()
+    today = make_config(meta.dataset).flat()
     meta.config.expectile, meta.config.rho = today["expectile"], today["rho"]
     old_agent = reproduce_command(meta)  # written when the preset gave this agent's expectile and rho
     assert "expectile=" not in old_agent and "rho=" not in old_agent

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rql_cli.config import RQLConfig
+from rql_cli.config import RQLConfig, RunConfig
 from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.io.checkpoint import (
     FORMAT_VERSION,
@@ -25,6 +25,7 @@ TINY = dict(
     horizon=3, batch_size=16, eval_episodes=0, log_interval=2, device="cpu",
 )
 FORMAT1_RUN = Path(__file__).parent / "data" / "format1-run"
+FORMAT2_RUN = Path(__file__).parent / "data" / "format2-run"
 
 
 def make_meta(config: RQLConfig, step: int = 7) -> CheckpointMeta:
@@ -38,7 +39,7 @@ def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
     from rql_cli.core.rql import RQLAgent
 
     torch.manual_seed(0)
-    config = RQLConfig(**TINY)
+    config = RunConfig.of(**TINY).agent
     agent = RQLAgent(config, 28, 5, torch.device("cpu"))
     with torch.no_grad():
         for p in agent.value_target.parameters():
@@ -57,7 +58,7 @@ def saved_tiny_checkpoint(tmp_path: Path) -> Path:
     """A freshly initialised TINY agent saved as tmp_path/ckpt."""
     from rql_cli.core.rql import RQLAgent
 
-    config = RQLConfig(**TINY)
+    config = RunConfig.of(**TINY).agent
     return save_checkpoint(tmp_path / "ckpt", RQLAgent(config, 28, 5, torch.device("cpu")), make_meta(config))
 
 
@@ -119,22 +120,52 @@ def test_format1_checkpoint_loads_and_its_training_metrics_migrate(tmp_path):
 def test_format1_run_folder_resolves_and_resumes(tiny_dataset_dir, tmp_path):
     from rql_cli.io.resolve import resolve_reference
     from rql_cli.io.run_files import RUN_FILE, read_run_record
-    from rql_cli.train import DataSpec, train
+    from rql_cli.training.offline import DataSpec, train
 
     run = shutil.copytree(FORMAT1_RUN, tmp_path / "run")
     resolved = resolve_reference(str(run))
     assert resolved.source == "run" and resolved.folder == run / "checkpoints" / "step_00000003"
     record = read_run_record(run)  # from the format 1 config.json of the run folder
-    assert record.dataset == "cube-single-play-v0" and record.config.ensemble_size == 2
+    assert record.dataset == "cube-single-play-v0" and record.config.agent.ensemble_size == 2
     data = DataSpec(name=record.dataset, dataset_dir=str(tiny_dataset_dir))
     outcome = train(record.config.replace(steps=5, eval_episodes=0), data, run, resume=True)
     assert outcome.step == 5
     resumed = json.loads((run / RUN_FILE).read_text())
-    assert resumed["format_version"] == 2
+    assert resumed["format_version"] == 3
     runtime = resumed["history"][0].pop("runtime")  # what this resume ran with: threads, compile
     assert runtime["compile"]["mode"] is None and runtime["threads"]["threads"] >= 1
     assert resumed["history"] == [{"step": 3, "event": "resume", "changes": {
         "steps": [3, 5], "eval_episodes": [2, 0]}}]
+
+
+def test_format2_run_folder_loads_resolves_and_resumes_into_format3(tiny_dataset_dir, tmp_path):
+    """A run of the format before the agent config was split from the run's: its checkpoint's config
+    holds run fields too (dropped on reading, the seed kept); resuming writes format 3 beside it."""
+    from rql_cli.io.resolve import resolve_reference
+    from rql_cli.io.run_files import RUN_FILE, read_run_record
+    from rql_cli.training.offline import DataSpec, train
+
+    run = shutil.copytree(FORMAT2_RUN, tmp_path / "run")
+    old = run / "checkpoints" / "step_00000003"
+    on_disk = json.loads((old / "config.json").read_text())
+    assert on_disk["format_version"] == 2 and on_disk["config"]["device"] == "cpu"
+    agent, meta = load_agent(old)
+    assert (meta.step, meta.seed, meta.config.actor_hidden_dims, meta.config.flow_steps) == (3, 5, [16, 16], 3)
+    assert resolve_reference(str(run)).folder == old
+    record = read_run_record(run)
+    assert (record.config.seed, record.config.steps, record.config.agent.horizon) == (5, 3, 3)
+    # the same bytes as the file the run trained on (the generator is deterministic), so the fingerprint holds
+    data = DataSpec(name=record.dataset, **{**record.data, "dataset_dir": str(tiny_dataset_dir)})
+    outcome = train(record.config.replace(steps=5), data, run, resume=True)
+    assert outcome.step == 5
+    resumed = json.loads((run / RUN_FILE).read_text())
+    assert resumed["format_version"] == 3 and resumed["config"]["agent"]["horizon"] == 3
+    assert [(h["event"], h["step"], h.get("changes")) for h in resumed["history"]] == [
+        ("start", 0, None), ("resume", 3, {"steps": [3, 5]})]
+    written = json.loads((outcome.last_checkpoint / "config.json").read_text())
+    assert written["format_version"] == 3 and written["seed"] == 5
+    assert set(written["config"]) == set(meta.config.to_dict())  # the agent's fields alone
+    assert json.loads((old / "config.json").read_text()) == on_disk  # the old checkpoint is left as it was
 
 
 def test_a_bundled_format1_checkpoint_loads_by_name(tmp_path, monkeypatch):
@@ -178,7 +209,7 @@ def test_a_full_disk_during_a_write_keeps_the_previous_checkpoint_and_leaves_no_
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(disk)]).returncode != 0:
         pytest.skip("this machine does not allow mounting a tmpfs")
     try:
-        config = RQLConfig(**TINY)
+        config = RunConfig.of(**TINY).agent
         agent = RQLAgent(config, 28, 5, torch.device("cpu"))
         generators = {"sample": torch.Generator(), "noise": torch.Generator()}
         first = save_checkpoint(disk / "run" / "step_1", agent, make_meta(config), generators=generators)
@@ -227,7 +258,7 @@ def test_a_train_state_missing_a_key_is_a_clean_error(tmp_path):
     from rql_cli.core.rql import RQLAgent
     from rql_cli.io.checkpoint import load_train_state_into
 
-    config = RQLConfig(**TINY)
+    config = RunConfig.of(**TINY).agent
     agent = RQLAgent(config, 28, 5, torch.device("cpu"))
     generators = {"sample": torch.Generator(), "noise": torch.Generator()}
     folder = save_checkpoint(tmp_path / "ckpt", agent, make_meta(config), generators=generators)

@@ -11,6 +11,7 @@ from rql_cli.config import (
     OFFICIAL_NAMES,
     PRESETS,
     RQLConfig,
+    RunConfig,
     field_names,
     make_config,
     parse_set_option,
@@ -20,9 +21,11 @@ from rql_cli.names import ENV_FAMILIES
 
 
 def test_config_json_round_trip_keeps_every_field():
-    config = RQLConfig(alpha=3.0, value_hidden_dims=[256, 128], sparse_rewards=True, device="cuda:1")
-    restored, unknown = RQLConfig.from_json(config.to_json())
+    config = RunConfig.of(alpha=3.0, value_hidden_dims=[256, 128], sparse_rewards=True, device="cuda:1")
+    restored, unknown = RunConfig.from_json(config.to_json())
     assert restored == config and unknown == []
+    agent, unknown = RQLConfig.from_json(config.agent.to_json())
+    assert agent == config.agent and unknown == []
 
 
 def _help_words(text: str) -> str:
@@ -77,12 +80,12 @@ def test_every_field_has_help_text():
 
 
 def test_presets_follow_the_dataset_name_and_set_overrides_win():
-    config = make_config("puzzle-3x3-play-singletask-task2-v0")
+    config = make_config("puzzle-3x3-play-singletask-task2-v0").agent
     assert (config.alpha, config.expectile, config.rho, config.horizon) == (1.0, 0.7, 0.5, 5)
     assert config.sparse_rewards
-    config = make_config("cube-double-play-v0", overrides=dict(alpha=2.5))
+    config = make_config("cube-double-play-v0", overrides=dict(alpha=2.5)).agent
     assert (config.alpha, config.expectile) == (2.5, 0.9)
-    config = make_config("cube-double-play-v0", preset="humanoidmaze-large")
+    config = make_config("cube-double-play-v0", preset="humanoidmaze-large").agent
     assert (config.discount, config.horizon, config.rho) == (0.995, 1, 0.0)
 
 
@@ -112,7 +115,7 @@ def test_official_field_names_are_accepted_as_aliases(official, ours, value):
     assert parse_set_option(f"{official}={str(value).lower()}") == (ours, value)
     config, unknown = RQLConfig.from_dict({official: value})
     assert getattr(config, ours) == value and unknown == []
-    assert getattr(make_config("cube-single-play-v0", overrides={official: value}), ours) == value
+    assert getattr(make_config("cube-single-play-v0", overrides={official: value}).agent, ours) == value
     with pytest.raises(ConfigError, match=ours):
         parse_set_option(f"{official}=\"not a {ours}\"")
 
@@ -120,7 +123,7 @@ def test_official_field_names_are_accepted_as_aliases(official, ours, value):
 def test_help_text_comes_from_field_metadata_not_source_code():
     import dataclasses
 
-    for f in dataclasses.fields(RQLConfig):
+    for f in [*dataclasses.fields(RQLConfig), *dataclasses.fields(RunConfig)[1:]]:  # RunConfig's first: agent
         assert FIELD_HELP[f.name].startswith(f.metadata["help"]) and len(f.metadata["help"]) > 10
     assert FIELD_HELP["eval_envs"].endswith("Range: 1 to 1,024.")
 
@@ -137,7 +140,7 @@ def test_help_text_comes_from_field_metadata_not_source_code():
 ])
 def test_every_numeric_field_is_checked_against_its_range(changes, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
-        RQLConfig().replace(**changes)
+        RunConfig().replace(**changes)
 
 
 def test_list_fields_take_commas_so_shells_need_no_quotes():
@@ -150,14 +153,33 @@ def test_list_fields_take_commas_so_shells_need_no_quotes():
 def test_every_preset_is_a_known_env_family():
     external = {"minari:D4RL/antmaze", "external"}
     assert set(PRESETS) - external <= set(ENV_FAMILIES)
-    assert make_config("pointmaze-medium-navigate-v0") == RQLConfig()  # no preset: the defaults
+    assert make_config("pointmaze-medium-navigate-v0") == RunConfig()  # no preset: the defaults
     # Minari ids take the closest published preset (antmaze), or the stated one for everything else.
-    antmaze = make_config("minari:D4RL/antmaze/large-play-v1")
+    antmaze = make_config("minari:D4RL/antmaze/large-play-v1").agent
     assert (antmaze.alpha, antmaze.expectile, antmaze.horizon) == (0.1, 0.5, 1)
     hopper = make_config("minari:mujoco/hopper/medium-v0")
-    assert hopper == make_config("gym:Hopper-v5") == RQLConfig(**PRESETS["external"])
+    assert hopper == make_config("gym:Hopper-v5") == RunConfig.of(**PRESETS["external"])
 
 
 def test_a_config_that_is_not_an_object_is_refused():
     with pytest.raises(ConfigError, match="JSON object"):
         RQLConfig.from_dict([1, 2])
+
+
+def test_the_agent_config_is_what_defines_the_agent_and_the_run_config_how_a_run_uses_the_machine():
+    from rql_cli.config import AGENT_FIELDS, FIXED_ON_RESUME, RUN_FIELDS
+
+    assert set(AGENT_FIELDS) == {
+        "actor_hidden_dims", "value_hidden_dims", "value_layer_norm", "ensemble_size", "flow_steps", "horizon",
+        "policy_loss_points", "alpha", "expectile", "rho", "discount", "tau", "actor_ema", "lr", "batch_size",
+        "sparse_rewards",
+    }
+    assert set(RUN_FIELDS) == {
+        "steps", "eval_interval", "eval_episodes", "eval_envs", "log_interval", "keep_checkpoints", "save_interval",
+        "seed", "device", "dataset_on_device", "shard_swap_every", "shard_prefetch", "compile", "threads",
+    }
+    assert FIXED_ON_RESUME == {*AGENT_FIELDS, "dataset_on_device"}
+    # --set reaches both, and a flat dict of both comes back whole
+    config = RunConfig().replace(alpha=2.0, steps=7, h=4)
+    assert (config.agent.alpha, config.steps, config.agent.horizon) == (2.0, 7, 4)
+    assert RunConfig.from_flat(config.flat())[0] == config

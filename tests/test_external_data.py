@@ -122,7 +122,7 @@ def test_train_eval_and_checkpoint_through_the_cli(minari_root, tmp_path, monkey
     assert result.exit_code == 0, result.output
     record = json.loads((run / "train_config.json").read_text())
     assert record["env_id"] == f"minari:{MINARI_ID}" and record["obs_dim"] == 3 and record["action_dim"] == 1
-    assert record["config"]["horizon"] == 1  # the stated preset for Minari sets outside antmaze
+    assert record["config"]["agent"]["horizon"] == 1  # the stated preset for Minari sets outside antmaze
     result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--episodes", "1", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     task = json.loads((tmp_path / "r.json").read_text())["tasks"][0]

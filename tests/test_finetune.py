@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from rql_cli.cli.app import app
+from rql_cli.config import RunConfig
 
 runner = CliRunner()
 ONLINE_SEED_BASE = 1_000_000  # episode k of a run with seed s is reset with env seed 1e6 + 1e4 * s + k
@@ -76,7 +77,7 @@ def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path)
     assert len(online) == 3 and online[1].startswith("200,0,")
 
     # The stored transitions are what the env gives for the stored actions.
-    seed = json.loads((checkpoint / "config.json").read_text())["config"]["seed"]
+    seed = json.loads((checkpoint / "config.json").read_text())["seed"]  # format 3: the run's seed, top level
     env = make_eval_env("cube-single-play-singletask-v0")
     for episode in range(2):
         rows = slice(200 * episode, 200 * (episode + 1))
@@ -104,23 +105,21 @@ def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path)
 
 def test_sigterm_then_resume_restores_the_online_buffer_and_counters(tiny_run_dir, tiny_dataset_dir, tmp_path):
     from rql_cli.data.sources import DataSpec
-    from rql_cli.finetune import (
-        FinetuneObserver,
-        FinetuneSettings,
-        _open_online,
-        finetune,
-    )
     from rql_cli.io.resolve import load_checkpoint
     from rql_cli.io.run_files import CsvLog, RunLock
+    from rql_cli.training.observer import TrainObserver
+    from rql_cli.training.online import BUFFER_FILE, FinetuneSettings, OnlineSource, finetune
+    from rql_cli.training.session import check_resume, latest_checkpoint_meta, open_session
+    from rql_cli.training.signals import StopSignals
 
-    class SignalAt(FinetuneObserver):
+    class SignalAt(TrainObserver):
         def on_log(self, step, metrics):
             if step == 250:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     loaded = load_checkpoint(str(tiny_run_dir), "cpu")
     settings = FinetuneSettings(online_steps=600)
-    config = loaded.meta.config.replace(log_interval=50, eval_episodes=0, eval_interval=0)
+    config = RunConfig(agent=loaded.meta.config).replace(log_interval=50, eval_episodes=0, eval_interval=0)
     data = DataSpec(name=loaded.meta.env_id, dataset_dir=str(tiny_dataset_dir))
     out = tmp_path / "ft"
     outcome = finetune(loaded, config, settings, data, out, observer=SignalAt())
@@ -129,16 +128,19 @@ def test_sigterm_then_resume_restores_the_online_buffer_and_counters(tiny_run_di
     saved = load_file(str(outcome.last_checkpoint / "online_buffer.safetensors"))
     assert saved.pop("counters").tolist() == [250, 1]  # the running episode (50 steps) is dropped
 
-    with RunLock(out) as lock:
-        resumed = _open_online(config, settings, data, lock, None)
+    cpu = torch.device("cpu")
+    with RunLock(out) as lock, StopSignals() as stop:
+        previous = check_resume(out, config)
+        source = OnlineSource(config, settings, data, cpu, latest_checkpoint_meta(out, (BUFFER_FILE,)), resume=True)
         try:
-            assert (resumed.env_step, resumed.episodes, resumed.agent.step) == (250, 1, 250)
-            assert resumed.buffer.online_size == 200
-            for name, tensor in resumed.buffer.online_part().items():
+            resumed = open_session(config, source, lock, stop, device=cpu, previous=previous, origin=None)
+            assert (source.env_step, source.episodes, resumed.agent.step) == (250, 1, 250)
+            assert source.buffer.online_size == 200
+            for name, tensor in source.buffer.online_part().items():
                 assert torch.equal(tensor, saved[name]), name
-            assert resumed.collector.episode == 1  # a new episode starts
+            assert source.collector.episode == 1  # a new episode starts
         finally:
-            resumed.collector.close()
+            source.close()
     finished = finetune(None, config, settings, data, out, resume=True)
     assert finished.step == 600 and not finished.interrupted
     history = json.loads((out / "train_config.json").read_text())["history"]
@@ -166,8 +168,8 @@ def test_continued_offline_training_starts_from_the_checkpoints_weights(tiny_run
     source = tiny_run_dir / "checkpoints" / "step_00000002"
     agent, meta = load_agent(source)
     dataset = load_ogbench("cube-single-play-v0", dataset_dir=tiny_dataset_dir, with_val=False).train
-    batch = ChunkSampler(dataset, meta.config.horizon).sample(meta.config.batch_size, make_generator(torch.device("cpu"), meta.config.seed))
-    losses, _ = agent.losses(batch, make_generator(torch.device("cpu"), meta.config.seed + 1))
+    batch = ChunkSampler(dataset, meta.config.horizon).sample(meta.config.batch_size, make_generator(torch.device("cpu"), meta.seed))
+    losses, _ = agent.losses(batch, make_generator(torch.device("cpu"), meta.seed + 1))
     assert float(logged["total"]) == pytest.approx(float(losses["total"].detach()), rel=1e-5)
     lineage = read_meta(out / "checkpoints" / "step_00000003")[0].lineage
     assert lineage["method"] == "offline" and lineage["steps"] == 3 and lineage["optimizer"].startswith("continued")

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from rql_cli.errors import NonFiniteLossError
-from rql_cli.loop import LOGGED_TERMS, LossWindow, StopSignals, is_due, resume_command
+from rql_cli.training.loop import LOGGED_TERMS, LossWindow, is_due
+from rql_cli.training.session import resume_command
+from rql_cli.training.signals import StopSignals
 
 
 def step_metrics(value: float, **special: float) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rql_cli.config import RQLConfig
+from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
 from rql_cli.io.run_files import (
     RUN_FILE,
@@ -31,21 +31,21 @@ FORMAT1_RUN = Path(__file__).parent / "data" / "format1-run"
 def make_record(**changes) -> RunRecord:
     values = dict(dataset="cube-single-play-v0", data={"dataset_dir": "data", "dataset_path": None, "task": 3},
                   env_id="cube-single-play-singletask-task3-v0", obs_dim=28, action_dim=5,
-                  config=RQLConfig(alpha=3.0), versions={"rql": "0.1.0"})
+                  config=RunConfig.of(alpha=3.0), versions={"rql": "0.1.0"})
     return RunRecord(**{**values, **changes})
 
 
 def test_run_record_round_trips_through_train_config_json(tmp_path):
     record = make_record(parent="alice/agent", history=[{"step": 0, "event": "start"}])
     path = write_run_record(tmp_path / "run", record)
-    assert path.name == RUN_FILE and json.loads(path.read_text())["format_version"] == 2
+    assert path.name == RUN_FILE and json.loads(path.read_text())["format_version"] == 3
     assert read_run_record(tmp_path / "run") == record
 
 
 def test_format1_run_record_is_read_from_the_run_folders_config_json(tmp_path):
     record = read_run_record(FORMAT1_RUN)
     assert record.dataset == "cube-single-play-v0" and record.obs_dim == 28
-    assert record.config.ensemble_size == 2 and record.history == [] and record.parent is None
+    assert record.config.agent.ensemble_size == 2 and record.history == [] and record.parent is None
 
 
 def test_broken_run_records_are_clean_errors(tmp_path):
@@ -98,9 +98,9 @@ def test_retention_keeps_the_newest_and_the_best_evaluated(tmp_path):
 
 
 def test_a_run_keeps_exactly_its_newest_checkpoints_and_its_best(tiny_dataset_dir, tmp_path):
-    from rql_cli.train import DataSpec, train
+    from rql_cli.training.offline import DataSpec, train
 
-    config = RQLConfig(actor_hidden_dims=[16], value_hidden_dims=[16], ensemble_size=2, flow_steps=2, horizon=2,
+    config = RunConfig.of(actor_hidden_dims=[16], value_hidden_dims=[16], ensemble_size=2, flow_steps=2, horizon=2,
                        batch_size=4, eval_episodes=0, steps=9, save_interval=1, keep_checkpoints=3, device="cpu")
     outcome = train(config, DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir)), tmp_path / "run")
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000007", "step_00000008", "step_00000009"]
@@ -112,7 +112,7 @@ def test_a_run_folder_in_use_refuses_a_second_process_and_a_stale_lock_is_taken_
     import sys
 
     from rql_cli.io.run_files import LOCK_FILE, RunLock, read_run_record
-    from rql_cli.train import DataSpec, train
+    from rql_cli.training.offline import DataSpec, train
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)

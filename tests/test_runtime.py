@@ -12,7 +12,7 @@ import torch
 from rql_cli.config import RQLConfig
 from rql_cli.core.rql import RQLAgent
 from rql_cli.errors import RQLError
-from rql_cli.runtime import (
+from rql_cli.training.runtime import (
     AUTO_COMPILE_MIN_STEPS,
     CpuLoad,
     ThreadGovernor,

@@ -16,14 +16,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from rql_cli.cli.app import app
-from rql_cli.config import RQLConfig
+from rql_cli.config import RunConfig
 from rql_cli.data.generate import generate_dataset, generate_shards, size_tag
 from rql_cli.data.shards import ShardRotation, list_shards, npz_shapes
 from rql_cli.data.sources import DataSpec, ShardLoader, resolve_dataset_path
 from rql_cli.errors import DatasetError, DatasetNotFoundError
 from rql_cli.io.run_files import read_run_record
 from rql_cli.names import parse_task_name
-from rql_cli.train import train
+from rql_cli.training.offline import train
 
 NAME = "cube-single-play-v0"
 TINY = dict(
@@ -144,9 +144,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_training_on_shards_resumes_on_the_right_shard_bit_for_bit(shard_folder, tmp_path):
     data = DataSpec(name=NAME, dataset_path=str(shard_folder))
     config = dict(TINY, shard_swap_every=3)
-    train(RQLConfig(**config, steps=7), data, tmp_path / "split")
-    resumed = train(RQLConfig(**config, steps=14), data, tmp_path / "split", resume=True)
-    whole = train(RQLConfig(**config, steps=14), data, tmp_path / "whole")
+    train(RunConfig.of(**config, steps=7), data, tmp_path / "split")
+    resumed = train(RunConfig.of(**config, steps=14), data, tmp_path / "split", resume=True)
+    whole = train(RunConfig.of(**config, steps=14), data, tmp_path / "whole")
     a, b = _weights(resumed.last_checkpoint), _weights(whole.last_checkpoint)
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -167,11 +167,11 @@ def test_resume_refuses_a_folder_whose_shards_changed(shard_folder, tmp_path):
     folder = tmp_path / shard_folder.name
     shutil.copytree(shard_folder, folder)
     data = DataSpec(name=NAME, dataset_path=str(folder))
-    train(RQLConfig(**TINY, steps=2), data, tmp_path / "run")
+    train(RunConfig.of(**TINY, steps=2), data, tmp_path / "run")
     shutil.copy(folder / f"{NAME}-000.npz", folder / f"{NAME}-002.npz")  # another shard, another size
     record = read_run_record(tmp_path / "run")
     with pytest.raises(DatasetError, match="another file"):
-        train(RQLConfig(**TINY, steps=4), DataSpec(name=record.dataset, **record.data), tmp_path / "run", resume=True)
+        train(RunConfig.of(**TINY, steps=4), DataSpec(name=record.dataset, **record.data), tmp_path / "run", resume=True)
 
 
 def test_cli_generates_a_shard_folder_and_trains_on_it(tmp_path):

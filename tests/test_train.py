@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rql_cli.config import RQLConfig
+from rql_cli.config import RunConfig
 from rql_cli.errors import NonFiniteLossError
 from rql_cli.io.checkpoint import read_meta
 from rql_cli.io.run_files import list_checkpoints
-from rql_cli.train import DataSpec, train
+from rql_cli.training.offline import DataSpec, train
 
 TINY = dict(
     actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=3, flow_steps=4,
@@ -35,10 +35,10 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_n_steps_then_resume_n_steps_equals_2n_steps(tiny_dataset_dir, tmp_path):
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
-    first = train(RQLConfig(**TINY, steps=6), data, tmp_path / "split")
+    first = train(RunConfig.of(**TINY, steps=6), data, tmp_path / "split")
     assert first.step == 6
-    resumed = train(RQLConfig(**TINY, steps=12), data, tmp_path / "split", resume=True)
-    whole = train(RQLConfig(**TINY, steps=12), data, tmp_path / "whole")
+    resumed = train(RunConfig.of(**TINY, steps=12), data, tmp_path / "split", resume=True)
+    whole = train(RunConfig.of(**TINY, steps=12), data, tmp_path / "whole")
     a, b = weights(resumed.last_checkpoint), weights(whole.last_checkpoint)
     assert a.keys() == b.keys()
     for key in a:
@@ -59,14 +59,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_d
         shutil.copy(tiny_dataset_dir / name, tmp_path / name)
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tmp_path))
     run = tmp_path / "run"
-    train(RQLConfig(**TINY, steps=4), data, run)
+    train(RunConfig.of(**TINY, steps=4), data, run)
     good = weights(list_checkpoints(run)[-1])
     # NaN data is refused at load now, so the loss is driven to infinity with finite, huge observations.
     arrays = dict(np.load(tmp_path / "cube-single-play-v0.npz"))
     arrays["observations"][:] = 3e38
     np.savez_compressed(tmp_path / "cube-single-play-v0.npz", **arrays)
     with pytest.raises(NonFiniteLossError) as info:
-        train(RQLConfig(**TINY, steps=8), data, run, resume=True)
+        train(RunConfig.of(**TINY, steps=8), data, run, resume=True)
     assert info.value.step == 5 and info.value.term == "value"
     assert "step 5" in str(info.value) and "'value'" in str(info.value)
     assert str(run / "checkpoints" / "step_00000004") in str(info.value)
@@ -80,7 +80,7 @@ def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
     from rql_cli.io.run_files import read_run_record
 
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
-    outcome = train(RQLConfig(**{**TINY, "eval_episodes": 1, "eval_interval": 4}, steps=4), data, tmp_path / "run")
+    outcome = train(RunConfig.of(**{**TINY, "eval_episodes": 1, "eval_interval": 4}, steps=4), data, tmp_path / "run")
     run = tmp_path / "run"
     for name in ("train_config.json", "metrics.csv", "eval.csv", "curves.png"):
         assert (run / name).is_file(), name
@@ -116,7 +116,7 @@ def test_resume_finds_the_data_from_anywhere_and_refuses_another_file(tiny_datas
     data_dir = tmp_path / "data"
     shutil.copytree(tiny_dataset_dir, data_dir)
     monkeypatch.chdir(tmp_path)
-    train(RQLConfig(**TINY, steps=2), DataSpec(name="cube-single-play-v0", dataset_dir="data"), tmp_path / "run")
+    train(RunConfig.of(**TINY, steps=2), DataSpec(name="cube-single-play-v0", dataset_dir="data"), tmp_path / "run")
     record = read_run_record(tmp_path / "run")
     assert record.data["dataset_dir"] == str(data_dir.resolve())  # absolute, not as typed
     assert record.data["fingerprint"]["size"] == (data_dir / "cube-single-play-v0.npz").stat().st_size
@@ -125,26 +125,26 @@ def test_resume_finds_the_data_from_anywhere_and_refuses_another_file(tiny_datas
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     spec = DataSpec(name=record.dataset, **record.data)
-    assert train(RQLConfig(**TINY, steps=3), spec, tmp_path / "run", resume=True).step == 3
+    assert train(RunConfig.of(**TINY, steps=3), spec, tmp_path / "run", resume=True).step == 3
 
     arrays = dict(np.load(data_dir / "cube-single-play-v0.npz"))
     arrays["actions"] = arrays["actions"] * 0.5
     np.savez_compressed(data_dir / "cube-single-play-v0.npz", **arrays)
     with pytest.raises(DatasetError, match="another file") as info:
-        train(RQLConfig(**TINY, steps=4), spec, tmp_path / "run", resume=True)
+        train(RunConfig.of(**TINY, steps=4), spec, tmp_path / "run", resume=True)
     assert record.data["fingerprint"]["sha256"][:16] in str(info.value)
 
 
 def test_a_failing_periodic_evaluation_still_saves_the_checkpoint_of_its_step(tiny_dataset_dir, tmp_path, monkeypatch):
-    import rql_cli.evaluation as evaluation
+    import rql_cli.training.session as session
     from rql_cli.errors import RQLError
 
     def broken(*args, **kwargs):
         raise RuntimeError("the renderer fell over")
 
-    monkeypatch.setattr(evaluation, "evaluate_agent", broken)
+    monkeypatch.setattr(session, "evaluate_agent", broken)
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
-    config = RQLConfig(**{**TINY, "eval_episodes": 1, "eval_interval": 3}, steps=6)
+    config = RunConfig.of(**{**TINY, "eval_episodes": 1, "eval_interval": 3}, steps=6)
     with pytest.raises(RQLError, match="evaluation at this step failed .*the renderer fell over.*step_00000003") as info:
         train(config, data, tmp_path / "run")
     assert "rql train --resume" in str(info.value)
@@ -156,8 +156,8 @@ def test_a_compiled_run_records_its_runtime_and_trains_what_an_eager_run_trains(
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
     before = torch.get_num_threads()
     try:
-        fast = train(RQLConfig(**TINY, steps=4, compile="on", threads=1), data, tmp_path / "fast")
-        plain = train(RQLConfig(**TINY, steps=4, compile="off"), data, tmp_path / "plain")
+        fast = train(RunConfig.of(**TINY, steps=4, compile="on", threads=1), data, tmp_path / "fast")
+        plain = train(RunConfig.of(**TINY, steps=4, compile="off"), data, tmp_path / "plain")
     finally:
         torch.set_num_threads(before)
     runtime = json.loads((tmp_path / "fast" / "train_config.json").read_text())["history"][0]["runtime"]

@@ -30,6 +30,7 @@ from rql_cli.io.model_card import (
     EVIDENCE_FILE, build_model_card, read_evidence, reproduce_command, restate_preset_values,
 )
 from rql_cli.io.resolve import load_checkpoint
+from rql_cli.io.run_files import read_run_record
 from rql_cli.io.atomic import write_json_atomic
 from rql_cli.rollout import run_rollout
 
@@ -111,9 +112,11 @@ def rewrite_card(out: Path, goal: dict | None) -> None:
     # the command leaves out what equals today's preset: written again, it stays exact when a preset changes;
     # the control's, whose config the bundle does not keep, gains --set for what its agent's command left out
     control = evidence.get("control") or {}
-    if control.get("command") and evidence.get("train_command"):
-        control["command"] = restate_preset_values(control["command"], evidence["train_command"], meta)
-    evidence["train_command"] = reproduce_command(meta)
+    command = evidence.get("train_command")
+    if control.get("command") and command:
+        control["command"] = restate_preset_values(control["command"], command, meta)
+    # the agent's own command, written with its run's settings, gains only what a changed preset took away
+    evidence["train_command"] = restate_preset_values(command, command, meta) if command else reproduce_command(meta)
     write_json_atomic(out / EVIDENCE_FILE, evidence)
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
     video = "rollout.mp4" if (out / "rollout.mp4").is_file() else None
@@ -173,10 +176,11 @@ def main() -> None:
     control_task = control.tasks[0]
     evidence = dict(
         dataset_recipe=args.recipe,
-        train_command=reproduce_command(meta),
+        train_command=reproduce_command(meta, read_run_record(args.run).config),
         train_wall_time_s=wall_time_s(args.run),
         machine=args.machine,
-        control=dict(name=args.control_name, command=reproduce_command(control_loaded.meta),
+        control=dict(name=args.control_name,
+                     command=reproduce_command(control_loaded.meta, read_run_record(args.control).config),
                      success_rate=control_task["success_rate"], success_ci95=control_task["success_ci95"],
                      episodes=control_task["episodes"], step=control_loaded.meta.step),
         paper=dict(success_rate=args.paper_rate, source=args.paper_source),

@@ -115,7 +115,7 @@ def seed_option(text: str) -> Any:
 
     It is held to the config's seed range (``config.RANGES['seed']``, shown in the help) while the
     arguments are parsed, so an out-of-range seed is refused with exit code 1 before any work;
-    commands that pass ``--seed`` into a config get the same check from ``RQLConfig.validate``.
+    commands that pass ``--seed`` into a config get the same check from ``RunConfig.validate``.
     """
     from rql_cli.config import RANGES
 

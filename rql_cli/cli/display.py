@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich import box
 from rich.console import Console
@@ -118,7 +118,7 @@ def lineage_text(lineage: dict[str, Any]) -> str:
 
 
 class TrainDisplay:
-    """Implements every hook of ``rql_cli.train.TrainObserver`` (by name, so that importing this
+    """Implements every hook of ``rql_cli.training.observer.TrainObserver`` (by name, so that importing this
     module does not import torch): a progress bar on a terminal, plain lines otherwise."""
 
     def __init__(self, quiet: bool = False):
@@ -263,6 +263,15 @@ def eval_table(report: dict[str, Any], lineage: dict[str, Any] | None = None) ->
     if len(report["tasks"]) > 1:
         table.add_row("mean", pct(report["mean_success_rate"]), *[""] * (len(columns) - 2))
     return table
+
+
+def stopped_before_training(run_dir: Path, resume: bool) -> NoReturn:
+    """Ctrl-C or SIGTERM while the data loaded: say that nothing changed, exit 130."""
+    import typer
+
+    state = f"the run in {run_dir} is as it was" if resume else "nothing was written"
+    console.print(f"[yellow]Stopped before the first step[/]; {state}.")
+    raise typer.Exit(130)
 
 
 def print_outcome(outcome: Any, run_dir: Path, unit: str) -> None:

@@ -62,7 +62,7 @@ def finetune(
 
     Example: rql finetune --checkpoint cube-single-task2-rql-cpu --online-steps 20000 --dataset-dir data
     """
-    from rql_cli.finetune import FinetuneSettings
+    from rql_cli.training.online import FinetuneSettings
 
     check_options({"--utd": utd, "--online-steps": online_steps if online_steps > 0 else None})
     settings = FinetuneSettings(online_steps=online_steps, utd=utd, balanced=balanced, offline_data=not no_offline_data)
@@ -98,7 +98,7 @@ def _resumed(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
     """(loaded, config, settings, data, run_dir) of a fine-tuning run to continue."""
     from rql_cli.data.sources import DataSpec
     from rql_cli.errors import RQLError
-    from rql_cli.finetune import FinetuneSettings
+    from rql_cli.training.online import FinetuneSettings
     from rql_cli.io.run_files import is_run_dir, read_run_record
 
     if not is_run_dir(run_dir):
@@ -118,6 +118,7 @@ def _new(
     dataset_path: Optional[Path], overrides: dict[str, Any], out: Optional[Path],
 ) -> tuple[Any, ...]:
     """(loaded, config, settings, data, run_dir) of a new fine-tuning run; checks the inputs first."""
+    from rql_cli.config import RunConfig
     from rql_cli.data.sources import DataSpec
     from rql_cli.device import resolve_device
     from rql_cli.errors import RQLError
@@ -134,10 +135,11 @@ def _new(
         )
     if settings.online_steps > 0 and dataset:
         raise RQLError("Give --online-steps (online, on the checkpoint's own data) or --dataset (offline), not both.")
-    # The machine's device, not the one the checkpoint was trained on, unless --device says otherwise.
-    overrides = {"device": "auto", **overrides}
-    loaded = load_checkpoint(checkpoint, resolve_device(overrides["device"]))
-    config = loaded.meta.config.replace(**overrides)
+    if dataset and "steps" not in overrides:  # the source's run length is not this run's business
+        raise RQLError("Continued offline training needs its length: add --steps N (gradient steps).")
+    loaded = load_checkpoint(checkpoint, resolve_device(overrides.get("device", "auto")))
+    # The checkpoint defines the agent; how this run uses the machine starts from the defaults.
+    config = RunConfig(agent=loaded.meta.config).replace(**overrides)
     name = dataset or loaded.meta.env_id
     if not dataset and dataset_dir is None and dataset_path is None:
         # Online fine-tuning of a local run replays the files that run trained on.
@@ -156,10 +158,14 @@ def _new(
 
 
 def _run(loaded: Any, config: Any, settings: Any, data: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
-    from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, print_outcome
-    from rql_cli.finetune import finetune as finetune_loop
+    from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, print_outcome, stopped_before_training
+    from rql_cli.training.online import finetune as finetune_loop
+    from rql_cli.training.signals import StopNow
 
     display = FinetuneDisplay(quiet) if settings.online_steps > 0 else TrainDisplay(quiet)
-    with display:
-        outcome = finetune_loop(loaded, config, settings, data, run_dir, resume=resume, observer=display)
+    try:
+        with display:
+            outcome = finetune_loop(loaded, config, settings, data, run_dir, resume=resume, observer=display)
+    except StopNow:
+        stopped_before_training(run_dir, resume)
     print_outcome(outcome, run_dir, "environment steps" if settings.online_steps > 0 else "gradient steps")

@@ -17,16 +17,17 @@ RUN_FLAGS = ("steps", "eval_interval", "eval_episodes", "eval_envs", "seed", "de
 
 def config_fields_epilog() -> str:
     """Every config field, its default and its help: the one source of --set's help."""
-    from rql_cli.config import FIELD_HELP, OFFICIAL_NAMES, RQLConfig
+    from rql_cli.config import FIELD_HELP, OFFICIAL_NAMES, RunConfig
 
-    defaults = RQLConfig().to_dict()
+    defaults = RunConfig().flat()
     official = {ours: theirs for theirs, ours in OFFICIAL_NAMES.items()}
     lines = [
         f"[bold]{name}[/] = {json.dumps(value)}: {FIELD_HELP[name]}"
         + (f" (official name: {official[name]})" if name in official else "")
         for name, value in defaults.items()
     ]
-    return "Config fields for --set (defaults before the task preset):\n\n" + "\n\n".join(lines)
+    return ("Config fields for --set (defaults before the task preset; the agent's first, then the run's):\n\n"
+            + "\n\n".join(lines))
 
 
 @handles_errors
@@ -102,24 +103,13 @@ def train(
 def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any, Path]:
     """(config, data spec, run folder) of a run to continue, with ``overrides`` applied.
 
-    Fields that change the agent's networks or the data it learns from are refused: the saved
-    weights and Adam moments would not fit them.
+    The training layer refuses overrides the saved state cannot take (``session.check_resume``).
     """
-    from rql_cli.config import FIXED_ON_RESUME
     from rql_cli.data.sources import DataSpec
-    from rql_cli.errors import RQLError
     from rql_cli.io.run_files import check_resumable, read_run_record
 
     check_resumable(run_dir)
     record = read_run_record(run_dir)
-    fixed = sorted(name for name, value in overrides.items()
-                   if name in FIXED_ON_RESUME and getattr(record.config, name) != value)
-    if fixed:
-        raise RQLError(
-            f"--resume cannot change {', '.join(fixed)}: the run's checkpoints were made for "
-            f"{', '.join(f'{n}={getattr(record.config, n)}' for n in fixed)}. Start a new run from its weights "
-            f"with `rql finetune --checkpoint {run_dir} --dataset {record.dataset} --set ...` instead."
-        )
     spec = DataSpec(name=record.dataset, **record.data)
     return record.config.replace(**overrides), spec, run_dir
 
@@ -184,9 +174,13 @@ def _new_run(
 
 def run_training(config: Any, spec: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
     """Run the training loop under a progress display and print how it ended."""
-    from rql_cli.cli.display import TrainDisplay, print_outcome
-    from rql_cli.train import train as train_loop
+    from rql_cli.cli.display import TrainDisplay, print_outcome, stopped_before_training
+    from rql_cli.training.offline import train as train_loop
+    from rql_cli.training.signals import StopNow
 
-    with TrainDisplay(quiet) as display:
-        outcome = train_loop(config, spec, run_dir, resume=resume, observer=display)
+    try:
+        with TrainDisplay(quiet) as display:
+            outcome = train_loop(config, spec, run_dir, resume=resume, observer=display)
+    except StopNow:
+        stopped_before_training(run_dir, resume)
     print_outcome(outcome, run_dir, "steps")

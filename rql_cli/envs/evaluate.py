@@ -177,7 +177,7 @@ process and save about 0.05 s per episode, so they win from about 30 episodes on
 def default_num_envs(episodes: int) -> int:
     """Parallel envs used when ``num_envs`` is None: one per usable CPU core (affinity and cgroup
     quota), at most one per episode, and one env when too few episodes would repay the workers' start."""
-    from rql_cli.runtime import usable_cores
+    from rql_cli.device import usable_cores
 
     if episodes < PARALLEL_MIN_EPISODES:
         return 1

@@ -2,7 +2,7 @@
 
 A checkpoint folder holds::
 
-    config.json              format_version, the typed config, dataset, env id, dims, step, versions
+    config.json              format_version, the agent config, dataset, env id, dims, step, seed, versions
     velocity.safetensors     velocity field ("velocity.*") and its EMA target ("velocity_target.*")
     value.safetensors        value ensemble ("value.*") and its Polyak target ("value_target.*")
     train_state.safetensors  Adam moments, step, RNG states (for --resume; optional when shared)
@@ -14,6 +14,9 @@ migrates older formats:
 
     format 1   training wrote metrics.json as one result dict (``metrics.read_metrics`` migrates it)
     format 2   metrics.json always holds ``{..., tasks: [...]}``; config.json fields unchanged
+    format 3   config.json's ``config`` holds the agent config alone (``RQLConfig``); how the run used
+               the machine (steps, device, threads, ...) stays in the run's train_config.json. The
+               run's ``seed`` moves to the top level. Older formats' run fields are read and dropped.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from rql_cli.names import ExternalName, TaskName, parse_task_name
 if TYPE_CHECKING:
     from rql_cli.core.rql import RQLAgent
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("velocity.safetensors", "value.safetensors")
 TRAIN_STATE_FILE = "train_state.safetensors"
@@ -51,7 +54,7 @@ class CheckpointMeta:
     """A checkpoint's config.json: the typed config and what the weights were trained for.
 
     Attributes:
-        config: the full RQLConfig of the run that wrote it.
+        config: the agent config (networks, flow, losses, optimiser) the weights were trained with.
         dataset: dataset file stem, e.g. ``'cube-single-play-v0'``.
         env_id: ogbench singletask name the rewards were relabelled for (names the task).
         obs_dim, action_dim: sizes of one observation and one action (not a chunk).
@@ -62,6 +65,8 @@ class CheckpointMeta:
             source REF, what it resolved to, its step, the method and its settings; None otherwise.
         env_spec: for a Minari or gymnasium env (``env_id`` 'minari:...' / 'gym:...'), its gymnasium
             ``EnvSpec`` as JSON, so the env can be rebuilt without the dataset; None for OGBench.
+        seed: the seed of the run that trained it (with the config and the data, what made the
+            weights); None when unknown.
     """
 
     config: RQLConfig
@@ -74,6 +79,7 @@ class CheckpointMeta:
     success_timing: str | None = None
     lineage: dict[str, Any] | None = None
     env_spec: str | None = None
+    seed: int | None = None
 
     @property
     def task_name(self) -> TaskName:
@@ -98,6 +104,7 @@ class CheckpointMeta:
                 action_dim=self.action_dim,
                 horizon=self.config.horizon,
                 step=self.step,
+                seed=self.seed,
                 versions=self.versions,
                 success_timing=self.success_timing,
                 lineage=self.lineage,
@@ -242,8 +249,11 @@ def _migrate(payload: dict[str, Any]) -> dict[str, Any]:
     """Bring an older config.json up to FORMAT_VERSION.
 
     Format 1 -> 2 changed no field of config.json (only metrics.json's layout, which
-    ``metrics.read_metrics`` migrates), so the payload is only relabelled.
+    ``metrics.read_metrics`` migrates). Format 2 -> 3: the run's seed comes up from ``config``; the
+    other run fields there are dropped when the agent config is read.
     """
+    if payload["format_version"] < 3 and isinstance(payload.get("config"), dict):
+        payload = {**payload, "seed": payload["config"].get("seed")}
     return {**payload, "format_version": FORMAT_VERSION}
 
 
@@ -300,6 +310,7 @@ def read_meta(directory: Path) -> tuple[CheckpointMeta, list[str]]:
             success_timing=payload.get("success_timing"),
             lineage=_optional_object(payload.get("lineage"), "lineage"),
             env_spec=_text(payload["env_spec"], "env_spec") if payload.get("env_spec") else None,
+            seed=None if payload.get("seed") is None else _count(payload["seed"], "seed", minimum=0),
         )
     except KeyError as error:
         raise CheckpointError(f"{path} lacks the field {error}.") from None
@@ -330,6 +341,18 @@ def _count(value: Any, name: str, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"'{name}' must be an integer >= {minimum}, got {json.dumps(value)}.")
     return value
+
+
+def check_checkpoint_dims(checkpoint: str, meta: CheckpointMeta, obs_dim: int, action_dim: int, what: str) -> None:
+    """Refuse a checkpoint whose observation or action size differs from ``what`` it is used with.
+
+    The one check of its kind: the message names both shapes and which is which.
+    """
+    if (meta.obs_dim, meta.action_dim) != (obs_dim, action_dim):
+        raise CheckpointError(
+            f"The checkpoint {checkpoint} has observations of size {meta.obs_dim} and actions of size "
+            f"{meta.action_dim}; {what} has observations of size {obs_dim} and actions of size {action_dim}."
+        )
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from rql_cli.errors import CheckpointError, HubError
 from rql_cli.io.checkpoint import REQUIRED_FILES, TRAIN_STATE_FILE, CheckpointMeta
+from rql_cli.io import run_files
 from rql_cli.io.hub_ref import require_hub_ref
 from rql_cli.io.metrics import METRICS_FILE, read_metrics
 from rql_cli.io.model_card import EVIDENCE_FILE, LIBRARY_NAME, build_model_card, pct, read_evidence
@@ -236,9 +237,10 @@ def push_checkpoint(
     with tempfile.TemporaryDirectory(prefix="rql-push-") as tmp:
         staging = Path(tmp)
         names, video_name = _stage(folder, staging, with_train_state, video_path)
+        record = run_files.record_of_checkpoint(folder)
         card = build_model_card(
             meta, report, repo, files=[*names, "README.md"], video_name=video_name, revision=branch,
-            evidence=read_evidence(folder),
+            evidence=read_evidence(folder), run=record.config if record else None,
         )
         card.save(staging / "README.md")
         names.append("README.md")

@@ -11,7 +11,7 @@ import re
 import shlex
 from typing import Any
 
-from rql_cli.config import FIELD_HELP, make_config
+from rql_cli.config import FIELD_HELP, RunConfig, make_config
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint import CheckpointMeta
 from rql_cli.io.metrics import EvaluationReport
@@ -119,8 +119,12 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def reproduce_command(meta: CheckpointMeta) -> str:
-    """The `rql train` command that trains this checkpoint's run: the preset plus --set for what differs."""
+def reproduce_command(meta: CheckpointMeta, run: RunConfig | None = None) -> str:
+    """The `rql train` command that trains this checkpoint: the preset plus --set for what differs.
+
+    The agent's fields come from the checkpoint; the run's from ``run`` (its run folder's record)
+    when known, else the checkpoint's step and seed, which with the agent config make the weights.
+    """
     parts = ["rql", "train", "--dataset", meta.dataset]
     try:
         task = meta.task_name.resolve_task()
@@ -128,16 +132,24 @@ def reproduce_command(meta: CheckpointMeta) -> str:
             parts += ["--task", str(task)]
     except RQLError:
         pass  # a name this rql does not know: the dataset name alone is the best we can say
-    parts += _set_options_off_preset(meta, _preset(meta))
+    parts += _set_options_off_preset(_trained_values(meta, run), _preset(meta))
     return " ".join(shlex.quote(part) for part in parts)
 
 
+def _trained_values(meta: CheckpointMeta, run: RunConfig | None) -> dict[str, Any]:
+    """Every field that made these weights, by name: the agent's, then the run's (as far as known)."""
+    if run is not None:
+        return {**run.flat(), **meta.config.to_dict()}
+    known = {"steps": meta.step, **({"seed": meta.seed} if meta.seed is not None else {})}
+    return {**meta.config.to_dict(), **known}
+
+
 def _set_options_off_preset(
-    meta: CheckpointMeta, preset: dict[str, Any], skip: frozenset[str] = frozenset()
+    values: dict[str, Any], preset: dict[str, Any], skip: frozenset[str] = frozenset()
 ) -> list[str]:
-    """``--set NAME=VALUE`` tokens for each config field (but those in ``skip``) whose value is not ``preset``'s."""
+    """``--set NAME=VALUE`` tokens for each field of ``values`` (but those in ``skip``) that is not ``preset``'s."""
     parts: list[str] = []
-    for name, value in meta.config.to_dict().items():
+    for name, value in values.items():
         if name != "device" and name not in skip and preset.get(name) != value:  # the device is the machine's
             parts += ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
     return parts
@@ -161,12 +173,14 @@ def restate_preset_values(command: str, sibling_command: str, meta: CheckpointMe
     if not preset:  # a name this rql does not know: no preset to have changed
         return command
     stated = frozenset(_set_fields(command) | _set_fields(sibling_command))
-    return " ".join([command, *(shlex.quote(part) for part in _set_options_off_preset(meta, preset, stated))])
+    agent = meta.config.to_dict()  # the run fields of an old command are its own: they stay as written
+    return " ".join([command, *(shlex.quote(part) for part in _set_options_off_preset(agent, preset, stated))])
 
 
 def _preset(meta: CheckpointMeta) -> dict[str, Any]:
+    """Every field's value under today's preset for the checkpoint's dataset ({} for a name we do not know)."""
     try:
-        return make_config(meta.dataset).to_dict()
+        return make_config(meta.dataset).flat()
     except RQLError:
         return {}
 
@@ -308,8 +322,8 @@ def _lineage_lines(meta: CheckpointMeta) -> list[str]:
             f"optimiser {lineage.get('optimizer', 'fresh')}"]
 
 
-def _training_section(meta: CheckpointMeta) -> list[str]:
-    of_run = f" (of a {meta.config.steps:,}-step run)" if meta.config.steps > meta.step else ""
+def _training_section(meta: CheckpointMeta, run: RunConfig | None) -> list[str]:
+    of_run = f" (of a {run.steps:,}-step run)" if run is not None and run.steps > meta.step else ""
     return [
         "## Training", "",
         *_lineage_lines(meta),
@@ -319,7 +333,7 @@ def _training_section(meta: CheckpointMeta) -> list[str]:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.versions.items())),
         "",
         _reproduce_hint(meta),
-        "", "```bash", reproduce_command(meta), "```", "",
+        "", "```bash", reproduce_command(meta, run), "```", "",
         "### Config", "",
         "The preset column shows the task preset's value where this run differs from it.", "",
         *_config_table(meta), "",
@@ -335,6 +349,7 @@ def build_model_card(
     video_name: str | None = None,
     revision: str | None = None,
     evidence: dict[str, Any] | None = None,
+    run: RunConfig | None = None,
 ) -> Any:
     """The README.md of a pushed checkpoint as a ``huggingface_hub.ModelCard``.
 
@@ -345,6 +360,7 @@ def build_model_card(
         files: the file names the commit publishes (listed in the card).
         video_name: the rollout video in the repo, if one is published.
         evidence: the folder's evidence.json (``read_evidence``), for the Evidence section.
+        run: the config of the run that wrote the checkpoint, when known (its training command).
     """
     from huggingface_hub import ModelCard
 
@@ -360,7 +376,7 @@ def build_model_card(
         *_evidence_section(report, evidence, curves="curves.png" in files),
         *_usage_section(load_ref),
         *(["## Rollout", "", f"[{video_name}]({video_name})", ""] if video_name else []),
-        *_training_section(meta),
+        *_training_section(meta, run),
         "## Files", "", *[f"- `{file}`" for file in sorted(files)], "",
         "Weights are safetensors (no pickle): loading them never runs code.", "",
         "## Citation", "", "```bibtex", CITATION, "```", "",

@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rql_cli.config import RQLConfig
+from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
 from rql_cli.io.atomic import write_json_atomic
 
 RUN_FILE = "train_config.json"
 LEGACY_RUN_FILE = "config.json"  # format 1 run folders
-RUN_FORMAT = 2
+RUN_FORMAT = 3
 CHECKPOINTS = "checkpoints"
 EVAL_COLUMNS = [
     "step", "success_rate", "success_low", "success_high", "mean_return", "episodes", "wall_time",
@@ -46,7 +46,8 @@ class RunRecord:
         data: where the files live: ``{'dataset_dir', 'dataset_path', 'task'}`` (each may be None).
         env_id: ogbench singletask name the rewards were relabelled for.
         obs_dim, action_dim: sizes of one observation and one action.
-        config: the typed config the run trains with now.
+        config: the run's config (the agent's under ``agent``) as it trains now; format 2 records held
+            the same fields flat, which the reader still takes.
         versions: rql, torch and ogbench versions that started the run.
         parent: for a fine-tuning run, its lineage (``CheckpointMeta.lineage``: the source REF, what it
             resolved to, its step, the method); None for a run from scratch.
@@ -61,7 +62,7 @@ class RunRecord:
     env_id: str
     obs_dim: int
     action_dim: int
-    config: RQLConfig
+    config: RunConfig
     versions: dict[str, str] = field(default_factory=dict)
     parent: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
@@ -79,7 +80,7 @@ class RunRecord:
         if not isinstance(payload, dict):
             raise RQLError(f"{source} must hold a JSON object, not a {type(payload).__name__}.")
         try:
-            config, _ = RQLConfig.from_dict(payload["config"], strict=False)
+            config, _ = RunConfig.from_dict(payload["config"], strict=False)
             return cls(
                 dataset=str(payload["dataset"]),
                 data=dict(payload.get("data") or {}),
@@ -132,6 +133,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         if p.is_dir() and p.name.startswith("step_") and (p / "config.json").is_file()
     ]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_resumable(run_dir: Path, files: tuple[str, ...] = ()) -> Path:
+    """The run's newest checkpoint with a train state (and ``files``), which ``--resume`` continues from."""
+    from rql_cli.io.checkpoint import TRAIN_STATE_FILE
+
+    found = [p for p in list_checkpoints(run_dir)
+             if all((p / name).is_file() for name in (TRAIN_STATE_FILE, *files))]
+    if not found:
+        needs = " and ".join(["a training state", *files])
+        raise RQLError(f"{run_dir} has no checkpoint with {needs} to resume from.")
+    return found[-1]
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
@@ -338,21 +351,29 @@ def read_run_record(run_dir: Path) -> RunRecord:
     return RunRecord.from_dict(payload, source=str(path))
 
 
-def recorded_data_location(checkpoint_folder: Path, dataset: str) -> tuple[Path | None, Path | None]:
-    """(dataset_dir, dataset_path) where the run holding ``checkpoint_folder`` found ``dataset``.
+def record_of_checkpoint(checkpoint_folder: Path) -> RunRecord | None:
+    """The record of the run folder holding ``checkpoint_folder`` (``RUN/checkpoints/step_N``), if any.
 
-    A checkpoint inside a run folder (``RUN/checkpoints/step_N``) was trained on files its run record
-    names; fine-tuning it online replays them unless told otherwise. (None, None) for a bundled, pulled
-    or copied checkpoint, a record of another dataset, or files no longer where they were.
+    None for a bundled, pulled or copied checkpoint, or a run record that cannot be read.
     """
     run_dir = Path(checkpoint_folder).parent.parent
     if not is_run_dir(run_dir):
-        return None, None
+        return None
     try:
-        record = read_run_record(run_dir)
+        return read_run_record(run_dir)
     except RQLError:
-        return None, None
-    if record.dataset != dataset:
+        return None
+
+
+def recorded_data_location(checkpoint_folder: Path, dataset: str) -> tuple[Path | None, Path | None]:
+    """(dataset_dir, dataset_path) where the run holding ``checkpoint_folder`` found ``dataset``.
+
+    A checkpoint inside a run folder was trained on files its run record names; fine-tuning it online
+    replays them unless told otherwise. (None, None) for a checkpoint outside a run folder, a record
+    of another dataset, or files no longer where they were.
+    """
+    record = record_of_checkpoint(checkpoint_folder)
+    if record is None or record.dataset != dataset:
         return None, None
     path, folder = record.data.get("dataset_path"), record.data.get("dataset_dir")
     if path and Path(path).exists():

@@ -21,7 +21,6 @@ eager.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -31,35 +30,15 @@ from typing import Any
 
 import torch
 
+from rql_cli.config import RunConfig
+from rql_cli.core.batch import ChunkBatch
+from rql_cli.core.rql import RQLAgent
+from rql_cli.device import usable_cores
 from rql_cli.errors import RQLError
+from rql_cli.training.signals import StopNow, StopSignals
 
 POLL_SECONDS = 2.0
 """How often the governor measures the machine (a few file reads; negligible next to a step)."""
-
-
-def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota if one is set."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
-
-
-def _cgroup_quota() -> float | None:
-    """CPUs allowed by the cgroup v2 ``cpu.max`` (or v1 cfs quota), None when unlimited or unknown."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return None if quota <= 0 else quota / period
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass
@@ -224,7 +203,7 @@ class CompileReport:
         return asdict(self)
 
 
-def prepare_update(agent: Any, choice: str, steps_to_run: int, example_batch: Any) -> CompileReport:
+def prepare_update(agent: RQLAgent, choice: str, steps_to_run: int, example_batch: ChunkBatch) -> CompileReport:
     """Compile ``agent``'s update if ``choice`` says so, paying the compile now on ``example_batch``.
 
     The warm-up runs the loss forward and backward once on the example (no optimiser step, no
@@ -276,14 +255,26 @@ class Runtime:
         return {"threads": self.threads.to_dict(), "compile": self.compile.to_dict()}
 
 
-def set_up_runtime(agent: Any, config: Any, steps_to_run: int, example_batch: Any | None) -> Runtime:
+def set_up_runtime(
+    agent: RQLAgent, config: RunConfig, steps_to_run: int, example_batch: ChunkBatch | None,
+    stop: StopSignals | None = None,
+) -> Runtime:
     """Thread pools for ``config.threads``, then the update compiled for ``config.compile``.
 
     Without an ``example_batch`` (a fine-tuning buffer that starts empty) the update stays eager.
+    With ``stop``, a Ctrl-C or SIGTERM during the compile (a cold one takes tens of seconds) abandons
+    it at once: the update stays eager and the run stops before its first step.
     """
     threads, governor = configure_threads(config.threads, agent.device)
     if example_batch is None:
         report = CompileReport(choice=config.compile, mode=None, fallback="no batch to compile with")
-    else:
+    elif stop is None:
         report = prepare_update(agent, config.compile, steps_to_run, example_batch)
+    else:
+        try:
+            with stop.interruptible():
+                report = prepare_update(agent, config.compile, steps_to_run, example_batch)
+        except StopNow:
+            agent.compile_update(None)
+            report = CompileReport(choice=config.compile, mode=None, fallback=f"compile stopped by {stop.signal_name}")
     return Runtime(threads=threads, compile=report, governor=governor)

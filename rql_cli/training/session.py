@@ -1,0 +1,358 @@
+"""One training run while it runs: its agent, files, checkpoints and evaluations, whatever feeds it.
+
+Offline training, continued offline training and online fine-tuning differ only in where their
+batches come from (a ``BatchSource``); opening the run folder, restoring a resume, saving,
+evaluating and recording the run are written here once, so every check and every file is the same.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rql_cli.config import FIXED_ON_RESUME, RunConfig
+from rql_cli.core.batch import ChunkBatch
+from rql_cli.core.rql import RQLAgent
+from rql_cli.data.sources import DataSpec
+from rql_cli.device import check_agent_fits, make_generator
+from rql_cli.envs.make import success_timing
+from rql_cli.errors import RQLError
+from rql_cli.evaluation import evaluate_agent
+from rql_cli.io import run_files
+from rql_cli.io.checkpoint import (
+    CheckpointMeta,
+    check_checkpoint_dims,
+    load_optimizer_state,
+    load_train_state_into,
+    load_weights_into,
+    read_meta,
+    save_checkpoint,
+    software_versions,
+)
+from rql_cli.io.metrics import EvaluationReport
+from rql_cli.names import TaskName
+from rql_cli.training.observer import TrainObserver
+from rql_cli.training.runtime import Runtime, set_up_runtime
+from rql_cli.training.signals import StopNow, StopSignals
+
+
+class BatchSource:
+    """Where a run's steps get their batches; ``offline.OfflineSource`` and ``online.OnlineSource``.
+
+    A source is opened before the agent exists: it knows the data's sizes, the env and the dataset
+    it names. It takes the loop's steps (``advance``) and may add CSV logs, checkpoint files, start
+    information and generators of its own. The defaults are those of offline training.
+    """
+
+    command = "rql train"
+    """The command whose ``--resume`` continues a run of this source."""
+    checkpoint_files: tuple[str, ...] = ()
+    """Files besides the train state that a checkpoint needs to resume this source."""
+    generator_names: tuple[str, ...] = ("sample", "noise")
+    """The run's generators, seeded ``seed + i`` in this order ('sample' on ``sample_device``)."""
+
+    data: DataSpec
+    env_id: str
+    """The singletask env the rewards are for (a checkpoint's ``env_id``)."""
+    task_name: TaskName
+    obs_dim: int
+    action_dim: int
+    total: int
+    """The run's length in its own steps (gradient steps offline, environment steps online)."""
+    sample_device: torch.device
+    metric_columns: list[str]
+    extra_bytes: int = 0
+    """Bytes each checkpoint holds besides weights and Adam moments (an online buffer)."""
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset a checkpoint of this run records."""
+        return self.data.name
+
+    @property
+    def env_spec(self) -> str | None:
+        """The gymnasium spec (JSON) a checkpoint records for a Minari or gymnasium env; None for OGBench."""
+        return getattr(self.task_name, "env_spec", None)
+
+    def position(self, agent: RQLAgent) -> int:
+        """The run's own step count now."""
+        return agent.step
+
+    def updates_left(self, agent: RQLAgent) -> int:
+        """Gradient steps the run still has to take (``compile=auto`` weighs its compile against them)."""
+        return self.total - agent.step
+
+    def example_batch(self, agent: RQLAgent) -> ChunkBatch | None:
+        """A batch to compile the update on (drawn without touching the run's generators), or None."""
+        raise NotImplementedError
+
+    def open_logs(self, run_dir: Path) -> dict[str, run_files.CsvLog]:
+        """The source's own CSV logs in the run folder, which the session trims on a resume."""
+        return {}
+
+    def start(self, session: RunSession) -> None:
+        """Last step of opening the run, once the agent and its generators are ready."""
+
+    def advance(self, session: RunSession, window: Any, observer: TrainObserver) -> None:
+        """Take one of the run's steps: gradient updates whose metrics go into ``window``."""
+        raise NotImplementedError
+
+    def log_fields(self, agent: RQLAgent) -> dict[str, float]:
+        """Columns of a metrics row that the source fills (besides the losses and timing)."""
+        return {}
+
+    def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Safetensors files the source adds to each checkpoint, by file name."""
+        return {}
+
+    def restore(self, folder: Path, agent: RQLAgent) -> None:
+        """Continue from the checkpoint ``folder`` (weights and train state are loaded already)."""
+
+    def start_info(self, agent: RQLAgent) -> dict[str, Any]:
+        """What the source adds to the start information an observer gets."""
+        return {}
+
+    def plot(self, session: RunSession) -> None:
+        """Redraw the run's curves.png after an evaluation."""
+
+    def close(self) -> None:
+        """Release what the source holds (a shard reader thread, an env)."""
+
+
+@dataclass
+class RunSession:
+    """Everything one training run holds while it runs."""
+
+    config: RunConfig
+    run_dir: Path
+    agent: RQLAgent
+    meta: CheckpointMeta
+    source: BatchSource
+    generators: dict[str, torch.Generator]
+    logs: dict[str, run_files.CsvLog]
+    stop: StopSignals
+    runtime: Runtime | None = None
+    last_checkpoint: Path | None = None
+    saved_at: int | None = None
+    """The run's step of the newest checkpoint written or resumed from."""
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def position(self) -> int:
+        """The run's own step count now (gradient steps offline, environment steps online)."""
+        return self.source.position(self.agent)
+
+    def wall_time(self) -> float:
+        """Training seconds of the run: since this session started, plus the sessions before a resume."""
+        return time.perf_counter() - self.started
+
+    def resume_command(self) -> str:
+        """The shell command that continues this run."""
+        return resume_command(self.run_dir, self.source.command)
+
+    def save(self, observer: TrainObserver, report: EvaluationReport | None = None) -> Path:
+        """A checkpoint of the current step with its train state, the source's files and ``report``."""
+        position = self.position
+        self.meta.step = self.agent.step
+        path = save_checkpoint(
+            run_files.checkpoint_dir(self.run_dir, position), self.agent, self.meta,
+            generators=self.generators, metrics=report, extra_tensors=self.source.checkpoint_tensors(),
+        )
+        self.last_checkpoint, self.saved_at = path, position
+        observer.on_checkpoint(position, path)
+        run_files.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        return path
+
+    def log(self, row: dict[str, float] | None, observer: TrainObserver) -> None:
+        """Write a metrics row (the window's mean losses, if any, and the source's columns)."""
+        extra = self.source.log_fields(self.agent)
+        if row is None and not extra:
+            return
+        full = {"steps_per_second": 0.0, **(row or {}), **extra, "step": self.position, "wall_time": self.wall_time()}
+        self.logs["metrics"].append(full)
+        if row is not None:
+            observer.on_log(self.position, full)
+
+    def evaluate_and_save(self, observer: TrainObserver) -> dict[str, Any] | None:
+        """Evaluate (when episodes are asked for), then save the checkpoint whatever the evaluation did.
+
+        Ctrl-C or SIGTERM stops an evaluation at once and drops it (the signal may also have broken its
+        worker processes): the checkpoint of this step matters more. Any other failure saves the
+        step's checkpoint first and names the command that continues.
+        """
+        config, agent, position = self.config, self.agent, self.position
+        result, report = None, None
+        if config.eval_episodes > 0:
+            observer.on_eval_start(position, config.eval_episodes)
+            try:
+                with self.stop.interruptible():
+                    result = evaluate_agent(agent, self.source.task_name, config, position,
+                                            on_episode=observer.on_eval_episode)
+            except StopNow:
+                pass
+            except Exception as error:
+                if not self.stop.requested:
+                    raise self._evaluation_failed(error, self.save(observer)) from error
+        if result is not None:
+            self.logs["eval"].append(run_files.eval_row(position, result, self.wall_time()))
+            observer.on_eval(position, result)
+            report = EvaluationReport(
+                checkpoint=str(run_files.checkpoint_dir(self.run_dir, position)), dataset=self.meta.dataset,
+                step=agent.step, device=str(agent.device), tasks=[result],
+            )
+        self.save(observer, report)
+        self.source.plot(self)
+        return result
+
+    def _evaluation_failed(self, error: Exception, saved: Path) -> RQLError:
+        return RQLError(
+            f"The evaluation at this step failed ({type(error).__name__}: {error}); the checkpoint of the "
+            f"step is saved at {saved}. Fix the cause, then continue with `{self.resume_command()}` (or "
+            "evaluate less often with --eval-episodes 0)."
+        )
+
+    def start_info(self) -> dict[str, Any]:
+        """What an observer's ``on_start`` gets."""
+        agent = self.agent
+        return dict(
+            run_dir=str(self.run_dir), device=str(agent.device), start_step=self.position,
+            steps=self.source.total, env_id=self.meta.env_id, lineage=self.meta.lineage,
+            parameters=sum(p.numel() for p in agent.parameters()) // 2,  # online networks only
+            runtime=self.runtime.to_dict() if self.runtime else None, **self.source.start_info(agent),
+        )
+
+
+def resume_command(run_dir: Path, command: str = "rql train") -> str:
+    """The shell command (``command`` plus ``--resume``) that continues the run in ``run_dir``."""
+    return f"{command} --resume {shlex.quote(str(run_dir))}"
+
+
+def check_resume(run_dir: Path, config: RunConfig) -> run_files.RunRecord:
+    """The record of a run to resume with ``config``; refuses changes to fields that shape the agent.
+
+    The saved weights and Adam moments were made for the run's networks and data: a change there
+    needs a new run from the weights (``rql finetune``), which the message names.
+    """
+    run_files.check_resumable(run_dir)
+    previous = run_files.read_run_record(run_dir)
+    old, new = previous.config.flat(), config.flat()
+    fixed = sorted(name for name in FIXED_ON_RESUME if old[name] != new[name])
+    if fixed:
+        raise RQLError(
+            f"--resume cannot change {', '.join(fixed)}: the run's checkpoints were made for "
+            f"{', '.join(f'{n}={old[n]}' for n in fixed)}. Start a new run from its weights "
+            f"with `rql finetune --checkpoint {run_dir} --dataset {previous.dataset} --set ...` instead."
+        )
+    return previous
+
+
+def open_session(
+    config: RunConfig, source: BatchSource, lock: run_files.RunLock, stop: StopSignals, *,
+    device: torch.device, previous: run_files.RunRecord | None, origin: run_files.RunOrigin | None,
+) -> RunSession:
+    """Build (or restore) the agent on ``source``'s data, open the run's files, compile, record the start.
+
+    Nothing is written to the run folder (``lock.run_dir``) until the inputs are checked; then the
+    lock makes the folder (a new run's) and holds it. ``previous`` is the record of a run to resume;
+    ``origin`` the checkpoint a new fine-tuning run starts from.
+    """
+    run_dir = lock.run_dir
+    torch.manual_seed(config.seed)  # network initialisation
+    check_agent_fits(config.agent, source.obs_dim, source.action_dim, device)
+    agent = RQLAgent(config.agent, source.obs_dim, source.action_dim, device)
+    meta = CheckpointMeta(
+        config=config.agent, seed=config.seed, dataset=source.dataset_name, env_id=source.env_id, obs_dim=agent.obs_dim,
+        action_dim=agent.action_dim, step=0, versions=software_versions(),
+        success_timing=success_timing(source.task_name), env_spec=source.env_spec,
+        lineage=origin.lineage if origin else previous.parent if previous else None,
+    )
+    lock.make_folder()
+    run_files.remove_unfinished_writes(run_dir)
+    check_disk(config, agent, run_dir, total=source.total, extra_bytes=source.extra_bytes)
+    logs = {"metrics": run_files.CsvLog(run_dir / "metrics.csv", source.metric_columns),
+            "eval": run_files.CsvLog(run_dir / "eval.csv", run_files.EVAL_COLUMNS),
+            **source.open_logs(run_dir)}
+    generators = {name: make_generator(source.sample_device if name == "sample" else device, config.seed + offset)
+                  for offset, name in enumerate(source.generator_names)}
+    session = RunSession(config=config, run_dir=run_dir, agent=agent, meta=meta, source=source,
+                         generators=generators, logs=logs, stop=stop)
+    if previous is not None:
+        _restore(session)
+    elif origin is not None:
+        start_from_checkpoint(agent, origin)
+    session.runtime = set_up_runtime(agent, config, source.updates_left(agent), source.example_batch(agent), stop)
+    _write_record(session, previous, origin)
+    source.start(session)
+    return session
+
+
+def _restore(session: RunSession) -> None:
+    """Load the run's latest resumable checkpoint: weights, Adam, generators, the source's state; trim logs."""
+    agent, run_dir = session.agent, session.run_dir
+    latest = run_files.latest_resumable(run_dir, session.source.checkpoint_files)
+    meta, _ = read_meta(latest)
+    check_checkpoint_dims(str(latest), meta, agent.obs_dim, agent.action_dim, "the run's data")
+    load_weights_into(agent, latest)
+    load_train_state_into(agent, latest, session.generators)
+    session.source.restore(latest, agent)
+    position = session.position
+    for log in session.logs.values():
+        log.truncate_after(position)
+    session.started -= run_files.logged_wall_time(list(session.logs.values()))
+    session.last_checkpoint, session.saved_at = latest, position
+
+
+def start_from_checkpoint(agent: RQLAgent, origin: run_files.RunOrigin) -> None:
+    """Copy the loaded source's weights (and its saved Adam moments, if any) into a fresh agent.
+
+    The dims must match the agent's (built for the data it will train on). ``origin.lineage
+    ['optimizer']`` records whether Adam continued.
+    """
+    check_checkpoint_dims(str(origin.lineage.get("ref", origin.folder)), origin.meta, agent.obs_dim,
+                          agent.action_dim, "the data to fine-tune on")
+    for name in ("velocity", "velocity_target", "value", "value_target"):
+        getattr(agent, name).load_state_dict(getattr(origin.agent, name).state_dict())
+    continued = load_optimizer_state(agent, origin.folder)
+    origin.lineage["optimizer"] = "continued from its train state" if continued else "fresh (no train state)"
+    agent.step = 0
+
+
+def check_disk(config: RunConfig, agent: RQLAgent, run_dir: Path, total: int, extra_bytes: int = 0) -> None:
+    """Refuse a run whose checkpoints (as many as it keeps, or all it saves) will not fit on disk."""
+    parameters = sum(p.numel() for p in agent.parameters()) // 2
+    checkpoint_bytes = 4 * 4 * parameters + extra_bytes  # weights, targets and two Adam moments
+    intervals = [i for i in (config.eval_interval, config.save_interval) if i > 0]
+    saves = 1 + sum(total // i for i in intervals)
+    count = min(saves, config.keep_checkpoints + 2) if config.keep_checkpoints > 0 else saves
+    run_files.check_disk_for_checkpoints(run_dir, checkpoint_bytes, count)
+
+
+def _write_record(
+    session: RunSession, previous: run_files.RunRecord | None, origin: run_files.RunOrigin | None
+) -> None:
+    """Write train_config.json; on resume keep its lineage and history and add what changed when."""
+    meta, config, data = session.meta, session.config, session.source.data
+    record = run_files.RunRecord(
+        dataset=data.name, data=data.location(), env_id=meta.env_id, obs_dim=meta.obs_dim,
+        action_dim=meta.action_dim, config=config, versions=meta.versions,
+        parent=origin.lineage if origin else None, finetune=origin.settings if origin else None,
+    )
+    assert session.runtime is not None
+    event: dict[str, Any] = {"step": session.position, "event": "resume" if previous else "start",
+                             "runtime": session.runtime.to_dict()}
+    if previous is not None:
+        record.parent, record.finetune, record.history = previous.parent, previous.finetune, previous.history
+        old, new = previous.config.flat(), config.flat()
+        event["changes"] = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
+    record.history = [*record.history, event]
+    run_files.write_run_record(session.run_dir, record)
+
+
+def latest_checkpoint_meta(run_dir: Path, files: tuple[str, ...] = ()) -> CheckpointMeta:
+    """The meta of the run's latest checkpoint that can resume it (with ``files`` besides the train state)."""
+    return read_meta(run_files.latest_resumable(run_dir, files))[0]
