@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.resolve import LoadedCheckpoint
 from rql_cli.names import TaskName
+from rql_cli.results import EpisodeCallback, EvalResult
 
 if TYPE_CHECKING:
     from rql_cli.config import RunConfig
@@ -15,9 +16,6 @@ if TYPE_CHECKING:
 
 TaskCallback = Callable[[int], None]
 """on_task_start(task number 1..5), before each task's episodes."""
-
-EpisodeCallback = Callable[[int, int, float], None]
-"""on_episode(episodes_done, episodes_total, running_success_rate in [0, 1])."""
 
 
 def evaluate_checkpoint(
@@ -41,6 +39,7 @@ def evaluate_checkpoint(
     from rql_cli.device import make_generator
     from rql_cli.envs.evaluate import evaluate
     from rql_cli.envs.policy import chunk_policy
+    from rql_cli.io.checkpoint import check_checkpoint_dims
 
     agent, meta = loaded.agent, loaded.meta
     env_name = task_name or meta.task_name  # the parsed name carries a recorded env spec
@@ -55,9 +54,10 @@ def evaluate_checkpoint(
         result = evaluate(
             chunk_policy(agent, make_generator(agent.device, seed * 1000 + index)), env_name, task,
             episodes=episodes, num_envs=num_envs, seed=seed, on_episode=on_episode,
-            expected_dims=(meta.obs_dim, meta.action_dim),
-        ).to_dict()
-        result["wall_seconds"] = time.perf_counter() - started
+            check_fit=lambda obs_dim, action_dim, env: check_checkpoint_dims(
+                loaded.resolved.ref, meta, obs_dim, action_dim, "the environment", env),
+        )
+        result.wall_seconds = time.perf_counter() - started
         report.tasks.append(result)
     return report
 
@@ -65,20 +65,19 @@ def evaluate_checkpoint(
 def evaluate_agent(
     agent: RQLAgent, task_name: str | TaskName, config: RunConfig, step: int,
     on_episode: EpisodeCallback | None = None,
-) -> dict[str, Any]:
+) -> EvalResult:
     """A training loop's periodic evaluation of the EMA policy: ``config.eval_episodes`` episodes.
 
     Flow noise comes from its own generator seeded by ``config.seed`` and ``step``, so it never
     shifts a training stream (a run with and without evaluations trains the same weights); episode
-    i is reset with env seed ``config.seed + i``. Returns ``EvalResult.to_dict()``.
+    i is reset with env seed ``config.seed + i``.
     """
     from rql_cli.device import make_generator
     from rql_cli.envs.evaluate import evaluate
     from rql_cli.envs.policy import chunk_policy
 
     generator = make_generator(agent.device, config.seed + 7919 * (step + 1))
-    result = evaluate(
+    return evaluate(
         chunk_policy(agent, generator), task_name, None, episodes=config.eval_episodes,
         num_envs=config.eval_envs, seed=config.seed, on_episode=on_episode,
     )
-    return result.to_dict()

@@ -11,12 +11,13 @@ import functools
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from rql_cli.errors import RQLError
 from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
+from rql_cli.results import Episode, EpisodeCallback, EpisodeProgress
 
 DEFAULT_SIZE = (640, 480)
 """(width, height) of rendered frames: the cube is about 25 px wide, readable in a browser."""
@@ -30,23 +31,6 @@ episode ends (an episode may stop before its time limit)."""
 
 
 @dataclass
-class EpisodeRecord:
-    """One rollout episode. ``episode`` counts from 1; ``seed`` reset the env; ``success_reported``
-    is False where the env does not report success (``success`` then means nothing)."""
-
-    episode: int
-    seed: int
-    success: bool
-    episode_return: float
-    length: int
-    success_reported: bool = True
-
-
-EpisodeCallback = Callable[[EpisodeRecord, int], None]
-"""on_episode(record, episodes_total), after each episode."""
-
-
-@dataclass
 class RolloutReport:
     """What ``run_rollout`` did.
 
@@ -57,7 +41,7 @@ class RolloutReport:
         device: torch device of the policy.
         seed: episode i was reset with ``seed + i``.
         max_episode_steps: the time limit used (steps).
-        episodes: one record per episode, in order.
+        episodes: one per episode, in order (``index`` from 0; episode i was reset with ``seed + i``).
         video: the written file, or None without rendering.
         frames: frames written; each episode gives ``length + 1`` (its reset state, then one frame
             per env step).
@@ -76,7 +60,7 @@ class RolloutReport:
     device: str
     seed: int
     max_episode_steps: int
-    episodes: list[EpisodeRecord] = field(default_factory=list)
+    episodes: list[Episode] = field(default_factory=list)
     video: str | None = None
     frames: int = 0
     frame_size: tuple[int, int] | None = None
@@ -105,8 +89,14 @@ class RolloutReport:
         return self.successes / max(len(self.episodes), 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict, with ``success_rate`` added."""
+        """JSON-friendly dict, with ``success_rate`` added; each episode numbered from 1 (``episode``)."""
         out = asdict(self)
+        out["episodes"] = [
+            dict(episode=record.index + 1, seed=record.seed, success=record.success,
+                 episode_return=record.episode_return, length=record.length,
+                 success_reported=record.success_reported)
+            for record in self.episodes
+        ]
         out["success_rate"] = self.success_rate if self.success_reported else None
         out["success_reported"] = self.success_reported
         out["mean_return"] = self.mean_return
@@ -202,7 +192,8 @@ def _open_env(
 ) -> tuple[Any, RolloutReport]:
     """The env for the checkpoint's task (rendering or not), checked against its dims, and an empty report."""
     from rql_cli.envs import render as rendering
-    from rql_cli.envs.make import check_env_fits, episode_limit, make_eval_env
+    from rql_cli.envs.make import episode_limit, make_eval_env
+    from rql_cli.io.checkpoint import check_checkpoint_dims
 
     meta = loaded.meta
     task_name = meta.task_name
@@ -214,7 +205,8 @@ def _open_env(
     else:
         env = make_eval_env(task_name, task_number, max_episode_steps=max_episode_steps)
     try:
-        check_env_fits(env.observation_space, env.action_space, meta.obs_dim, meta.action_dim, meta.env_id)
+        check_checkpoint_dims(loaded.resolved.ref, meta, env.observation_space.shape[-1],
+                              env.action_space.shape[-1], "the environment", meta.env_id)
     except Exception:
         env.close()
         raise
@@ -244,15 +236,10 @@ def _run_episodes(
     started = time.perf_counter()
     for index in range(episodes):
         step_callback = None if on_step is None else functools.partial(on_step, index)
-        outcome = run_episode(env, policy, report.seed + index, on_step=step_callback)
-        record = EpisodeRecord(
-            episode=index + 1, seed=outcome.seed, success=outcome.success,
-            episode_return=outcome.episode_return, length=outcome.length,
-            success_reported=outcome.success_reported,
-        )
-        report.episodes.append(record)
+        episode = replace(run_episode(env, policy, report.seed + index, on_step=step_callback), index=index)
+        report.episodes.append(episode)
         if on_episode is not None:
-            on_episode(record, episodes)
+            on_episode(EpisodeProgress(episode, done=index + 1, total=episodes, successes=report.successes))
     report.wall_time_s = time.perf_counter() - started
 
 

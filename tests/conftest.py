@@ -8,17 +8,33 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+CALLERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # read before any test can compile
 
 TINY_NAME = "cube-single-play-v0"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_inductor_cache_per_session(tmp_path_factory):
+    """One inductor cache for the whole run, under pytest's tmp: each graph the suite compiles (in this
+    process or in an `rql` it starts, which inherits the variable) is compiled once and then loaded,
+    and no cache left by earlier runs makes this run's timings differ from a clean machine's. A
+    TORCHINDUCTOR_CACHE_DIR the caller set stands. test_interrupts.py's cold-compile test still gives
+    its run an empty cache of its own."""
+    if CALLERS_INDUCTOR_CACHE is not None:
+        yield
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor-cache"))
+    yield
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset_dir(tmp_path_factory) -> Path:
     """3 train + 1 val episodes of 101 rows (100 transitions each) of cube-single-play."""
-    from rql_cli.data.generate import generate_dataset
+    from rql_cli.data.generate import Generation, generate_dataset
 
     out = tmp_path_factory.mktemp("data")
-    generate_dataset(TINY_NAME, out, num_episodes=3, num_val_episodes=1, seed=0, episode_length=101)
+    generate_dataset(Generation(TINY_NAME, out, num_episodes=3, num_val_episodes=1, seed=0, episode_length=101))
     return out
 
 

@@ -1,8 +1,11 @@
-"""The bad-input corpus: every kind of wrong input through the real `rql` command line, in subprocesses.
+"""The bad-input corpus: every kind of wrong input through the real `rql` command line.
 
 Each case must end with exit code 1, no traceback, a message that names the problem, and nothing
 changed on disk: the whole world of folders the cases point at hashes the same before and after.
-Cases run two at a time (the machines have two cores); each is a fresh `python -m rql_cli`.
+Most cases run in this process, one after another, through Typer's CliRunner (the same app the
+console script runs), with the environment, working folder and time limit a fresh process would
+have; the few that need a fresh interpreter (FRESH_INTERPRETER says which and why) run meanwhile
+as `python -m rql_cli`, two at a time.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -193,10 +197,42 @@ def world(tiny_run_dir, tiny_dataset_dir, tmp_path_factory) -> Path:
     return root
 
 
+# The cases that run in a fresh `python -m rql_cli`, and why. huggingface_hub reads HF_HOME (its cache
+# and the saved login), HF_ENDPOINT and HF_HUB_OFFLINE once, when it is imported: this process imported
+# it with the environment pytest was started in, so a case that reaches the Hub client (every push and
+# pull, and a Hub id given to eval) needs an interpreter that imports it with the case's environment:
+# no login, an endpoint that refuses at once, HF_HUB_OFFLINE where the case sets it. These runs also
+# keep the console script's own entry (`main()`) under the corpus. Every other case needs nothing of a
+# fresh process and runs in this one (run_in_process).
+FRESH_INTERPRETER = {
+    "pull-not-a-hub-id", "push-bad-repo-id", "push-no-token", "push-offline", "push-to-a-commit",
+    "pull-two-revisions", "pull-offline-uncached", "eval-save-hub-id",
+}
+
+
+def needs_a_fresh_interpreter(case: tuple[str, list[str], list[str], dict[str, str]]) -> bool:
+    name, args, _, extra_env = case
+    if args[0] in ("push", "pull") or extra_env or any("/" in arg and "{W}" not in arg and not arg.startswith("-")
+                                                        for arg in args[1:]):
+        assert name in FRESH_INTERPRETER, f"{name} reaches the Hub client or sets the environment: list it in FRESH_INTERPRETER"
+    return name in FRESH_INTERPRETER
+
+
+def case_env(world: Path, extra_env: dict[str, str]) -> dict[str, str | None]:
+    """What a case's environment changes: None unsets a variable."""
+    return {**dict(HF_TOKEN=None, HF_HUB_OFFLINE=None, RQL_DEBUG=None, HF_HOME=str(world.parent / "hf-home"),
+                   HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_XET="1",
+                   RQL_CHECKPOINTS=str(world.parent / "no-bundled"), MUJOCO_GL="egl"), **extra_env}
+
+
 def run_case(world: Path, args: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "RQL_DEBUG")}
-    env.update(HF_HOME=str(world.parent / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_XET="1",
-               RQL_CHECKPOINTS=str(world.parent / "no-bundled"), MUJOCO_GL="egl", **extra_env)
+    """One case in a fresh `python -m rql_cli`, run in the world's parent folder."""
+    env = dict(os.environ)
+    for key, value in case_env(world, extra_env).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     argv = [arg.replace("{W}", str(world)) for arg in args]
     try:
         return subprocess.run([sys.executable, "-m", "rql_cli", *argv], env=env, capture_output=True, text=True,
@@ -205,12 +241,57 @@ def run_case(world: Path, args: list[str], extra_env: dict[str, str]) -> subproc
         return subprocess.CompletedProcess(argv, -1, "", f"still running after {CASE_TIMEOUT_S} s")
 
 
+class CaseTimedOut(BaseException):
+    """The alarm of a case that started work instead of refusing (not an Exception: no handler in the
+    command may take it for its own error)."""
+
+
+def run_in_process(world: Path, args: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    """One case through CliRunner in this process, as a fresh process would see it: the same environment,
+    the world's parent as working folder, the same time limit. An exception that escaped the command
+    becomes its traceback in the output, as the interpreter would print it."""
+    import traceback
+
+    import torch
+    from typer.testing import CliRunner
+
+    from rql_cli.cli.app import app
+
+    argv = [arg.replace("{W}", str(world)) for arg in args]
+
+    def time_is_up(signum, frame):  # noqa: ANN001
+        raise CaseTimedOut
+
+    cwd, threads = os.getcwd(), torch.get_num_threads()
+    previous = signal.signal(signal.SIGALRM, time_is_up)
+    signal.setitimer(signal.ITIMER_REAL, CASE_TIMEOUT_S)
+    try:
+        os.chdir(world.parent)
+        result = CliRunner().invoke(app, argv, env=case_env(world, extra_env))
+    except CaseTimedOut:
+        return subprocess.CompletedProcess(argv, -1, "", f"still running after {CASE_TIMEOUT_S} s")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.chdir(cwd)
+        torch.set_num_threads(threads)  # a case that got as far as the runtime set up may have changed it
+    text = result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        text += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(argv, result.exit_code, text, "")
+
+
 def problems_with(world: Path, cases: list[tuple[str, list[str], list[str], dict[str, str]]]) -> list[str]:
-    """Run the cases two at a time; one line for each that was not a clean refusal."""
+    """Run the cases (the fresh-interpreter ones two at a time meanwhile); one line for each that was not
+    a clean refusal."""
+    fresh = [case for case in cases if needs_a_fresh_interpreter(case)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda case: run_case(world, case[1], case[3]), cases))
+        pending = [pool.submit(run_case, world, case[1], case[3]) for case in fresh]
+        results = {case[0]: run_in_process(world, case[1], case[3]) for case in cases if case not in fresh}
+        results.update((case[0], future.result()) for case, future in zip(fresh, pending))
     problems = []
-    for (name, _, fragments, _), result in zip(cases, results):
+    for name, _, fragments, _ in cases:
+        result = results[name]
         text = " ".join((result.stdout + result.stderr).split())
         missing = [f.replace("{W}", str(world)) for f in fragments if f.replace("{W}", str(world)) not in text]
         if result.returncode != 1 or "Traceback" in text or missing:

@@ -114,11 +114,12 @@ def test_every_bundled_card_parses_to_its_metrics_and_evidence():
         pytest.skip("no bundled agents")
     for name, folder in folders.items():
         report = read_metrics(folder)
+        tasks = [task.to_dict() for task in report.tasks]  # as metrics.json holds them
         assert report.checkpoint == name  # what `rql eval --checkpoint` takes, not a path on the bundling machine
         card = ModelCard.load(folder / "README.md")
         assert (card.data.model_name, card.data.library_name) == (name, "rql"), name
         expected = []
-        for task in report.tasks:
+        for task in tasks:
             low, high = task["success_ci95"]
             common = dict(
                 task_type="reinforcement-learning", dataset_type=task["dataset_name"],
@@ -132,7 +133,7 @@ def test_every_bundled_card_parses_to_its_metrics_and_evidence():
             ]
         parsed = [{key: getattr(result, key) for key in want} for result, want in zip(card.data.eval_results, expected)]
         assert parsed == expected and len(card.data.eval_results) == len(expected), name
-        for task in report.tasks:  # per-episode records back the summary
+        for task in tasks:  # per-episode records back the summary
             assert len(task["successes"]) == len(task["seeds"]) == task["episodes"], name
             assert task["success_rate"] == pytest.approx(sum(task["successes"]) / task["episodes"]), name
             assert task["seeds"] == list(range(task["seeds"][0], task["seeds"][0] + task["episodes"])), name
@@ -141,7 +142,7 @@ def test_every_bundled_card_parses_to_its_metrics_and_evidence():
         results = [
             [str(t["task"]), f"`{t['env_id']}`", _pct(t["success_rate"]),
              f"[{_pct(t['success_ci95'][0])}, {_pct(t['success_ci95'][1])}]", str(t["episodes"])]
-            for t in report.tasks
+            for t in tasks
         ]
         assert _table_rows(sections["Results"]) == results, name
 
@@ -153,13 +154,13 @@ def test_every_bundled_card_parses_to_its_metrics_and_evidence():
         for text, command in _bullets(sections["Evidence"]):
             key, _, value = text.partition(":")
             bullets[key] = (value.strip(), command)
-        assert bullets["this agent"] == (_interval(report.tasks[0]), None), name
+        assert bullets["this agent"] == (_interval(tasks[0]), None), name
         control = evidence["control"]
         assert bullets[control["name"]] == (_interval(control), control["command"]), name
         paper = evidence["paper"]
         number = "not reported" if paper["success_rate"] is None else _pct(paper["success_rate"])
         assert bullets["the paper's RQL on this task"] == (f"{number} ({paper['source']})", None), name
-        goal, measured = evidence["goal"], report.tasks[0]["success_rate"]
+        goal, measured = evidence["goal"], tasks[0]["success_rate"]
         verdict = "reached" if measured >= goal["success_rate"] else "**not reached**"
         stated, _ = bullets["the goal"]
         assert stated.startswith(f"{_pct(goal['success_rate'])} ({goal['why']}): {verdict} ({_pct(measured)})"), name
@@ -175,7 +176,7 @@ def test_every_bundled_card_parses_to_its_metrics_and_evidence():
             header = sections["Evidence"].index("| task | agent | success [95% CI] | episodes | near-BC control |")
             assert _table_rows(sections["Evidence"][header:]) == family, name
             own = next(row for row in evidence["family"] if row["name"] == name)
-            assert (own["success_rate"], own["episodes"]) == (measured, report.tasks[0]["episodes"]), name
+            assert (own["success_rate"], own["episodes"]) == (measured, tasks[0]["episodes"]), name
 
 
 STRONG = 0.8
@@ -190,8 +191,9 @@ def test_every_bundled_agent_loads_fits_its_env_and_strong_ones_solve_recorded_e
     import torch
 
     from rql_cli.envs.evaluate import run_episode
-    from rql_cli.envs.make import check_env_fits, make_eval_env
+    from rql_cli.envs.make import make_eval_env
     from rql_cli.envs.policy import chunk_policy
+    from rql_cli.io.checkpoint import check_checkpoint_dims
     from rql_cli.io.metrics import read_metrics
     from rql_cli.io.resolve import load_checkpoint
 
@@ -202,7 +204,7 @@ def test_every_bundled_agent_loads_fits_its_env_and_strong_ones_solve_recorded_e
     for name, folder in folders.items():
         loaded = load_checkpoint(name, torch.device("cpu"))
         assert loaded.resolved.folder == folder
-        recorded = read_metrics(folder).tasks[0]
+        recorded = read_metrics(folder).tasks[0].to_dict()
         assert recorded["task"] == loaded.meta.task_name.resolve_task(), name
         solved = sorted(
             (length, seed)
@@ -213,7 +215,8 @@ def test_every_bundled_agent_loads_fits_its_env_and_strong_ones_solve_recorded_e
         is_strong = recorded["success_rate"] >= STRONG
         env = make_eval_env(loaded.meta.task_name)
         try:
-            check_env_fits(env.observation_space, env.action_space, loaded.meta.obs_dim, loaded.meta.action_dim, name)
+            check_checkpoint_dims(name, loaded.meta, env.observation_space.shape[-1], env.action_space.shape[-1],
+                                  "the environment")
             policy = chunk_policy(loaded.agent, torch.Generator().manual_seed(0))
             outcomes = [run_episode(env, policy, seed) for seed in (seeds if is_strong else seeds[:1])]
         finally:

@@ -15,6 +15,7 @@ from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.io.checkpoint import (
     FORMAT_VERSION,
     CheckpointMeta,
+    check_checkpoint_dims,
     load_agent,
     read_meta,
     save_checkpoint,
@@ -96,6 +97,20 @@ def test_checkpoint_with_other_network_dims_names_both_shapes(tmp_path):
         load_agent(folder)
 
 
+def test_the_dims_check_names_both_sizes_and_which_is_which():
+    meta = make_meta(RQLConfig())
+    check_checkpoint_dims("ck", meta, 28, 5, "the environment")
+    with pytest.raises(CheckpointError) as caught:
+        check_checkpoint_dims("runs/a", meta, 37, 5, "the environment", "cube-double-play-singletask-v0")
+    assert str(caught.value) == (
+        "The checkpoint runs/a does not fit cube-double-play-singletask-v0: the checkpoint expects "
+        "observations of size 28 and actions of size 5; the environment gives observations of size 37 "
+        "and actions of size 5."
+    )
+    with pytest.raises(CheckpointError, match="does not fit the run's data: .* gives observations of size 29"):
+        check_checkpoint_dims("runs/a", meta, 29, 5, "the run's data")
+
+
 # --------------------------------------------------------------------------------------------
 # Format 1 (the bundled checkpoint's format, and run folders of rql 0.1) still loads
 # --------------------------------------------------------------------------------------------
@@ -103,6 +118,7 @@ def test_checkpoint_with_other_network_dims_names_both_shapes(tmp_path):
 
 def test_format1_checkpoint_loads_and_its_training_metrics_migrate(tmp_path):
     from rql_cli.io.metrics import read_metrics
+    from rql_cli.results import EvalResult
 
     run = shutil.copytree(FORMAT1_RUN, tmp_path / "run")
     checkpoint = run / "checkpoints" / "step_00000003"
@@ -113,7 +129,7 @@ def test_format1_checkpoint_loads_and_its_training_metrics_migrate(tmp_path):
     assert meta.task_name.resolve_task() == 2
     report = read_metrics(checkpoint)  # format 1 training wrote one result dict
     written = json.loads((checkpoint / "metrics.json").read_text())
-    assert report.tasks == [written] and report.mean_success_rate == written["success_rate"]
+    assert report.tasks == [EvalResult.from_dict(written)] and report.mean_success_rate == written["success_rate"]
     assert json.loads((checkpoint / "config.json").read_text()) == on_disk  # reading never rewrites
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 
 from rql_cli.cli import display
+from rql_cli.io.metrics import EvaluationReport
+from rql_cli.results import EvalResult
 
-RESULT = dict(task=2, success_rate=0.25, success_ci95=[0.1, 0.5], mean_return=-150.0,
-              return_ci95=[-170.0, -130.0], episodes=8)
+RESULT = EvalResult(task=2, success_rate=0.25, success_ci95=(0.1, 0.5), mean_return=-150.0,
+                    return_ci95=(-170.0, -130.0), episodes=8)
 
 
 def render(renderable, width: int = 200) -> str:
@@ -28,12 +32,13 @@ def test_success_text_carries_the_interval_and_the_episode_count():
 
 
 def test_eval_table_has_a_row_per_task_and_a_mean_row_for_several():
-    report = dict(checkpoint="runs/x/checkpoints/step_00000040", dataset="cube-single-play-v0", step=40,
-                  mean_success_rate=0.5, tasks=[RESULT, {**RESULT, "task": 3, "success_rate": 0.75}])
+    report = EvaluationReport(checkpoint="runs/x/checkpoints/step_00000040", dataset="cube-single-play-v0", step=40,
+                              device="cpu", tasks=[RESULT, replace(RESULT, task=3, success_rate=0.75)])
+    assert report.mean_success_rate == 0.5
     text = render(display.eval_table(report))
     assert "step_00000040: cube-single-play-v0 @ step 40" in text
     assert first_cells(text) == ["2", "3", "mean"] and "75.0%" in text and "50.0%" in text
-    single = render(display.eval_table({**report, "tasks": [RESULT]}), width=80)
+    single = render(display.eval_table(replace(report, tasks=[RESULT])), width=80)
     assert first_cells(single) == ["2"]
     assert "[10.0%, 50.0%]" in single and "[-170, -130]" in single  # no interval split at 80 columns
 

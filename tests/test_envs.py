@@ -13,7 +13,7 @@ import pytest
 
 from rql_cli.envs import evaluate as evaluate_module
 from rql_cli.envs.evaluate import evaluate, mean_interval, run_episode, wilson_interval
-from rql_cli.envs.make import check_env_fits, env_versions, make_eval_env
+from rql_cli.envs.make import env_versions, make_eval_env
 from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.names import parse_task_name
 
@@ -100,7 +100,7 @@ def test_evaluate_counts_exactly_the_episodes_and_asks_only_empty_queues():
     progress = []
     result = evaluate(
         policy, CUBE, episodes=episodes, num_envs=1, seed=7, max_episode_steps=steps,
-        on_episode=lambda done, total, rate: progress.append((done, total, rate)),
+        on_episode=lambda shown: progress.append((shown.done, shown.total, shown.success_rate)),
     )  # fmt: skip
     assert result.episodes == episodes
     assert result.seeds == [7, 8, 9]
@@ -183,33 +183,25 @@ def test_a_task_name_and_its_parsed_form_evaluate_alike():
 # ----------------------------------------------------------------------------- checkpoint fit
 
 
-def test_check_env_fits_names_both_sizes():
-    import gymnasium
-
-    observations = gymnasium.spaces.Box(-1.0, 1.0, (OBS_DIM,))
-    actions = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,))
-    check_env_fits(observations, actions, OBS_DIM, ACTION_DIM, CUBE)
-    with pytest.raises(CheckpointError) as caught:
-        check_env_fits(observations, actions, 40, ACTION_DIM, CUBE)
-    assert str(caught.value) == (
-        f"The checkpoint does not fit {CUBE}: the checkpoint expects observations of size 40 and actions "
-        f"of size {ACTION_DIM}; the environment gives observations of size {OBS_DIM} and actions of size "
-        f"{ACTION_DIM}."
-    )
-
-
 def test_evaluate_refuses_a_misfit_before_any_policy_call_and_leaves_no_workers():
     import multiprocessing
 
     def policy(obs):
         raise AssertionError("the policy must not be called when the sizes do not fit")
 
-    with pytest.raises(CheckpointError, match=f"does not fit {CUBE}: .* observations of size 40"):
-        evaluate(policy, CUBE, episodes=2, num_envs=2, expected_dims=(40, ACTION_DIM))
+    asked = []
+
+    def refuse(obs_dim, action_dim, env_name):
+        asked.append((obs_dim, action_dim, env_name))
+        raise CheckpointError(f"does not fit {env_name}")
+
+    with pytest.raises(CheckpointError, match=f"does not fit {CUBE}"):
+        evaluate(policy, CUBE, episodes=2, num_envs=2, check_fit=refuse)
+    assert asked == [(OBS_DIM, ACTION_DIM, CUBE)]  # the env's sizes, and the env as the caller named it
     assert multiprocessing.active_children() == []
     fits = evaluate(RecordingPolicy(2), CUBE, episodes=1, num_envs=1, max_episode_steps=2,
-                    expected_dims=(OBS_DIM, ACTION_DIM))  # fmt: skip
-    assert fits.episodes == 1
+                    check_fit=lambda *sizes: asked.append(sizes))  # fmt: skip
+    assert fits.episodes == 1 and len(asked) == 2
 
 
 # ----------------------------------------------------------------------------- evaluation, scripted env
@@ -242,7 +234,7 @@ def test_success_is_the_final_steps_flag_and_return_sums_rewards(monkeypatch):
     monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: _scripted_env())
     rates = []
     big = lambda obs: np.full((len(obs), 2, ACTION_DIM), 5.0)  # noqa: E731  (out of range: must be clipped)
-    result = evaluate(big, CUBE, episodes=4, num_envs=1, seed=10, on_episode=lambda d, t, r: rates.append(r))
+    result = evaluate(big, CUBE, episodes=4, num_envs=1, seed=10, on_episode=lambda shown: rates.append(shown.success_rate))
     assert result.successes == [True, False, True, False]
     assert result.lengths == [3, 6, 3, 6]
     assert result.returns == [-2.0, -6.0, -2.0, -6.0]

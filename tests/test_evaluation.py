@@ -14,12 +14,12 @@ def test_each_task_is_reported_with_its_number_and_the_same_seed_repeats(tiny_ru
     started = []
     report = evaluate_checkpoint(loaded, tasks=[None, 4], episodes=2, num_envs=1, seed=3,
                                  on_task_start=started.append)
-    assert started == [2, 4] and [t["task"] for t in report.tasks] == [2, 4]
-    assert [t["env_id"] for t in report.tasks] == [f"cube-single-play-singletask-task{n}-v0" for n in (2, 4)]
+    assert started == [2, 4] and [t.task for t in report.tasks] == [2, 4]
+    assert [t.env_id for t in report.tasks] == [f"cube-single-play-singletask-task{n}-v0" for n in (2, 4)]
     assert (report.step, report.dataset, report.device) == (2, "cube-single-play-v0", "cpu")
-    assert all(t["seeds"] == [3, 4] and t["episodes"] == 2 for t in report.tasks)
+    assert all(t.seeds == [3, 4] and t.episodes == 2 for t in report.tasks)
     again = evaluate_checkpoint(loaded, tasks=[None, 4], episodes=2, num_envs=1, seed=3)
-    assert [t["returns"] for t in again.tasks] == [t["returns"] for t in report.tasks]
+    assert [t.returns for t in again.tasks] == [t.returns for t in report.tasks]
 
 
 def test_a_checkpoint_that_does_not_fit_the_env_fails_before_any_episode(tiny_run_dir):

@@ -60,6 +60,7 @@ def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path)
     from rql_cli.envs.make import make_eval_env
     from rql_cli.io.checkpoint import read_meta
     from rql_cli.io.model_card import build_model_card
+    from rql_cli.io.run_files import read_run_record
 
     before = digest(tiny_run_dir)
     out = tmp_path / "ft"
@@ -100,6 +101,13 @@ def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path)
     assert json.loads((out / "train_config.json").read_text())["parent"] == meta.lineage
     card = build_model_card(meta, None, "alice/ft", files=["config.json"]).content
     assert f"fine-tuned from `{tiny_run_dir}`" in card and "400 environment steps" in card
+    # the card's command is the fine-tune that made it, with the run's own settings off their defaults
+    record = read_run_record(out)
+    card = build_model_card(meta, None, "alice/ft", files=[], run=record.config).content
+    command = next(line for line in card.splitlines() if line.startswith("rql finetune"))
+    # (log_interval=100 is the default: it is left out)
+    assert command == f"rql finetune --checkpoint {tiny_run_dir} --online-steps 400 --set eval_interval=400 " \
+                      "--set eval_episodes=1", command
     assert (out / "curves.png").is_file() and (out / "eval.csv").read_text().count("\n") == 2
 
 

@@ -1,4 +1,5 @@
-"""Tests for rql_cli.data.generate: seeded, parallel, resumable OGBench dataset generation.
+"""Tests for rql_cli.data.generate and its parts (recipes, oracle, workers, episode cache): seeded,
+parallel, resumable OGBench dataset generation.
 
 Episodes are kept short (``episode_length=LENGTH``) so the file runs in well under a minute on 2 cores.
 """
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rql_cli.data import generate
-from rql_cli.data.generate import GENERATABLE, generate_dataset
+from rql_cli.data import oracle
+from rql_cli.data.generate import Generation, generate_dataset
+from rql_cli.data.recipes import GENERATABLE
 from rql_cli.errors import RQLError, UnknownNameError
 
 NAME = "cube-single-play-v0"
@@ -42,7 +44,7 @@ def seed0(tmp_path_factory) -> tuple[list[Path], list[tuple[int, int]]]:
     def record(done: int, total: int) -> None:
         calls.append((done, total))
 
-    paths = generate_dataset(NAME, out, seed=0, workers=1, on_episode=record, **SMALL)
+    paths = generate_dataset(Generation(NAME, out, seed=0, workers=1, on_episode=record, **SMALL))
     return paths, calls
 
 
@@ -103,7 +105,7 @@ def test_same_seed_gives_identical_arrays_with_one_or_two_workers(seed0, tmp_pat
     def record(done: int, total: int) -> None:
         calls.append((done, total))
 
-    paths = generate_dataset(NAME, tmp_path, seed=0, workers=2, on_episode=record, **SMALL)
+    paths = generate_dataset(Generation(NAME, tmp_path, seed=0, workers=2, on_episode=record, **SMALL))
     _assert_same_arrays(train, paths[0])
     _assert_same_arrays(val, paths[1])
     assert calls == [(1, 3), (2, 3), (3, 3)]
@@ -119,7 +121,7 @@ def test_each_episode_and_split_draws_its_own_scene(seed0):
 
 def test_new_oracle_is_reset_with_the_new_targets_info(tmp_path, monkeypatch):
     seen = []  # (target the oracle was told, target the env holds) at each oracle reset
-    make_oracles = generate._make_oracles
+    make_oracles = oracle.make_oracles
 
     def recording_oracles(env, recipe):
         oracles = make_oracles(env, recipe)
@@ -135,8 +137,8 @@ def test_new_oracle_is_reset_with_the_new_targets_info(tmp_path, monkeypatch):
         cube.reset = reset
         return oracles
 
-    monkeypatch.setattr(generate, "_make_oracles", recording_oracles)
-    generate_dataset(NAME, tmp_path, num_episodes=1, num_val_episodes=1, episode_length=200)
+    monkeypatch.setattr(oracle, "make_oracles", recording_oracles)
+    generate_dataset(Generation(NAME, tmp_path, num_episodes=1, num_val_episodes=1, episode_length=200))
     assert len(seen) >= 4  # a first target and at least one new target per episode
     for told, actual in seen:
         np.testing.assert_array_equal(told, actual)
@@ -144,7 +146,7 @@ def test_new_oracle_is_reset_with_the_new_targets_info(tmp_path, monkeypatch):
 
 def test_different_seed_gives_different_episodes(seed0, tmp_path):
     (train, _), _ = seed0
-    other = generate_dataset(NAME, tmp_path, seed=1, workers=1, **SMALL)[0]
+    other = generate_dataset(Generation(NAME, tmp_path, seed=1, workers=1, **SMALL))[0]
     a, b = _load(train), _load(other)
     assert a["observations"].shape == b["observations"].shape
     assert not np.array_equal(a["observations"], b["observations"])
@@ -157,11 +159,11 @@ def test_refuses_to_overwrite_without_force(seed0, tmp_path):
         shutil.copy(path, tmp_path / path.name)
     before = (tmp_path / train.name).read_bytes()
     with pytest.raises(RQLError, match="--force") as error:
-        generate_dataset(NAME, tmp_path, seed=1, **SMALL)
+        generate_dataset(Generation(NAME, tmp_path, seed=1, **SMALL))
     assert str(tmp_path / train.name) in str(error.value)
     assert (tmp_path / train.name).read_bytes() == before
 
-    generate_dataset(NAME, tmp_path, seed=1, force=True, **SMALL)
+    generate_dataset(Generation(NAME, tmp_path, seed=1, force=True, **SMALL))
     assert not np.array_equal(_load(tmp_path / train.name)["observations"], _load(train)["observations"])
 
 
@@ -176,20 +178,20 @@ def test_interrupted_generation_resumes_from_cached_episodes(seed0, tmp_path, mo
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        generate_dataset(NAME, tmp_path, seed=0, on_episode=stop_after_two, **SMALL)
+        generate_dataset(Generation(NAME, tmp_path, seed=0, on_episode=stop_after_two, **SMALL))
     partial = tmp_path / f".{NAME}.partial"
     assert sorted(p.name for p in partial.glob("*.npz")) == ["train-000000.npz", "train-000001.npz"]
     assert not (tmp_path / train.name).exists()
 
     collected = []
-    original = generate._EpisodeCollector.collect
+    original = oracle.EpisodeCollector.collect
 
     def counting_collect(self, split, index):
         collected.append((split, index))
         return original(self, split, index)
 
-    monkeypatch.setattr(generate._EpisodeCollector, "collect", counting_collect)
-    paths = generate_dataset(NAME, tmp_path, seed=0, **SMALL)
+    monkeypatch.setattr(oracle.EpisodeCollector, "collect", counting_collect)
+    paths = generate_dataset(Generation(NAME, tmp_path, seed=0, **SMALL))
     assert collected == [("val", 0)]  # only the missing episode ran again
     _assert_same_arrays(train, paths[0])
     _assert_same_arrays(val, paths[1])
@@ -203,22 +205,22 @@ def test_cache_from_another_seed_is_not_reused(seed0, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        generate_dataset(NAME, tmp_path, seed=1, on_episode=stop, **SMALL)
-    paths = generate_dataset(NAME, tmp_path, seed=0, **SMALL)
+        generate_dataset(Generation(NAME, tmp_path, seed=1, on_episode=stop, **SMALL))
+    paths = generate_dataset(Generation(NAME, tmp_path, seed=0, **SMALL))
     _assert_same_arrays(train, paths[0])
 
 
 def test_unknown_name_suggests_the_closest(tmp_path):
     with pytest.raises(UnknownNameError, match="cube-single-play-v0"):
-        generate_dataset("cube-singel-play-v0", tmp_path, **SMALL)
+        generate_dataset(Generation("cube-singel-play-v0", tmp_path, **SMALL))
     with pytest.raises(UnknownNameError, match="'cube-double-play-v0'"):
-        generate_dataset("cube-double-play-singletask-task2-v0", tmp_path, **SMALL)
+        generate_dataset(Generation("cube-double-play-singletask-task2-v0", tmp_path, **SMALL))
     assert not any(tmp_path.iterdir())
 
 
 def test_rejects_an_empty_validation_split(tmp_path):
     with pytest.raises(RQLError, match="num_val_episodes"):
-        generate_dataset(NAME, tmp_path, num_episodes=2, num_val_episodes=0, episode_length=LENGTH)
+        generate_dataset(Generation(NAME, tmp_path, num_episodes=2, num_val_episodes=0, episode_length=LENGTH))
 
 
 def test_table_covers_the_official_manipulation_sets():
@@ -247,18 +249,18 @@ def test_table_has_both_dataset_types_of_every_manipulation_family():
 
 def test_a_task_name_is_answered_with_its_dataset_file(tmp_path):
     with pytest.raises(UnknownNameError, match="its dataset file is 'scene-noisy-v0'"):
-        generate_dataset("scene-noisy-singletask-v0", tmp_path, **SMALL)
+        generate_dataset(Generation("scene-noisy-singletask-v0", tmp_path, **SMALL))
     # A locomotion task name is a real OGBench name, but no oracle in ogbench makes its data.
     with pytest.raises(UnknownNameError, match="'antmaze-large-navigate-v0' is an OGBench dataset that rql cannot generate"):
-        generate_dataset("antmaze-large-navigate-singletask-v0", tmp_path, **SMALL)
+        generate_dataset(Generation("antmaze-large-navigate-singletask-v0", tmp_path, **SMALL))
 
 
 def test_scene_rows_carry_integer_button_states_the_loader_accepts(tmp_path):
     import ogbench
 
-    train, _ = generate_dataset(
+    train, _ = generate_dataset(Generation(
         "scene-play-v0", tmp_path, num_episodes=1, num_val_episodes=1, episode_length=30
-    )
+    ))
     data = _load(train)
     assert data["observations"].shape == (30, 40)
     assert data["button_states"].shape == (30, 2) and data["button_states"].dtype == np.int64
@@ -275,7 +277,7 @@ def test_scene_check_flags_cubes_outside_the_view_but_not_in_the_drawer():
     def xyz(*point):
         return np.array([[point]], dtype=float)  # (T=1, cubes=1, 3)
 
-    assert not generate._cube_outside_view(xyz(0.4, 0.0, 0.02))  # on the table
-    assert not generate._cube_outside_view(xyz(0.33, -0.32, 0.07))  # inside the open drawer
-    assert generate._cube_outside_view(xyz(0.33, -0.32, 0.02))  # fell off the left edge
-    assert generate._cube_outside_view(xyz(0.4, 0.3, 0.02))  # past the right edge
+    assert not oracle.cube_outside_view(xyz(0.4, 0.0, 0.02))  # on the table
+    assert not oracle.cube_outside_view(xyz(0.33, -0.32, 0.07))  # inside the open drawer
+    assert oracle.cube_outside_view(xyz(0.33, -0.32, 0.02))  # fell off the left edge
+    assert oracle.cube_outside_view(xyz(0.4, 0.3, 0.02))  # past the right edge

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,14 +112,21 @@ def test_push_pull_eval_round_trip_and_offline_cache(hub, checkpoint, tmp_path):
     # Offline: `rql pull` answers from the warm cache without a single request, with the card's
     # metrics; a repo that is not cached fails at once.
     before = len(hub.state.requests)
-    text = assert_ok(rql("pull", "alice/agent", env=hub_env(hub, home, offline=True)))
+
+    def never_pulled() -> tuple[subprocess.CompletedProcess, float]:
+        started = time.monotonic()
+        result = rql("pull", "alice/never-pulled", env=hub_env(hub, home, offline=True))
+        return result, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the two offline pulls need nothing of each other: side by side
+        refused = pool.submit(never_pulled)
+        text = assert_ok(rql("pull", "alice/agent", env=hub_env(hub, home, offline=True)))
     low, high = measured["success_ci95"]
     assert str(snapshot) in text and "Verified" in text
     assert f"[{100 * low:.1f}%, {100 * high:.1f}%]" in text and "Model card results" in text
-    started = time.monotonic()
-    assert_clean_error(rql("pull", "alice/never-pulled", env=hub_env(hub, home, offline=True)),
-                       "offline", "HF_HUB_OFFLINE", "alice/never-pulled", "not in the Hub cache")
-    assert time.monotonic() - started < 30
+    result, seconds = refused.result()
+    assert_clean_error(result, "offline", "HF_HUB_OFFLINE", "alice/never-pulled", "not in the Hub cache")
+    assert seconds < 30
     assert len(hub.state.requests) == before
 
 
@@ -144,15 +152,16 @@ def test_second_push_is_a_second_revision_and_the_first_stays_pullable(hub, chec
     assert "Not evaluated yet" in latest["README.md"].decode()
 
     pulled = tmp_path / "first"
-    text = assert_ok(rql("pull", f"alice/agent@{first}", "--dir", str(pulled), env=hub_env(hub, home)))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two pulls that need nothing of each other, side by side
+        no_branch = pool.submit(rql, "pull", "alice/agent", "--revision", "no-such-branch", env=hub_env(hub, home))
+        text = assert_ok(rql("pull", f"alice/agent@{first}", "--dir", str(pulled), env=hub_env(hub, home)))
     assert "65.0%" in text
     assert json.loads((pulled / "metrics.json").read_text()) == first_metrics
     assert (pulled / "train_state.safetensors").read_bytes() == (checkpoint / "train_state.safetensors").read_bytes()
     success = [r for r in ModelCard.load(pulled / "README.md").data.eval_results if r.metric_type == "success_rate"][0]
     assert success.metric_value == 0.65 and success.metric_args == {"episodes": 20, "ci95": [0.4, 0.8]}
 
-    assert_clean_error(rql("pull", "alice/agent", "--revision", "no-such-branch", env=hub_env(hub, home)),
-                       "alice/agent", "no revision 'no-such-branch'")
+    assert_clean_error(no_branch.result(), "alice/agent", "no revision 'no-such-branch'")
 
 
 def test_push_without_a_token_or_with_a_wrong_one_uploads_nothing(hub, checkpoint, tmp_path):
@@ -207,8 +216,8 @@ def counted(*args: str, env: dict[str, str]) -> tuple[str, dict[str, int]]:
 
 
 def test_a_hub_checkpoint_is_downloaded_and_loaded_once_per_command(hub, checkpoint, tmp_path):
-    assert_ok(rql("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video",
-                  env=hub_env(hub, tmp_path / "publisher", token=hub.token)))
+    # The files a push publishes, put there without a client (the round-trip test checks the push itself).
+    hub.state.add_repo("alice/agent", {name: (checkpoint / name).read_bytes() for name in PUBLISHED})
     home = tmp_path / "hf"
 
     def downloads(since: int) -> int:
@@ -222,14 +231,28 @@ def test_a_hub_checkpoint_is_downloaded_and_loaded_once_per_command(hub, checkpo
     assert counts == {"weight_loads": 1, "envs_built": 1} and downloads(before) == 1
 
     before = len(hub.state.requests)
-    _, counts = counted("rollout", "--checkpoint", "alice/agent", "--episodes", "1", "--max-steps", "5",
-                        env=hub_env(hub, home))
-    assert counts == {"weight_loads": 1, "envs_built": 1} and downloads(before) == 0  # the cache serves it
+    with ThreadPoolExecutor(max_workers=2) as pool:  # both start from the warm cache: side by side
+        pushing = pool.submit(counted, "push", "alice/agent", "--repo-id", "alice/copy", "--no-video",
+                              env=hub_env(hub, home, token=hub.token))
+        _, counts = counted("rollout", "--checkpoint", "alice/agent", "--episodes", "1", "--max-steps", "5",
+                            env=hub_env(hub, home))
+        pushed = pushing.result()[1]
+    assert counts == {"weight_loads": 1, "envs_built": 1}
+    assert downloads(before) == 0  # the cache serves the rollout (and the push)
 
-    _, counts = counted("push", "alice/agent", "--repo-id", "alice/copy", "--no-video",
-                        env=hub_env(hub, home, token=hub.token))
-    assert counts == {"weight_loads": 1, "envs_built": 0}
+    assert pushed == {"weight_loads": 1, "envs_built": 0}
     assert hub.state.files("alice/copy")["velocity.safetensors"] == (checkpoint / "velocity.safetensors").read_bytes()
+
+
+def test_a_hub_checkpoint_is_downloaded_and_loaded_once_by_finetune(hub, checkpoint, tiny_dataset_dir, tmp_path):
+    hub.state.add_repo("alice/agent", {name: (checkpoint / name).read_bytes() for name in PUBLISHED})
+    text, counts = counted("finetune", "--checkpoint", "alice/agent", "--online-steps", "4", "--eval-episodes", "0",
+                           "--dataset-dir", str(tiny_dataset_dir), "--set", "compile=off", "--out", str(tmp_path / "ft"),
+                           env=hub_env(hub, tmp_path / "hf"))
+    assert "alice/agent" in text and (tmp_path / "ft" / "checkpoints" / "step_00000004").is_dir()
+    assert counts["weight_loads"] == 1
+    assert sum(1 for method, path in hub.state.requests
+               if method == "GET" and path.endswith("/velocity.safetensors")) == 1
 
 
 @pytest.fixture
@@ -269,13 +292,21 @@ def test_push_and_pull_give_up_on_a_silent_endpoint_and_leave_nothing_behind(sil
     env.update(HF_ENDPOINT=silent_endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1",
                HF_HUB_DOWNLOAD_TIMEOUT="2", HF_HUB_ETAG_TIMEOUT="2", TMPDIR=str(scratch),
                RQL_CHECKPOINTS=str(tmp_path / "none"))
-    for args, fragment in [
+    cases = [
         (("push", str(checkpoint), "--repo-id", "alice/agent", "--no-video", "--token", "hf_test"), "did not answer"),
         (("pull", "alice/agent"), "Could not reach the Hub"),
-    ]:
+    ]
+
+    def timed(args: tuple[str, ...]) -> tuple[subprocess.CompletedProcess, float]:
         started = time.monotonic()
-        text = assert_clean_error(rql(*args, env=env), fragment, silent_endpoint)
-        assert time.monotonic() - started < 90, text
+        result = rql(*args, env=env)
+        return result, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # both mostly wait on the silent endpoint: side by side
+        outcomes = list(pool.map(timed, [args for args, _ in cases]))
+    for (_, fragment), (result, seconds) in zip(cases, outcomes):
+        text = assert_clean_error(result, fragment, silent_endpoint)
+        assert seconds < 90, text
     assert list(scratch.iterdir()) == []  # no staging copy left behind
 
 

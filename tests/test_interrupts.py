@@ -2,16 +2,21 @@
 
 Each stop must save a checkpoint of the step it reached, print the command that continues, and a
 resume from it must train exactly what an uninterrupted run trains.
+
+The interrupted processes of the module's selected tests run two at a time (the machines have two
+cores), started when its first test runs (the `interrupted` fixture); each test checks its own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -71,12 +76,61 @@ def latest(run_dir: Path) -> Path:
     return sorted((run_dir / "checkpoints").iterdir())[-1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_run_stopped_during_updates_resumes_to_exactly_the_uninterrupted_run(tiny_dataset_dir, tmp_path, sig):
-    out = tmp_path / "stopped"
-    process = start_training(tiny_dataset_dir, out, "--eval-episodes", "0", "--set", "compile=off")
+def stopped_during_updates(data_dir: Path, out: Path, sig: signal.Signals) -> str:
+    process = start_training(data_dir, out, "--eval-episodes", "0", "--set", "compile=off")
     wait_for(lambda: logged_steps(out) > 3, process)
-    output = stop(process, sig)
+    return stop(process, sig)
+
+
+def stopped_during_an_evaluation(data_dir: Path, out: Path) -> str:
+    process = start_training(data_dir, out, "--eval-episodes", "200", "--eval-every", "2", "--set", "compile=off")
+    wait_for(lambda: logged_steps(out) >= 2, process)  # step 2 is logged just before its evaluation
+    time.sleep(1.0)  # well into the 200 episodes
+    return stop(process, signal.SIGINT)
+
+
+def stopped_during_a_cold_compile(data_dir: Path, out: Path) -> str:
+    cache = out.parent / "inductor-cache"  # empty: the compile takes tens of seconds
+    process = start_training(data_dir, out, "--eval-episodes", "0", "--set", "compile=on",
+                             env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    wait_for(lambda: (out / "metrics.csv").exists(), process)  # written just before the compile starts
+    time.sleep(1.0)
+    return stop(process, signal.SIGINT)
+
+
+SCENARIOS = {  # the longest first
+    "evaluation": stopped_during_an_evaluation,
+    "compile": stopped_during_a_cold_compile,
+    "SIGINT": functools.partial(stopped_during_updates, sig=signal.SIGINT),
+    "SIGTERM": functools.partial(stopped_during_updates, sig=signal.SIGTERM),
+}
+
+
+def scenario_of(item: pytest.Item) -> str:
+    if item.originalname == "test_a_run_stopped_during_updates_resumes_to_exactly_the_uninterrupted_run":
+        return item.callspec.id
+    return "evaluation" if "evaluation" in item.originalname else "compile"
+
+
+@pytest.fixture(scope="module")
+def interrupted(request, tiny_dataset_dir, tmp_path_factory) -> dict[str, tuple[Path, Future]]:
+    """For each scenario a selected test needs: its run folder, and its stop's output (a Future; the
+    stop asserted exit code 130)."""
+    selected = {scenario_of(item) for item in request.session.items if item.module is request.module}
+    pool = ThreadPoolExecutor(max_workers=2)
+    runs = {}
+    for name, scenario in SCENARIOS.items():
+        if name in selected:
+            out = tmp_path_factory.mktemp(f"interrupted-{name}") / "run"
+            runs[name] = (out, pool.submit(scenario, tiny_dataset_dir, out))
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_run_stopped_during_updates_resumes_to_exactly_the_uninterrupted_run(interrupted, tiny_dataset_dir, tmp_path, sig):
+    out, stopping = interrupted[sig.name]
+    output = stopping.result()
     assert f"rql train --resume {out}" in output
     checkpoints = sorted((out / "checkpoints").iterdir())
     stopped_at = int(checkpoints[0].name.split("_")[1])
@@ -101,13 +155,9 @@ def test_a_run_stopped_during_updates_resumes_to_exactly_the_uninterrupted_run(t
             assert torch.equal(a[key], b[key]), (name, key)
 
 
-def test_ctrl_c_during_an_evaluation_stops_it_and_saves_the_step(tiny_dataset_dir, tmp_path):
-    out = tmp_path / "run"
-    process = start_training(tiny_dataset_dir, out, "--eval-episodes", "200", "--eval-every", "2",
-                             "--set", "compile=off")
-    wait_for(lambda: logged_steps(out) >= 2, process)  # step 2 is logged just before its evaluation
-    time.sleep(1.0)  # well into the 200 episodes
-    output = stop(process, signal.SIGINT)
+def test_ctrl_c_during_an_evaluation_stops_it_and_saves_the_step(interrupted):
+    out, stopping = interrupted["evaluation"]
+    output = stopping.result()
     assert f"rql train --resume {out}" in output
     saved = latest(out)
     assert saved.name == "step_00000002" and (saved / "train_state.safetensors").is_file()
@@ -116,14 +166,9 @@ def test_ctrl_c_during_an_evaluation_stops_it_and_saves_the_step(tiny_dataset_di
     assert len((out / "eval.csv").read_text().splitlines()) == 1
 
 
-def test_ctrl_c_during_a_cold_compile_stops_before_the_first_step(tiny_dataset_dir, tmp_path):
-    out = tmp_path / "run"
-    cache = tmp_path / "inductor-cache"  # empty: the compile takes tens of seconds
-    process = start_training(tiny_dataset_dir, out, "--eval-episodes", "0", "--set", "compile=on",
-                             env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
-    wait_for(lambda: (out / "metrics.csv").exists(), process)  # written just before the compile starts
-    time.sleep(1.0)
-    output = stop(process, signal.SIGINT)
+def test_ctrl_c_during_a_cold_compile_stops_before_the_first_step(interrupted):
+    out, stopping = interrupted["compile"]
+    output = stopping.result()
     assert f"rql train --resume {out}" in output
     assert latest(out).name == "step_00000000"
     runtime = json.loads((out / "train_config.json").read_text())["history"][0]["runtime"]

@@ -55,7 +55,7 @@ def test_a_resume_checks_the_checkpoints_sizes(runs, command, tmp_path):
     assert f"observations of size {payload['obs_dim']}" in flat(result) and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("command", ["train", "finetune"])
+@pytest.mark.parametrize("command", ["train", "finetune", "finetune --dataset"])
 def test_a_failing_periodic_evaluation_saves_the_step_and_names_the_resume(
     runs, tiny_dataset_dir, tmp_path, monkeypatch, command
 ):
@@ -71,12 +71,15 @@ def test_a_failing_periodic_evaluation_saves_the_step_and_names_the_resume(
         args = ["train", "--dataset", "cube-single-play-v0", "--steps", "4",
                 "--set", "actor_hidden_dims=[32,32]", "--set", "value_hidden_dims=[32,32]",
                 "--set", "ensemble_size=2", "--set", "batch_size=8", "--set", "flow_steps=4", *common]
-    else:
+    elif command == "finetune":
         args = ["finetune", "--checkpoint", str(runs["train"]), "--online-steps", "4", *common]
+    else:  # continued offline training: the same loop as train, continued by `rql finetune --resume`
+        args = ["finetune", "--checkpoint", str(runs["train"]), "--dataset", "cube-single-play-v0", "--steps", "4",
+                *common]
     result = run(*args)
     assert result.exit_code == 1, result.output
     text = flat(result)
     assert "evaluation at this step failed" in text and "the renderer fell over" in text
-    assert f"rql {command} --resume {out}" in text
+    assert f"rql {command.split()[0]} --resume {out}" in text
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert saved == ["step_00000002"] and (out / "checkpoints" / saved[0] / "train_state.safetensors").is_file()

@@ -81,6 +81,7 @@ def test_csv_log_appends_reads_and_drops_rows_after_a_resume_point(tmp_path):
 
 def test_retention_keeps_the_newest_and_the_best_evaluated(tmp_path):
     from rql_cli.io.metrics import EvaluationReport, write_metrics
+    from rql_cli.results import EvalResult
 
     run = tmp_path / "run"
     for step, rate in [(1, 0.2), (2, 0.9), (3, None), (4, 0.9), (5, 0.1), (6, None), (7, None)]:
@@ -88,7 +89,7 @@ def test_retention_keeps_the_newest_and_the_best_evaluated(tmp_path):
         folder.mkdir(parents=True)
         (folder / "config.json").write_text("{}")
         if rate is not None:
-            write_metrics(folder, EvaluationReport("x", "d", step, "cpu", tasks=[{"success_rate": rate}]))
+            write_metrics(folder, EvaluationReport("x", "d", step, "cpu", tasks=[EvalResult(success_rate=rate)]))
     assert prune_checkpoints(run, keep=0) == []
     removed = prune_checkpoints(run, keep=2)
     assert [p.name for p in removed] == ["step_00000001", "step_00000002", "step_00000003", "step_00000005"]

@@ -21,7 +21,7 @@ from rql_cli.training.runtime import (
     prepare_update,
     usable_cores,
 )
-from tests.test_fast_path import batch_with_an_episode_end
+from tests.test_fast_path import ACT, OBS, batch_with_an_episode_end, make_agent, one_thread  # noqa: F401 (a fixture)
 
 CPU = torch.device("cpu")
 
@@ -109,7 +109,7 @@ def _odd_agent() -> RQLAgent:
     # Shapes no other test compiles, so nothing is served from inductor's caches.
     config = RQLConfig(actor_hidden_dims=[24], value_hidden_dims=[24], ensemble_size=2, horizon=3,
                        flow_steps=2, batch_size=16)
-    return RQLAgent(config, 6, 2, CPU)
+    return RQLAgent(config, OBS, ACT, CPU)
 
 
 def test_a_compile_that_fails_falls_back_to_eager_under_auto_and_is_an_error_under_on():
@@ -165,8 +165,8 @@ def test_auto_on_cuda_steps_down_from_graphs_to_the_plain_compile_then_to_eager(
         prepare_update(_AgentWhoseGraphsFail(), "graphs", 1, None)
 
 
-def test_a_compiled_update_is_prepared_once_and_reports_its_time():
-    agent = _odd_agent()
+def test_a_compiled_update_is_prepared_once_and_reports_its_time(one_thread):
+    agent = make_agent()  # the suite's one compiled shape (test_fast_path), compiled once per session
     batch = batch_with_an_episode_end()
     report = prepare_update(agent, "on", 1, batch)
     assert report.mode == "default" and report.seconds > 0 and report.fallback is None

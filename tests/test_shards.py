@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from rql_cli.cli.app import app
 from rql_cli.config import RunConfig
-from rql_cli.data.generate import generate_dataset, generate_shards, size_tag
+from rql_cli.data.generate import Generation, generate_dataset, generate_shards, size_tag
 from rql_cli.data.shards import ShardRotation, list_shards, npz_shapes
 from rql_cli.data.sources import DataSpec, ShardLoader, resolve_dataset_path
 from rql_cli.errors import DatasetError, DatasetNotFoundError
@@ -36,7 +36,7 @@ TINY = dict(
 def shard_folder(tmp_path_factory) -> Path:
     """5 train episodes of 41 rows in shards of 2 (3 shards, the last holding one episode)."""
     out = tmp_path_factory.mktemp("shards")
-    shards = generate_shards(NAME, out, num_episodes=5, shard_size=2, seed=3, episode_length=41)
+    shards = generate_shards(Generation(NAME, out, num_episodes=5, seed=3, episode_length=41), shard_size=2)
     return shards[0].parent
 
 
@@ -48,7 +48,7 @@ def test_generated_folder_is_laid_out_like_the_official_sets_and_splits_the_sing
     rows = [npz_shapes(p)["observations"][0][0] for p in shards]
     assert rows == [82, 82, 41]
     # The shards of a seed are the single file of that seed, cut at episode boundaries.
-    single = generate_dataset(NAME, tmp_path, num_episodes=5, num_val_episodes=1, seed=3, episode_length=41)[0]
+    single = generate_dataset(Generation(NAME, tmp_path, num_episodes=5, num_val_episodes=1, seed=3, episode_length=41))[0]
     with np.load(single) as whole:
         for key in ("observations", "actions", "terminals", "qpos"):
             parts = [np.load(p)[key] for p in shards]

@@ -97,13 +97,13 @@ def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
     # placed and 0 on the step that finds it placed, which ends the episode; so its return and length
     # tell success apart from the flag. The rate, its interval, metrics.json and eval.csv follow it.
     last = outcome.last_eval
-    [success], [length], [episode_return] = last["successes"], last["lengths"], last["returns"]
+    [success], [length], [episode_return] = last.successes, last.lengths, last.returns
     assert episode_return == -(length - int(success)), last
-    assert length <= last["max_episode_steps"] and (success or length == last["max_episode_steps"])
-    assert last["success_rate"] == float(success) and last["mean_return"] == episode_return
-    assert last["success_ci95"] == pytest.approx((0.20654, 1.0) if success else (0.0, 0.79346), abs=1e-5)
+    assert length <= last.max_episode_steps and (success or length == last.max_episode_steps)
+    assert last.success_rate == float(success) and last.mean_return == episode_return
+    assert last.success_ci95 == pytest.approx((0.20654, 1.0) if success else (0.0, 0.79346), abs=1e-5)
     assert {k: metrics[k] for k in ("success_rate", "successes", "lengths", "returns", "seeds")} == {
-        k: last[k] for k in ("success_rate", "successes", "lengths", "returns", "seeds")
+        k: getattr(last, k) for k in ("success_rate", "successes", "lengths", "returns", "seeds")
     }
     [row] = read_csv(run / "eval.csv")
     assert (int(row["step"]), float(row["success_rate"]), int(row["episodes"])) == (4, float(success), 1)
@@ -153,11 +153,14 @@ def test_a_failing_periodic_evaluation_still_saves_the_checkpoint_of_its_step(ti
 
 
 def test_a_compiled_run_records_its_runtime_and_trains_what_an_eager_run_trains(tiny_dataset_dir, tmp_path):
+    from tests.test_fast_path import SHARED_SETTINGS
+
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
+    settings = {**TINY, **SHARED_SETTINGS}  # the suite's one compiled graph (on one thread): compiled once a session
     before = torch.get_num_threads()
     try:
-        fast = train(RunConfig.of(**TINY, steps=4, compile="on", threads=1), data, tmp_path / "fast")
-        plain = train(RunConfig.of(**TINY, steps=4, compile="off"), data, tmp_path / "plain")
+        fast = train(RunConfig.of(**settings, steps=4, compile="on", threads=1), data, tmp_path / "fast")
+        plain = train(RunConfig.of(**settings, steps=4, compile="off"), data, tmp_path / "plain")
     finally:
         torch.set_num_threads(before)
     runtime = json.loads((tmp_path / "fast" / "train_config.json").read_text())["history"][0]["runtime"]

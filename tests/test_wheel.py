@@ -9,6 +9,7 @@ import shutil
 import site
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,9 +55,13 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 
 def test_an_installed_wheel_lists_and_evaluates_its_bundled_agents(tmp_path):
-    wheel = build_wheel(tmp_path)
+    # Independent steps run side by side (the machines have two cores): the build beside the venv,
+    # and below, each command from the wheel beside the same command from the sources.
+    pool = ThreadPoolExecutor(max_workers=2)
+    building = pool.submit(build_wheel, tmp_path)
     venv = tmp_path / "venv"
     python = make_venv_that_sees_this_environment(venv)
+    wheel = building.result()
     rql = venv / "bin" / "rql"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, timeout=300)
@@ -79,12 +84,13 @@ def test_an_installed_wheel_lists_and_evaluates_its_bundled_agents(tmp_path):
     def both(*args: str, timeout: int = 120) -> list[subprocess.CompletedProcess]:
         """The same command from the installed wheel and from the repository's sources; ``{run}`` in an
         argument becomes ``wheel`` or ``source``."""
-        done = []
-        for run, command, cwd in (("wheel", [str(rql)], outside), ("source", [sys.executable, "-m", "rql_cli"], REPO)):
-            argv = [*command, *(arg.replace("{run}", run) for arg in args)]
-            result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        runs = (("wheel", [str(rql)], outside), ("source", [sys.executable, "-m", "rql_cli"], REPO))
+        started = [pool.submit(subprocess.run, [*command, *(arg.replace("{run}", run) for arg in args)], cwd=cwd,
+                               env=env, capture_output=True, text=True, timeout=timeout)
+                   for run, command, cwd in runs]
+        done = [future.result() for future in started]
+        for (run, _, _), result in zip(runs, done):
             assert result.returncode == 0, (run, result.stderr)
-            done.append(result)
         return done
 
     bundled = sorted(p.name for p in (REPO / "checkpoints").iterdir() if (p / "config.json").is_file())

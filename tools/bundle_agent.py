@@ -25,7 +25,7 @@ import torch
 
 from rql_cli.evaluation import evaluate_checkpoint
 from rql_cli.io.checkpoint import REQUIRED_FILES, read_meta
-from rql_cli.io.metrics import read_metrics, write_metrics
+from rql_cli.io.metrics import EvaluationReport, read_metrics, write_metrics
 from rql_cli.io.model_card import (
     EVIDENCE_FILE, build_model_card, read_evidence, reproduce_command, restate_preset_values,
 )
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 VIDEO_LIMIT_BYTES = 2 * 2**20
 
 
-def measure(ref: str, episodes: int, task: int | None = None) -> tuple[object, dict]:
+def measure(ref: str, episodes: int, task: int | None = None) -> tuple[object, EvaluationReport]:
     loaded = load_checkpoint(ref, torch.device("cpu"))
     report = evaluate_checkpoint(loaded, tasks=[task], episodes=episodes, seed=0)
     return loaded, report
@@ -72,8 +72,8 @@ def family_rows(root: Path, env_family: str) -> list[dict]:
             continue
         first = read_metrics(folder).tasks[0]
         control = (read_evidence(folder) or {}).get("control") or {}
-        rows.append(dict(name=folder.name, task=first["task"], success_rate=first["success_rate"],
-                         success_ci95=first["success_ci95"], episodes=first["episodes"],
+        rows.append(dict(name=folder.name, task=first.task, success_rate=first.success_rate,
+                         success_ci95=list(first.success_ci95), episodes=first.episodes,
                          control_success_rate=control.get("success_rate")))
     return rows
 
@@ -181,8 +181,8 @@ def main() -> None:
         machine=args.machine,
         control=dict(name=args.control_name,
                      command=reproduce_command(control_loaded.meta, read_run_record(args.control).config),
-                     success_rate=control_task["success_rate"], success_ci95=control_task["success_ci95"],
-                     episodes=control_task["episodes"], step=control_loaded.meta.step),
+                     success_rate=control_task.success_rate, success_ci95=list(control_task.success_ci95),
+                     episodes=control_task.episodes, step=control_loaded.meta.step),
         paper=dict(success_rate=args.paper_rate, source=args.paper_source),
         goal=goal_of(args),
     )
@@ -194,8 +194,8 @@ def main() -> None:
     card.save(out / "README.md")
     refresh_family(args.root, args.name)
     first = report.tasks[0]
-    print(f"{args.name}: {100 * first['success_rate']:.1f}% over {first['episodes']} episodes; control "
-          f"{100 * control_task['success_rate']:.1f}%; {sum(p.stat().st_size for p in out.iterdir()) / 2**20:.1f} MB")
+    print(f"{args.name}: {100 * first.success_rate:.1f}% over {first.episodes} episodes; control "
+          f"{100 * control_task.success_rate:.1f}%; {sum(p.stat().st_size for p in out.iterdir()) / 2**20:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def generate_with_progress(
     Returns the two files, or the training shards.
     """
     from rql_cli.cli.display import make_progress
-    from rql_cli.data.generate import generate_dataset, generate_shards
+    from rql_cli.data.generate import Generation, generate_dataset, generate_shards
 
     episodes, val_episodes = options.pop("episodes"), options.pop("val_episodes")
     with make_progress(quiet) as progress:
@@ -83,14 +83,9 @@ def generate_with_progress(
         def on_episode(done: int, total: int) -> None:
             progress.update(bar, completed=done, total=total, info="episodes")
 
-        if shard_size is not None:
-            return generate_shards(
-                name, out, num_episodes=episodes, shard_size=shard_size,
-                num_val_episodes=val_episodes, on_episode=on_episode, **options,
-            )
-        return generate_dataset(
-            name, out, num_episodes=episodes, num_val_episodes=val_episodes, on_episode=on_episode, **options,
-        )
+        request = Generation(name, out, num_episodes=episodes, num_val_episodes=val_episodes,
+                             on_episode=on_episode, **options)
+        return generate_dataset(request) if shard_size is None else generate_shards(request, shard_size)
 
 
 @data_app.command("info")

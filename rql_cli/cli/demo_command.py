@@ -88,7 +88,7 @@ def _score(ref: str, episodes: int, device: str) -> None:
 
     loaded = load_checkpoint(ref, resolve_device(device))
     report = evaluate_checkpoint(loaded, tasks=[None], episodes=episodes)  # envs: rql eval's default
-    console.print(eval_table(report.to_dict()))
+    console.print(eval_table(report))
 
 
 def _film(folder: Path, video: Path, max_steps: int, device: str) -> Path | None:
@@ -107,11 +107,13 @@ def _film(folder: Path, video: Path, max_steps: int, device: str) -> Path | None
 
 
 def _next_steps(agent: Any, video: Path | None, run_dir: Path, data_dir: Path) -> None:
+    from rql_cli.io.run_files import CURVES_FILE
+
     lines = []
     if video is not None:
         lines.append(f"Video of {agent.name}: {video}")
     lines += [
-        f"Short run: {run_dir} (curves: {run_dir / 'curves.png'}); data: {data_dir}",
+        f"Short run: {run_dir} (curves: {run_dir / CURVES_FILE}); data: {data_dir}",
         "Next:",
         f"  rql train --resume {run_dir} --steps 40000          # keep training the short run",
         f"  rql eval --checkpoint {agent.name if agent else run_dir} --episodes 100 --task all",

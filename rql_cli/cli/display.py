@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich import box
 from rich.console import Console
@@ -21,6 +21,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from rql_cli.results import Episode, EpisodeProgress, EvalResult
+
+if TYPE_CHECKING:
+    from rql_cli.io.metrics import EvaluationReport
 
 console = Console(soft_wrap=True)  # never break paths or commands a user will copy
 err_console = Console(stderr=True, soft_wrap=True)
@@ -77,18 +82,18 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def success_text(result: dict[str, Any]) -> str:
-    """'25.0% [10.0%, 50.0%] over 8 episodes' from one ``EvalResult.to_dict()``."""
-    if not result.get("success_reported", True):  # e.g. locomotion: the env has no notion of success
-        score = result.get("normalized_score")
-        if score is not None:
-            low, high = result["normalized_score_ci95"]
-            return f"n/a (normalised score {score:.1f} [{low:.1f}, {high:.1f}] over {result['episodes']} episodes)"
-        return f"n/a (mean return {result['mean_return']:.1f} over {result['episodes']} episodes)"
-    low, high = result["success_ci95"]
-    text = f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result['episodes']} episodes"
-    if result.get("normalized_score") is not None:
-        text += f", normalised score {result['normalized_score']:.1f}"
+def success_text(result: EvalResult) -> str:
+    """'25.0% [10.0%, 50.0%] over 8 episodes' from one evaluation."""
+    if not result.success_reported:  # e.g. locomotion: the env has no notion of success
+        score = result.normalized_score
+        if score is not None and result.normalized_score_ci95 is not None:
+            low, high = result.normalized_score_ci95
+            return f"n/a (normalised score {score:.1f} [{low:.1f}, {high:.1f}] over {result.episodes} episodes)"
+        return f"n/a (mean return {result.mean_return:.1f} over {result.episodes} episodes)"
+    low, high = result.success_ci95
+    text = f"{pct(result.success_rate)} [{pct(low)}, {pct(high)}] over {result.episodes} episodes"
+    if result.normalized_score is not None:
+        text += f", normalised score {result.normalized_score:.1f}"
     return text
 
 
@@ -171,22 +176,22 @@ class TrainDisplay:
         """Add a bar for the evaluation's episodes."""
         self.eval_task = self.progress.add_task("eval", total=episodes, rate="", info="")
 
-    def on_eval_episode(self, done: int, total: int, success_rate: float) -> None:
+    def on_eval_episode(self, progress: EpisodeProgress) -> None:
         """Move the evaluation bar; show the running success rate."""
         if self.eval_task is not None:
-            self.progress.update(self.eval_task, completed=done, info=f"success {pct(success_rate)}")
+            self.progress.update(self.eval_task, completed=progress.done, info=f"success {pct(progress.success_rate)}")
 
-    def on_eval(self, step: int, result: dict[str, Any]) -> None:
+    def on_eval(self, step: int, result: EvalResult) -> None:
         """Drop the evaluation bar and print its result."""
         if self.eval_task is not None:
             self.progress.remove_task(self.eval_task)
             self.eval_task = None
-        self.last_success = pct(result["success_rate"]) if result.get("success_reported", True) else (
-            f"score {result['normalized_score']:.1f}" if result.get("normalized_score") is not None
-            else f"return {result['mean_return']:.0f}")
+        self.last_success = pct(result.success_rate) if result.success_reported else (
+            f"score {result.normalized_score:.1f}" if result.normalized_score is not None
+            else f"return {result.mean_return:.0f}")
         if not self.quiet:
             self.progress.console.print(
-                f"step {step:,}: success {success_text(result)}, mean return {result['mean_return']:.1f}"
+                f"step {step:,}: success {success_text(result)}, mean return {result.mean_return:.1f}"
             )
 
     def on_checkpoint(self, step: int, path: Path) -> None:
@@ -224,44 +229,44 @@ class FinetuneDisplay(TrainDisplay):
         )
         self.progress.update(self.task, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info)
 
-    def on_episode(self, step: int, episode: Any, running_success: float) -> None:
+    def on_episode(self, step: int, episode: Episode, running_success: float) -> None:
         """Nothing between log rows: the next row shows the episode count and running success."""
 
 
-def eval_table(report: dict[str, Any], lineage: dict[str, Any] | None = None) -> Table:
-    """One row per task of an ``EvaluationReport.to_dict()`` (and a mean row for several tasks).
+def eval_table(report: EvaluationReport, lineage: dict[str, Any] | None = None) -> Table:
+    """One row per task of an evaluation report (and a mean row for several tasks).
 
     ``lineage``: the checkpoint's fine-tuning origin, named in the title when given.
     """
-    name = Path(report["checkpoint"]).name
+    name = Path(report.checkpoint).name
     origin = f", fine-tuned from {lineage_text(lineage)}" if lineage else ""
     # Light rules and unbroken intervals: the table fits 80 columns without splitting a number.
-    table = Table(title=f"{name}: {report['dataset']} @ step {report['step']:,}{origin}", box=box.SIMPLE_HEAD)
-    scored = any(result.get("normalized_score") is not None for result in report["tasks"])
+    table = Table(title=f"{name}: {report.dataset} @ step {report.step:,}{origin}", box=box.SIMPLE_HEAD)
+    scored = any(result.normalized_score is not None for result in report.tasks)
     columns = ["task", "success", "95% CI", "mean return", "return 95% CI", "episodes"]
     if scored:  # Minari datasets with D4RL reference returns: 0 random, 100 expert
         columns[5:5] = ["normalised score", "score 95% CI"]
     for column in columns:
         table.add_column(column, justify="right", no_wrap="CI" in column)
-    for result in report["tasks"]:
-        low, high = result["success_ci95"]
-        rlow, rhigh = result["return_ci95"]
-        reported = result.get("success_reported", True)
+    for result in report.tasks:
+        low, high = result.success_ci95
+        rlow, rhigh = result.return_ci95
+        reported = result.success_reported
         row = [
-            str(result["task"]),
-            pct(result["success_rate"]) if reported else "n/a",
+            str(result.task),
+            pct(result.success_rate) if reported else "n/a",
             f"[{pct(low)}, {pct(high)}]" if reported else "-",
-            f"{result['mean_return']:.1f}",
+            f"{result.mean_return:.1f}",
             f"[{rlow:.0f}, {rhigh:.0f}]",
-            str(result["episodes"]),
+            str(result.episodes),
         ]
         if scored:
-            score, interval = result.get("normalized_score"), result.get("normalized_score_ci95") or ("", "")
+            score, interval = result.normalized_score, result.normalized_score_ci95 or ("", "")
             row[5:5] = ["" if score is None else f"{score:.1f}",
                         "" if score is None else f"[{interval[0]:.1f}, {interval[1]:.1f}]"]
         table.add_row(*row)
-    if len(report["tasks"]) > 1:
-        table.add_row("mean", pct(report["mean_success_rate"]), *[""] * (len(columns) - 2))
+    if len(report.tasks) > 1:
+        table.add_row("mean", pct(report.mean_success_rate), *[""] * (len(columns) - 2))
     return table
 
 

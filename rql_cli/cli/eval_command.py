@@ -51,7 +51,7 @@ def eval_command(
     from rql_cli.device import resolve_device
     from rql_cli.errors import RQLError
     from rql_cli.evaluation import evaluate_checkpoint
-    from rql_cli.io.metrics import write_metrics
+    from rql_cli.io.metrics import METRICS_FILE, write_metrics
     from rql_cli.io.resolve import load_checkpoint, reference_source
 
     check_options({"--episodes": episodes, "--envs": envs})
@@ -60,7 +60,7 @@ def eval_command(
         check_output_path(json_path, "--json", example="report.json")
     if save and reference_source(checkpoint) == "hub":
         raise RQLError(
-            "--save writes metrics.json into the checkpoint folder, and a Hub checkpoint lives "
+            f"--save writes {METRICS_FILE} into the checkpoint folder, and a Hub checkpoint lives "
             f"in the shared download cache. Pull a copy first: `rql pull {checkpoint} --dir DIR`, "
             "then `rql eval --checkpoint DIR --save`."
         )
@@ -70,13 +70,14 @@ def eval_command(
         report = evaluate_checkpoint(
             loaded, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs,
             on_task_start=lambda number: progress.update(bar, completed=0, description=f"eval task {number}"),
-            on_episode=lambda done, total, rate: progress.update(bar, completed=done, info=f"success {pct(rate)}"),
+            on_episode=lambda shown: progress.update(
+                bar, completed=shown.done, info=f"success {pct(shown.success_rate)}"
+            ),
         )
-    result = report.to_dict()
-    console.print(eval_table(result, lineage=loaded.meta.lineage))
+    console.print(eval_table(report, lineage=loaded.meta.lineage))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         console.print(f"Report written to {json_path}")
     if save:
         console.print(f"Saved into {write_metrics(loaded.folder, report)}")

@@ -99,10 +99,10 @@ def _resumed(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
     from rql_cli.data.sources import DataSpec
     from rql_cli.errors import RQLError
     from rql_cli.training.online import FinetuneSettings
-    from rql_cli.io.run_files import is_run_dir, read_run_record
+    from rql_cli.io.run_files import CHECKPOINTS, RUN_FILE, is_run_dir, read_run_record
 
     if not is_run_dir(run_dir):
-        raise RQLError(f"{run_dir} is not a run folder (it needs train_config.json and checkpoints/).")
+        raise RQLError(f"{run_dir} is not a run folder (it needs {RUN_FILE} and {CHECKPOINTS}/).")
     record = read_run_record(run_dir)
     if record.finetune is None:
         raise RQLError(

@@ -14,6 +14,7 @@ import typer
 
 from rql_cli.cli.common import CHECKPOINT_HELP, debug_enabled, handles_errors
 from rql_cli.cli.display import console
+from rql_cli.results import EvalResult
 
 
 def _mb(size: int) -> str:
@@ -79,6 +80,7 @@ def push(
     Example: rql push runs/demo --repo-id alice/rql-cube-single
     """
     from rql_cli.io.hub import check_can_push, push_checkpoint
+    from rql_cli.io.metrics import METRICS_FILE
     from rql_cli.io.resolve import load_checkpoint
 
     # Before loading, rendering or any network call: a push that will be refused does nothing.
@@ -103,7 +105,7 @@ def push(
     console.print(f"  {result.commit_url}")
     if not result.evaluated:
         console.print(
-            "[yellow]Note:[/] the checkpoint has no metrics.json, so its card says 'not evaluated yet'. "
+            f"[yellow]Note:[/] the checkpoint has no {METRICS_FILE}, so its card says 'not evaluated yet'. "
             f"Measure it with `rql eval --checkpoint {folder} --save` and push again."
         )
     console.print(f"Load it with: rql eval --checkpoint {ref}  (or: rql pull {ref})")
@@ -127,9 +129,10 @@ def pull(
 
     import huggingface_hub  # noqa: F401  (imported before the clock starts: time the download, not imports)
 
+    from rql_cli.io.checkpoint_files import CONFIG_FILE
     from rql_cli.io.hub import pull_checkpoint, verify_checkpoint
     from rql_cli.io.hub_ref import require_hub_ref
-    from rql_cli.io.metrics import read_metrics
+    from rql_cli.io.metrics import METRICS_FILE, read_metrics
 
     ref = require_hub_ref(repo_id, revision)
     started = time.perf_counter()
@@ -141,20 +144,20 @@ def pull(
     started = time.perf_counter()
     meta = verify_checkpoint(folder, source=str(ref))
     console.print(
-        f"Verified in {time.perf_counter() - started:.1f} s: both weight files load and fit config.json "
+        f"Verified in {time.perf_counter() - started:.1f} s: both weight files load and fit {CONFIG_FILE} "
         f"({meta.dataset}, step {meta.step:,}, observations {meta.obs_dim}, actions {meta.action_dim}, "
         f"chunks of {meta.config.horizon})."
     )
     report = read_metrics(folder)
     if report is None or not report.tasks:
-        console.print("[yellow]Not evaluated yet[/]: the repo has no metrics.json. "
+        console.print(f"[yellow]Not evaluated yet[/]: the repo has no {METRICS_FILE}. "
                       f"Measure it with: rql eval --checkpoint {ref}")
     else:
         console.print(_results_table(f"Model card results of {ref}", report.tasks, meta.env_id))
     console.print(f"Evaluate it with: rql eval --checkpoint {folder if dir else ref}")
 
 
-def _results_table(title: str, results: list[dict], env_id: str) -> Any:
+def _results_table(title: str, results: list[EvalResult], env_id: str) -> Any:
     """A rich table of per-task results as a model card states them."""
     from rich.table import Table
 
@@ -164,7 +167,8 @@ def _results_table(title: str, results: list[dict], env_id: str) -> Any:
     for column in ("task", "environment", "success rate", "95% CI", "episodes"):
         table.add_column(column, justify="right")
     for result in results:
-        low, high = result.get("success_ci95", [float("nan")] * 2)
-        table.add_row(str(result.get("task", "")), str(result.get("env_id", env_id)),
-                      pct(result["success_rate"]), f"[{pct(low)}, {pct(high)}]", str(result.get("episodes", "?")))
+        low, high = result.success_ci95 or (float("nan"), float("nan"))
+        table.add_row("" if result.task is None else str(result.task), result.env_id or env_id,
+                      pct(result.success_rate), f"[{pct(low)}, {pct(high)}]",
+                      "?" if result.episodes is None else str(result.episodes))
     return table

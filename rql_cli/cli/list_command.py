@@ -22,7 +22,7 @@ def list_command(
     Example: rql list --json | jq '.bundled[].success_rate'
     """
     from rql_cli.config import PRESET_SOURCES, PRESETS
-    from rql_cli.data.generate import GENERATABLE
+    from rql_cli.data.recipes import GENERATABLE
     from rql_cli.io.bundled import bundled_checkpoints
 
     bundled = bundled_checkpoints()

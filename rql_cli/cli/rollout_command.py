@@ -13,6 +13,7 @@ import typer
 
 from rql_cli.cli.common import CHECKPOINT_HELP, check_options, check_output_path, handles_errors, ranged, seed_option
 from rql_cli.cli.display import console
+from rql_cli.results import EpisodeProgress
 
 EPISODES_WITH_RENDER = 1
 EPISODES_WITHOUT_RENDER = 5
@@ -83,7 +84,6 @@ class _RolloutProgress:
         self.progress, self.render = progress, render
         self.bar = progress.add_task("render" if render else "episodes", total=None if render else episodes,
                                      rate="", info="")
-        self.solved = self.finished = 0
         self.first_frame_at: float | None = None  # loading and env start-up are not frames
 
     def on_frame(self, done: int, expected: int) -> None:
@@ -93,13 +93,13 @@ class _RolloutProgress:
         rate = f"{(done - 1) / (now - self.first_frame_at):.1f} frames/s" if done > 1 else ""
         self.progress.update(self.bar, completed=done, total=expected, rate=rate)
 
-    def on_episode(self, record: Any, total: int) -> None:
+    def on_episode(self, shown: EpisodeProgress) -> None:
         """An episode ended: show the running success count."""
-        self.solved += int(record.success)
-        self.finished += 1
-        tally = f"success {self.solved}/{self.finished}" if record.success_reported else f"return {record.episode_return:.1f}"
-        info = f"episode {self.finished}/{total}, {tally}"
-        self.progress.update(self.bar, info=info, **({} if self.render else {"completed": self.finished}))
+        episode = shown.episode
+        tally = (f"success {shown.successes}/{shown.done}" if episode.success_reported
+                 else f"return {episode.episode_return:.1f}")
+        info = f"episode {shown.done}/{shown.total}, {tally}"
+        self.progress.update(self.bar, info=info, **({} if self.render else {"completed": shown.done}))
 
 
 def _episodes_table(report: Any):
@@ -112,7 +112,7 @@ def _episodes_table(report: Any):
         table.add_column(column, justify="right")
     for record in report.episodes:
         table.add_row(
-            str(record.episode), str(record.seed),
+            str(record.index + 1), str(record.seed),
             ("yes" if record.success else "no") if record.success_reported else "n/a",
             f"{record.episode_return:.1f}", str(record.length),
         )

@@ -19,6 +19,7 @@ import torch
 
 from rql_cli.data.dataset import OfflineDataset
 from rql_cli.data.shards import ShardRotation, ShardSwap, folder_fingerprint, is_shard_folder, list_shards
+from rql_cli.envs.make import make_eval_env, make_registered_env
 from rql_cli.errors import DatasetError, DatasetNotFoundError, RQLError
 from rql_cli.names import ExternalName, TaskName, parse_task_name
 
@@ -273,22 +274,25 @@ def load_ogbench(
     """Load an OGBench dataset through ``ogbench.make_env_and_datasets`` with singletask rewards.
 
     Official files and files made by ``rql data generate`` load the same way. ``task`` picks the
-    reward task (None: the name's, else the default); ``sparse_rewards`` as in ``RQLConfig``.
+    reward task (None: the name's, else the default); ``sparse_rewards`` as in ``RQLConfig``. The
+    rewards are relabelled in the task's own env (``rql_cli.envs.make``).
     """
-    import ogbench  # noqa: F401  (registers the env ids)
+    import ogbench
 
     parsed = parse_task_name(name)
     train_path = resolve_dataset_path(parsed, dataset_dir, dataset_path)
     if train_path.is_dir():
         train_path = list_shards(train_path)[0]
     env_id = parsed.env_id(task)
+    env = make_eval_env(parsed, task)
     try:
-        env, train, val = ogbench.make_env_and_datasets(
-            env_id, dataset_path=str(train_path), compact_dataset=False
+        train, val = ogbench.make_env_and_datasets(
+            env_id, dataset_path=str(train_path), compact_dataset=False, dataset_only=True, cur_env=env
         )
     except Exception as error:  # ogbench raises plain errors for names and files alike
         raise _unreadable(env_id, train_path, error) from error
-    env.close()
+    finally:
+        env.close()
     return LoadedData(
         train=OfflineDataset.from_arrays(train, sparse_rewards=sparse_rewards, device=device),
         val=OfflineDataset.from_arrays(val, sparse_rewards=sparse_rewards, device=device)
@@ -325,15 +329,16 @@ class ShardLoader:
 
     def load(self, path: Path) -> OfflineDataset:
         """One shard as an ``OfflineDataset`` on ``device``, rewards relabelled for ``env_id``."""
-        import ogbench
         from ogbench.utils import load_dataset, relabel_dataset
 
         singletask = parse_task_name(self.env_id).gym_id()  # the env id without the dataset type
         if self._env is None:
-            self._env = ogbench.make_env_and_datasets(self.env_id, env_only=True)
+            self._env = make_eval_env(self.env_id)
         try:
             arrays = load_dataset(str(path), compact_dataset=False, add_info=True)
-            relabel_dataset(singletask, self._env, arrays)
+            # The base env: its reset runs outside make_eval_env's warnings filter, which is not
+            # thread-safe (shards after the first are read in a background thread).
+            relabel_dataset(singletask, self._env.unwrapped, arrays)
         except Exception as error:
             raise _unreadable(self.env_id, Path(path), error) from error
         return OfflineDataset.from_arrays(arrays, sparse_rewards=self.sparse_rewards, device=self.device)
@@ -350,10 +355,8 @@ def load_external(spec: DataSpec, *, sparse_rewards: bool, device: torch.device 
 
         arrays = minari_arrays(load(external.ident))
     else:
-        import gymnasium
-
         try:
-            env = gymnasium.make(external.ident)
+            env = make_registered_env(external)
         except Exception as error:
             raise DatasetError(f"--env {external.ident}: gymnasium cannot make it ({type(error).__name__}: {error}).") from None
         try:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rql_cli.data.shards import VAL_SUFFIX, list_shards, npz_shapes
+from rql_cli.envs.make import make_eval_env
 from rql_cli.errors import DatasetError
 from rql_cli.names import NUM_TASKS, parse_task_name
 
@@ -71,14 +72,12 @@ def verify_dataset(name: str, path: Path, *, all_shards: bool = False) -> Verifi
     Headers (keys, dtypes, shapes) of every file are read; contents (values, episodes, solve rates)
     of the training file, or of the first shard and its val file unless ``all_shards``.
     """
-    import ogbench
-
     parsed = parse_task_name(name)
     path = Path(path)
     files = list_shards(path) if path.is_dir() else [path]
     if not files:
         raise DatasetError(f"{path} holds no .npz files to verify.")
-    env = ogbench.make_env_and_datasets(parsed.env_id(), env_only=True)
+    env = make_eval_env(parsed)
     try:
         expected = _expected_shapes(env, parsed.family)
         report = Verification(name=parsed.dataset_name, path=str(path))
@@ -196,13 +195,12 @@ def _check_contents(report: Verification, file: Path, expected: dict[str, tuple[
 
 def _solve_rates(parsed: Any, train: Path) -> dict[int, dict[str, float]]:
     """Per task: rows solving the whole task (mask 0) and the mean fraction of sub-goals solved."""
-    import ogbench
     from ogbench.utils import load_dataset, relabel_dataset
 
     arrays = load_dataset(str(train), compact_dataset=False, add_info=True)
     rates = {}
     for task in range(1, NUM_TASKS + 1):
-        env = ogbench.make_env_and_datasets(parsed.env_id(task), env_only=True)
+        env = make_eval_env(parsed, task)
         try:
             relabel_dataset(parsed.gym_id(task), env, arrays)
             subgoals = _num_subgoals(env.unwrapped, parsed.family)

@@ -7,7 +7,6 @@ episode ended and whether it terminated). Episode k is reset with env seed ``see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,25 +14,7 @@ import numpy as np
 from rql_cli.envs.chunks import ChunkQueue, PolicyFn
 from rql_cli.envs.make import make_eval_env
 from rql_cli.names import TaskName
-
-
-@dataclass
-class FinishedEpisode:
-    """An online episode that just ended.
-
-    Attributes:
-        index: episode number, from 0.
-        seed: env seed of its reset.
-        success: the final step's ``info['success']``.
-        episode_return: undiscounted sum of the env's own rewards.
-        length: env steps taken.
-    """
-
-    index: int
-    seed: int
-    success: bool
-    episode_return: float
-    length: int
+from rql_cli.results import Episode
 
 
 class OnlineCollector:
@@ -65,7 +46,7 @@ class OnlineCollector:
         self.queue.clear(0)
         self.episode_return, self.length = 0.0, 0
 
-    def step(self, policy_fn: PolicyFn) -> tuple[dict[str, Any], FinishedEpisode | None]:
+    def step(self, policy_fn: PolicyFn) -> tuple[dict[str, Any], Episode | None]:
         """One env step; returns the transition and, when the step ended the episode, its outcome.
 
         The transition holds ``observations`` (obs_dim,), ``actions`` (A,), ``rewards`` (the env's
@@ -86,9 +67,9 @@ class OnlineCollector:
         self.observation = next_observation
         if not done:
             return transition, None
-        finished = FinishedEpisode(
-            index=self.episode, seed=self.seed + self.episode, success=bool(info["success"]),
-            episode_return=self.episode_return, length=self.length,
+        finished = Episode(
+            seed=self.seed + self.episode, success=bool(info["success"]), episode_return=self.episode_return,
+            length=self.length, success_reported=bool(info.get("success_reported", True)), index=self.episode,
         )
         self.episode += 1
         self._start_episode()

@@ -16,17 +16,14 @@ import multiprocessing
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 
 from rql_cli.envs.chunks import ChunkQueue, PolicyFn
-from rql_cli.envs.make import check_env_fits, env_versions, episode_limit, make_eval_env
+from rql_cli.envs.make import env_versions, episode_limit, make_eval_env
 from rql_cli.names import ExternalName, TaskName, parse_task_name
-
-EpisodeCallback = Callable[[int, int, float], None]
-"""on_episode(episodes_done, episodes_total, running_success_rate in [0, 1])."""
+from rql_cli.results import Episode, EpisodeCallback, EpisodeProgress, EvalResult
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -64,78 +61,6 @@ def mean_interval(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
         return mean, mean
     half_width = z * float(values.std(ddof=1)) / math.sqrt(values.size)
     return mean - half_width, mean + half_width
-
-
-@dataclass
-class EvalResult:
-    """The outcome of ``evaluate``. Per-episode lists are ordered by episode index.
-
-    Attributes:
-        success_rate: fraction of episodes whose final step reported ``info['success']``, in [0, 1].
-        success_ci95: Wilson 95% interval (low, high) of the success rate.
-        mean_return: mean undiscounted episode return (sum of env rewards).
-        return_ci95: mean ± 1.96·sd/sqrt(n) of the returns.
-        episodes: number of episodes counted (exactly the number asked for).
-        successes, returns, lengths, seeds: per episode; ``seeds[i] == seed + i`` reset episode i,
-            ``lengths`` are env steps.
-        task: the task number evaluated (1..5).
-        dataset_name: dataset file stem, e.g. ``'cube-single-play-v0'``.
-        env_id: ogbench singletask name, e.g. ``'cube-single-play-singletask-task2-v0'``.
-        ogbench_version, success_timing: decide comparability ('pre': ogbench >= 1.2 singletask
-            semantics, success judged before the action; FQL's published numbers used 'post').
-        max_episode_steps: the time limit used (steps), the registered one unless overridden.
-        num_envs: parallel envs used.
-        wall_time_s: seconds for the whole call, env start-up included.
-        startup_time_s: seconds to start the envs (worker processes, model compilation).
-        env_steps: env steps taken by counted episodes (sum of ``lengths``).
-        policy_calls: calls made to ``policy_fn``; policy_rows: rows (chunks) it produced in total.
-        success_reported: whether the env reports success at all (OGBench envs do; a gymnasium
-            locomotion env does not, and its success rate then means nothing).
-        normalized_score, normalized_score_ci95: mean D4RL-normalised return (0 random, 100 expert)
-            and its interval, for Minari datasets with reference scores; None otherwise.
-    """
-
-    success_rate: float
-    success_ci95: tuple[float, float]
-    mean_return: float
-    return_ci95: tuple[float, float]
-    episodes: int
-    successes: list[bool]
-    returns: list[float]
-    lengths: list[int]
-    seeds: list[int]
-    task: int
-    dataset_name: str
-    env_id: str
-    ogbench_version: str
-    success_timing: str
-    max_episode_steps: int
-    num_envs: int
-    wall_time_s: float
-    startup_time_s: float
-    env_steps: int
-    policy_calls: int
-    policy_rows: int
-    versions: dict = field(default_factory=dict)
-    success_reported: bool = True
-    normalized_score: float | None = None
-    normalized_score_ci95: tuple[float, float] | None = None
-
-    @property
-    def env_steps_per_s(self) -> float:
-        """Env steps per second over the stepping loop (start-up excluded)."""
-        loop_time = self.wall_time_s - self.startup_time_s
-        return self.env_steps / loop_time if loop_time > 0 else float("nan")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-friendly dict (lists instead of tuples, Python scalars only)."""
-        out = asdict(self)
-        out["success_ci95"] = list(self.success_ci95)
-        out["return_ci95"] = list(self.return_ci95)
-        if self.normalized_score_ci95 is not None:
-            out["normalized_score_ci95"] = list(self.normalized_score_ci95)
-        out["env_steps_per_s"] = self.env_steps_per_s
-        return out
 
 
 def _make_worker_env(task_name: str | TaskName, task: int | None, max_episode_steps: int | None):
@@ -212,7 +137,7 @@ def evaluate(
     seed: int = 0,
     on_episode: EpisodeCallback | None = None,
     max_episode_steps: int | None = None,
-    expected_dims: tuple[int, int] | None = None,
+    check_fit: Callable[[int, int, str], None] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of an action-chunk policy and measure success and return.
 
@@ -228,10 +153,11 @@ def evaluate(
             in worker processes (gymnasium AsyncVectorEnv).
         seed: episode ``i`` is reset with seed ``seed + i`` whichever env runs it, so initial states
             do not depend on ``num_envs`` (a stochastic policy's own noise may).
-        on_episode: called after each finished episode as ``(done, total, running_success_rate)``.
+        on_episode: called after each finished episode with its ``EpisodeProgress``.
         max_episode_steps: override the env's time limit (steps); None keeps OGBench's.
-        expected_dims: ``(obs_dim, action_dim)`` the policy takes and gives; None checks nothing.
-            Checked with ``check_env_fits`` before any reset or policy call (CheckpointError).
+        check_fit: called as ``check_fit(obs_dim, action_dim, env_name)`` with the env's sizes before
+            any reset or policy call, to refuse a policy of other sizes by raising (``evaluate_checkpoint``
+            passes ``io.checkpoint.check_checkpoint_dims``: CheckpointError); None checks nothing.
 
     Returns:
         EvalResult. Success is the final step's ``info['success']``; return is the sum of rewards.
@@ -244,11 +170,11 @@ def evaluate(
     vector_env = _make_vector_env(parsed, task_number, max_episode_steps, env_count)
     failed = True
     try:
-        if expected_dims is not None:
+        if check_fit is not None:
             # The error names the env as the caller did (a TaskName: its resolved singletask name).
             shown = task_name if isinstance(task_name, str) else parsed.env_id(task_number)
             spaces = vector_env.single_observation_space, vector_env.single_action_space
-            check_env_fits(*spaces, *expected_dims, shown)
+            check_fit(*(int(space.shape[-1]) for space in spaces), shown)
         tally = _EpisodeTally(episodes, seed, env_count, on_episode)
         observations, _ = vector_env.reset(seed=tally.seeds[:env_count])
         startup_time = time.perf_counter() - started
@@ -338,13 +264,23 @@ class _EpisodeTally:
             if done[i]:
                 self.successes[episode] = bool(infos["success"][i])
                 reported = infos.get("success_reported")
-                self.success_reported |= True if reported is None else bool(reported[i])
+                reported = True if reported is None else bool(reported[i])
+                self.success_reported |= reported
                 self.finished += 1
                 self.solved += int(self.successes[episode])
                 if self.on_episode is not None:
-                    self.on_episode(self.finished, len(self.seeds), self.solved / self.finished)
+                    self.on_episode(self._progress(int(episode), reported))
                 ended.append(int(i))
         return ended
+
+    def _progress(self, episode: int, success_reported: bool) -> EpisodeProgress:
+        """The progress after ``episode`` (just counted) ended."""
+        finished = Episode(
+            seed=self.seeds[episode], success=bool(self.successes[episode]),
+            episode_return=float(self.returns[episode]), length=int(self.lengths[episode]),
+            success_reported=success_reported, index=episode,
+        )
+        return EpisodeProgress(finished, done=self.finished, total=len(self.seeds), successes=self.solved)
 
     def hand_out(self, i: int) -> int | None:
         """Give env ``i`` the next episode; returns its reset seed, or None when none is left."""
@@ -428,26 +364,6 @@ def _eval_result(
     )
 
 
-@dataclass
-class EpisodeOutcome:
-    """One episode run by ``run_episode``: the same measures ``evaluate`` takes per episode.
-
-    Attributes:
-        seed: the env seed it was reset with.
-        success: the final step's ``info['success']``.
-        episode_return: undiscounted sum of env rewards.
-        length: env steps taken.
-        success_reported: False where the env does not report success (``info['success_reported']``,
-            envs outside OGBench); ``success`` then means nothing.
-    """
-
-    seed: int
-    success: bool
-    episode_return: float
-    length: int
-    success_reported: bool = True
-
-
 StepCallback = Callable[[int, dict, bool], None]
 """on_step(step, info, done): step 0 with the reset info, then step t >= 1 with the info of env step
 t; ``done`` is True on the episode's last step."""
@@ -455,7 +371,7 @@ t; ``done`` is True on the episode's last step."""
 
 def run_episode(
     env, policy_fn: PolicyFn, seed: int, on_step: StepCallback | None = None
-) -> EpisodeOutcome:
+) -> Episode:
     """One episode of an action-chunk policy in one env, in this process, by ``evaluate``'s rules.
 
     The env is reset with ``seed``; a chunk is asked for (``policy_fn`` on a batch of one) only when
@@ -470,7 +386,7 @@ def run_episode(
             (a renderer draws the frame here).
 
     Returns:
-        EpisodeOutcome of the episode; the env is left at its last state, open.
+        The Episode (``index`` None: the caller numbers it); the env is left at its last state, open.
     """
     low, high = env.action_space.low, env.action_space.high
     queue = ChunkQueue(1, env.action_space.shape[0])
@@ -489,7 +405,7 @@ def run_episode(
         if on_step is not None:
             on_step(length, info, done)
         if done:
-            return EpisodeOutcome(
+            return Episode(
                 seed=seed, success=bool(info["success"]), episode_return=episode_return, length=length,
                 success_reported=bool(info.get("success_reported", True)),
             )

@@ -1,7 +1,8 @@
 """Environments outside OGBench: a Minari dataset's own env, or a plain gymnasium id (``--env``).
 
 The agent sees what it saw in the data: observations flattened to one vector (a ``Dict`` space's
-parts in the space's key order, as ``gymnasium.spaces.flatten`` does) and actions in [-1, 1] (an
+parts in the space's key order, as ``gymnasium.spaces.flatten`` does; for a Minari dataset's env in
+sorted-key order, the order minari gives the dataset's space) and actions in [-1, 1] (an
 env with other finite bounds is wrapped with ``RescaleAction``; the data loader maps dataset actions
 the same way, ``rescale_actions``). ``info['success']`` is always present, False where the env does
 not report success, and ``info['success_reported']`` says which.
@@ -29,10 +30,23 @@ def make_external_env(
         kwargs["max_episode_steps"] = int(max_episode_steps)
     env = _make(name, kwargs)
     if isinstance(env.observation_space, gymnasium.spaces.Dict):
+        if name.source == "minari":
+            # minari reads a dataset's Dict space back with its keys sorted, and the data is flattened
+            # in that order; the env may declare its keys in another, so flatten by the sorted space.
+            env = gymnasium.wrappers.TransformObservation(env, lambda obs: obs, _sorted_keys(env.observation_space))
         env = gymnasium.wrappers.FlattenObservation(env)
     if needs_rescale(env.action_space):
         env = gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)
     return _success_info_wrapper()(env)
+
+
+def _sorted_keys(space: Any) -> Any:
+    """``space`` with the keys of every ``Dict`` in it sorted (as minari deserialises a space)."""
+    import gymnasium
+
+    if isinstance(space, gymnasium.spaces.Dict):
+        return gymnasium.spaces.Dict({key: _sorted_keys(space[key]) for key in sorted(space.spaces)})
+    return space
 
 
 def _make(name: ExternalName, kwargs: dict[str, Any]):

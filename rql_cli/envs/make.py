@@ -1,6 +1,8 @@
-"""The one place that turns a dataset or task name into an OGBench evaluation environment.
+"""The one place that builds an environment: for evaluation, for relabelling a dataset's rewards,
+and for collecting a dataset with OGBench's scripted oracles.
 
-Name parsing lives in ``rql_cli.names`` (shared with the data layer); import names from there.
+Name parsing lives in ``rql_cli.names`` (shared with the data layer); import names from there. The
+data layer imports this module for its envs; nothing here imports ``rql_cli.data``.
 
 Heavy imports (ogbench, gymnasium, mujoco) happen inside functions, so importing this module is free.
 """
@@ -14,7 +16,7 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from rql_cli.errors import CheckpointError, RQLError
+from rql_cli.errors import RQLError
 from rql_cli.names import ENV_FAMILIES, ExternalName, TaskName, parse_task_name
 
 # Values of MUJOCO_GL that mujoco's own import accepts on Linux; anything else makes `import mujoco`
@@ -71,7 +73,8 @@ def make_eval_env(
 
     Returns:
         A gymnasium env (TimeLimit-wrapped) with observations ``(obs_dim,)`` float64 and actions
-        ``(A,)`` float32 in [-1, 1]; ``info['success']`` on every step.
+        ``(A,)`` float32 in [-1, 1]; ``info['success']`` on every step. The same env relabels a
+        dataset's rewards for its task (``rql_cli.data.sources``, ``rql_cli.data.verify``).
     """
     parsed = parse_task_name(task_name)
     resolved_env_id = parsed.env_id(task)
@@ -212,25 +215,32 @@ def env_versions(task_name: str | TaskName | None = None) -> dict:
     return versions
 
 
-def check_env_fits(observation_space, action_space, obs_dim: int, action_dim: int, env_name: str) -> None:
-    """Refuse a checkpoint whose observation or action size differs from the env's.
-
-    Reads the sizes from spaces the caller already has (an env's, or a vector env's
-    ``single_observation_space``/``single_action_space``), so no env is built just to read them.
+def make_collection_env(env_id: str, episode_length: int):
+    """A manipulation env in ogbench's data-collection mode, for the scripted oracles that make a dataset.
 
     Args:
-        observation_space, action_space: gymnasium Boxes; their last dimension is the size.
-        obs_dim, action_dim: the sizes the checkpoint's networks take and produce.
-        env_name: the name shown in the error, as the user gave it.
+        env_id: the base gymnasium id, without dataset type or task: ``'cube-double-v0'``.
+        episode_length: the time limit in env steps.
 
-    Raises:
-        CheckpointError: the sizes differ.
+    Returns:
+        The env, which never ends an episode at a goal: ``env.unwrapped.set_new_target`` draws the next
+        target, and ``info['privileged/target_task']`` says which oracle should act.
     """
-    env_obs = int(observation_space.shape[-1])
-    env_act = int(action_space.shape[-1])
-    if (env_obs, env_act) != (int(obs_dim), int(action_dim)):
-        raise CheckpointError(
-            f"The checkpoint does not fit {env_name}: the checkpoint expects observations of size "
-            f"{obs_dim} and actions of size {action_dim}; the environment gives observations of size "
-            f"{env_obs} and actions of size {env_act}."
-        )
+    import gymnasium
+
+    _check_mujoco_gl(render=False)
+    with warnings.catch_warnings():
+        # Making the env imports dm_control's GL backends (glfw warns without a display) and gymnasium
+        # warns about float64 bounds; neither matters when nothing is rendered.
+        warnings.simplefilter("ignore")
+        import ogbench  # noqa: F401  (registers the ids)
+
+        return gymnasium.make(env_id, terminate_at_goal=False, mode="data_collection", max_episode_steps=episode_length)
+
+
+def make_registered_env(name: ExternalName):
+    """The gymnasium env of a ``gym:ENV`` name exactly as registered, without the adaptations the agent
+    sees (``make_eval_env``): its action space is the one a plain dataset file stores actions in."""
+    import gymnasium
+
+    return gymnasium.make(name.ident)

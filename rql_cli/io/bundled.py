@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rql_cli.errors import RQLError
+from rql_cli.io.checkpoint_files import CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def bundled_checkpoint_folders() -> dict[str, Path]:
     root = bundled_root()
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
 
 
 def bundled_checkpoints() -> list[BundledCheckpoint]:
@@ -83,7 +84,7 @@ def bundled_checkpoints() -> list[BundledCheckpoint]:
 def _describe(name: str, folder: Path) -> BundledCheckpoint:
     from rql_cli.io.checkpoint import read_meta
     from rql_cli.io.hub import VIDEO_SUFFIXES
-    from rql_cli.io.metrics import read_metrics
+    from rql_cli.io.metrics import METRICS_FILE, read_metrics
 
     files = [p for p in folder.iterdir() if p.is_file()]
     extras = dict(
@@ -93,21 +94,21 @@ def _describe(name: str, folder: Path) -> BundledCheckpoint:
     try:
         meta, _ = read_meta(folder)
     except RQLError:
-        return BundledCheckpoint(name, folder, "unreadable config.json", 0, "-", 0, **extras)
+        return BundledCheckpoint(name, folder, f"unreadable {CONFIG_FILE}", 0, "-", 0, **extras)
     extras.update(env_id=meta.env_id, task=_task_of(meta))
     try:
         report = read_metrics(folder)
     except RQLError:
-        return BundledCheckpoint(name, folder, meta.dataset, meta.step, "unreadable metrics.json", 0,
+        return BundledCheckpoint(name, folder, meta.dataset, meta.step, f"unreadable {METRICS_FILE}", 0,
                                  meta.lineage, **extras)
     if report is None or not report.tasks:
         return BundledCheckpoint(name, folder, meta.dataset, meta.step, "not measured", 0, meta.lineage, **extras)
     first = report.tasks[0]
-    rate, interval = float(first["success_rate"]), first.get("success_ci95")
-    extras["task"] = first.get("task") or extras["task"]  # the task evaluated, where the name gives none
+    rate = float(first.success_rate)
+    extras["task"] = first.task or extras["task"]  # the task evaluated, where the name gives none
     return BundledCheckpoint(
-        name, folder, meta.dataset, meta.step, f"{100 * rate:.1f}%", int(first.get("episodes", 0)),
-        meta.lineage, success_rate=rate, success_ci95=tuple(interval) if interval else None, **extras,
+        name, folder, meta.dataset, meta.step, f"{100 * rate:.1f}%", int(first.episodes or 0),
+        meta.lineage, success_rate=rate, success_ci95=first.success_ci95, **extras,
     )
 
 

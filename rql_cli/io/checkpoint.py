@@ -36,6 +36,7 @@ import torch
 from rql_cli.config import RQLConfig
 from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.io.atomic import fsync_folder_files, write_bytes_synced
+from rql_cli.io.checkpoint_files import CONFIG_FILE, REQUIRED_FILES, TRAIN_STATE_FILE, VALUE_FILE, VELOCITY_FILE
 from rql_cli.io.metrics import EvaluationReport, write_metrics
 from rql_cli.names import ExternalName, TaskName, parse_task_name
 
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
     from rql_cli.core.rql import RQLAgent
 
 FORMAT_VERSION = 3
-CONFIG_FILE = "config.json"
-WEIGHT_FILES = ("velocity.safetensors", "value.safetensors")
-TRAIN_STATE_FILE = "train_state.safetensors"
-REQUIRED_FILES = (CONFIG_FILE, *WEIGHT_FILES)
 
 
 @dataclass
@@ -144,11 +141,11 @@ def weight_tensors(agent: RQLAgent) -> dict[str, dict[str, torch.Tensor]]:
         return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
     return {
-        "velocity.safetensors": {
+        VELOCITY_FILE: {
             **prefixed("velocity", agent.velocity),
             **prefixed("velocity_target", agent.velocity_target),
         },
-        "value.safetensors": {
+        VALUE_FILE: {
             **prefixed("value", agent.value),
             **prefixed("value_target", agent.value_target),
         },
@@ -228,7 +225,11 @@ def _write_files(
 
 
 def _swap_into_place(tmp: Path, directory: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``directory``, replacing an older one whole."""
+    """Rename the finished ``tmp`` folder to ``directory``, replacing an older one whole.
+
+    ``.old`` is deleted only while ``directory`` exists, so an ``.old`` without its ``directory`` is
+    the previous checkpoint, whole: ``run_files.remove_unfinished_writes`` puts it back at the next start.
+    """
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old")
         if old.exists():
@@ -343,15 +344,29 @@ def _count(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
-def check_checkpoint_dims(checkpoint: str, meta: CheckpointMeta, obs_dim: int, action_dim: int, what: str) -> None:
+def check_checkpoint_dims(
+    checkpoint: str, meta: CheckpointMeta, obs_dim: int, action_dim: int, what: str, name: str | None = None
+) -> None:
     """Refuse a checkpoint whose observation or action size differs from ``what`` it is used with.
 
-    The one check of its kind: the message names both shapes and which is which.
+    The one check of its kind, for data and environments alike: the message names both shapes and
+    which is which.
+
+    Args:
+        checkpoint: the checkpoint as the message names it (its folder, or the reference given).
+        meta: its config.json; ``obs_dim`` and ``action_dim`` are what its networks take and produce.
+        obs_dim, action_dim: the sizes ``what`` gives (an env's spaces: their last dimension).
+        what: the other side, as a sentence names it: ``'the environment'``, ``"the run's data"``.
+        name: the other side's own name (an env id), shown instead of ``what`` in the first clause.
+
+    Raises:
+        CheckpointError: the sizes differ.
     """
-    if (meta.obs_dim, meta.action_dim) != (obs_dim, action_dim):
+    if (meta.obs_dim, meta.action_dim) != (int(obs_dim), int(action_dim)):
         raise CheckpointError(
-            f"The checkpoint {checkpoint} has observations of size {meta.obs_dim} and actions of size "
-            f"{meta.action_dim}; {what} has observations of size {obs_dim} and actions of size {action_dim}."
+            f"The checkpoint {checkpoint} does not fit {name or what}: the checkpoint expects observations "
+            f"of size {meta.obs_dim} and actions of size {meta.action_dim}; {what} gives observations of "
+            f"size {obs_dim} and actions of size {action_dim}."
         )
 
 
@@ -394,8 +409,8 @@ def load_weights_into(agent: RQLAgent, directory: Path) -> None:
     """Load both weight files into ``agent``; shape mismatches name the tensor and both shapes."""
     directory = Path(directory)
     parts = {
-        "velocity.safetensors": ("velocity", "velocity_target"),
-        "value.safetensors": ("value", "value_target"),
+        VELOCITY_FILE: ("velocity", "velocity_target"),
+        VALUE_FILE: ("value", "value_target"),
     }
     for file_name, prefixes in parts.items():
         tensors = load_tensors(directory / file_name)

@@ -18,20 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from rql_cli.errors import CheckpointError, HubError
-from rql_cli.io.checkpoint import REQUIRED_FILES, TRAIN_STATE_FILE, CheckpointMeta
+from rql_cli.io.checkpoint import CheckpointMeta
+from rql_cli.io.checkpoint_files import REQUIRED_FILES, TRAIN_STATE_FILE
 from rql_cli.io import run_files
 from rql_cli.io.hub_ref import require_hub_ref
 from rql_cli.io.metrics import METRICS_FILE, read_metrics
 from rql_cli.io.model_card import EVIDENCE_FILE, LIBRARY_NAME, build_model_card, pct, read_evidence
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
-OPTIONAL_FILES = (EVIDENCE_FILE, "curves.png")
+CARD_FILE = "README.md"
+"""The model card: the Hub shows a repo's README.md as its page."""
+OPTIONAL_FILES = (EVIDENCE_FILE, run_files.CURVES_FILE)
 """Published when the checkpoint folder has them (the bundled agents do)."""
 # Files rql publishes; a push deletes the ones the new checkpoint lacks (a stale metrics.json or
 # video from an earlier push must not describe this one) and leaves anything else in the repo alone.
 MANAGED_FILES = (
-    "config.json", "velocity.safetensors", "value.safetensors", "train_state.safetensors",
-    "metrics.json", "README.md", *(f"rollout{suffix}" for suffix in VIDEO_SUFFIXES), *OPTIONAL_FILES,
+    *REQUIRED_FILES, TRAIN_STATE_FILE, METRICS_FILE, CARD_FILE,
+    *(f"rollout{suffix}" for suffix in VIDEO_SUFFIXES), *OPTIONAL_FILES,
 )
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 
@@ -239,13 +242,13 @@ def push_checkpoint(
         names, video_name = _stage(folder, staging, with_train_state, video_path)
         record = run_files.record_of_checkpoint(folder)
         card = build_model_card(
-            meta, report, repo, files=[*names, "README.md"], video_name=video_name, revision=branch,
+            meta, report, repo, files=[*names, CARD_FILE], video_name=video_name, revision=branch,
             evidence=read_evidence(folder), run=record.config if record else None,
         )
-        card.save(staging / "README.md")
-        names.append("README.md")
+        card.save(staging / CARD_FILE)
+        names.append(CARD_FILE)
         size = sum((staging / name).stat().st_size for name in names)
-        success = f", success {pct(report.tasks[0]['success_rate'])}" if evaluated else ", not evaluated"
+        success = f", success {pct(report.tasks[0].success_rate)}" if evaluated else ", not evaluated"
         message = commit_message or f"rql: {meta.dataset} step {meta.step:,}{success}"
         info, deleted, repo_url = _commit(repo, branch, staging, names, message, token, private)
     return PushResult(

@@ -7,7 +7,7 @@
       "step": 40000,
       "device": "cpu",
       "mean_success_rate": 0.14,                             mean over the tasks below
-      "tasks": [ {one EvalResult.to_dict() per task: success_rate, success_ci95, episodes, seeds, ...} ]
+      "tasks": [ {one EvalResult per task (its to_dict): success_rate, success_ci95, episodes, seeds, ...} ]
     }
 
 Training writes it after each periodic evaluation (one task) and ``rql eval --save`` after a
@@ -24,6 +24,7 @@ from typing import Any
 
 from rql_cli.errors import CheckpointError
 from rql_cli.io.atomic import write_json_atomic
+from rql_cli.results import EvalResult
 
 METRICS_FILE = "metrics.json"
 METRICS_FORMAT = 2
@@ -38,19 +39,19 @@ class EvaluationReport:
         dataset: its dataset file stem, e.g. ``'cube-single-play-v0'``.
         step: its training step (gradient steps).
         device: the torch device the policy ran on.
-        tasks: one ``EvalResult.to_dict()`` per task, each with at least ``success_rate`` in [0, 1].
+        tasks: one EvalResult per task (read from a file: with at least ``success_rate`` in [0, 1]).
     """
 
     checkpoint: str
     dataset: str
     step: int
     device: str
-    tasks: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[EvalResult] = field(default_factory=list)
 
     @property
     def mean_success_rate(self) -> float:
         """Mean success rate over the tasks, in [0, 1] (0 when there are none)."""
-        return sum(t["success_rate"] for t in self.tasks) / max(len(self.tasks), 1)
+        return sum(t.success_rate for t in self.tasks) / max(len(self.tasks), 1)
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.json payload (``format_version`` included)."""
@@ -61,11 +62,11 @@ class EvaluationReport:
             step=self.step,
             device=self.device,
             mean_success_rate=self.mean_success_rate,
-            tasks=self.tasks,
+            tasks=[t.to_dict() for t in self.tasks],
         )
 
     @classmethod
-    def from_dict(cls, payload: Any, source: str = "metrics.json") -> EvaluationReport:
+    def from_dict(cls, payload: Any, source: str = METRICS_FILE) -> EvaluationReport:
         """Parse a metrics.json payload of either layout; CheckpointError names ``source`` if broken."""
         if not isinstance(payload, dict):
             raise CheckpointError(f"{source} does not hold an evaluation result (a JSON object).")
@@ -81,12 +82,18 @@ class EvaluationReport:
             raise CheckpointError(
                 f"{source} has no list of task results with a numeric success_rate each."
             )
+        try:
+            results = [EvalResult.from_dict(t) for t in tasks]
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"{source} has a task result whose interval is not a pair of numbers ({error})."
+            ) from None
         return cls(
             checkpoint=str(payload.get("checkpoint", "")),
             dataset=str(payload.get("dataset", "")),
             step=int(payload.get("step", -1)),
             device=str(payload.get("device", "")),
-            tasks=tasks,
+            tasks=results,
         )
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from typing import Any
+from typing import Any, Sequence
 
 from rql_cli.config import FIELD_HELP, RunConfig, make_config
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint import CheckpointMeta
 from rql_cli.io.metrics import EvaluationReport
+from rql_cli.io.run_files import CURVES_FILE
 from rql_cli.names import ExternalName, parse_task_name
 
 LIBRARY_NAME = "rql"
@@ -54,9 +55,9 @@ def read_evidence(folder: Any) -> dict[str, Any] | None:
     return data
 
 
-def _interval_text(result: dict[str, Any]) -> str:
-    low, high = result.get("success_ci95") or (float("nan"), float("nan"))
-    return f"{pct(result['success_rate'])} [{pct(low)}, {pct(high)}] over {result.get('episodes', '?')} episodes"
+def _interval_text(success_rate: float, ci95: Sequence[float] | None, episodes: int | None) -> str:
+    low, high = ci95 or (float("nan"), float("nan"))
+    return f"{pct(success_rate)} [{pct(low)}, {pct(high)}] over {'?' if episodes is None else episodes} episodes"
 
 
 def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] | None, curves: bool) -> list[str]:
@@ -66,10 +67,12 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     lines = ["## Evidence", ""]
     evidence = evidence or {}
     if report and report.tasks:
-        lines.append(f"- this agent: {_interval_text(report.tasks[0])}")
+        first = report.tasks[0]
+        lines.append(f"- this agent: {_interval_text(first.success_rate, first.success_ci95, first.episodes)}")
     control = evidence.get("control")
     if control:
-        lines.append(f"- {control.get('name', 'control')}: {_interval_text(control)}")
+        shown = _interval_text(control["success_rate"], control.get("success_ci95"), control.get("episodes"))
+        lines.append(f"- {control.get('name', 'control')}: {shown}")
         if control.get("command"):
             lines += ["", "  ```bash", f"  {control['command']}", "  ```"]
     paper = evidence.get("paper")
@@ -79,7 +82,7 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     goal = evidence.get("goal")
     if goal and goal.get("success_rate") is not None:
         line = f"- the goal: {pct(goal['success_rate'])}" + (f" ({goal['why']})" if goal.get("why") else "")
-        measured = report.tasks[0]["success_rate"] if report and report.tasks else None
+        measured = report.tasks[0].success_rate if report and report.tasks else None
         reached = measured is not None and measured >= goal["success_rate"]
         if measured is not None:
             line += f": {'reached' if reached else '**not reached**'} ({pct(measured)})"
@@ -120,11 +123,14 @@ def pct(value: float) -> str:
 
 
 def reproduce_command(meta: CheckpointMeta, run: RunConfig | None = None) -> str:
-    """The `rql train` command that trains this checkpoint: the preset plus --set for what differs.
+    """The command that trains this checkpoint: `rql train` with the preset plus --set for what
+    differs, or for a fine-tuned checkpoint the `rql finetune` of its source (``finetune_command``).
 
     The agent's fields come from the checkpoint; the run's from ``run`` (its run folder's record)
     when known, else the checkpoint's step and seed, which with the agent config make the weights.
     """
+    if meta.lineage:
+        return finetune_command(meta, run)
     parts = ["rql", "train", "--dataset", meta.dataset]
     try:
         task = meta.task_name.resolve_task()
@@ -133,6 +139,32 @@ def reproduce_command(meta: CheckpointMeta, run: RunConfig | None = None) -> str
     except RQLError:
         pass  # a name this rql does not know: the dataset name alone is the best we can say
     parts += _set_options_off_preset(_trained_values(meta, run), _preset(meta))
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def finetune_command(meta: CheckpointMeta, run: RunConfig | None = None) -> str:
+    """The `rql finetune` command that made a fine-tuned checkpoint from its source (``meta.lineage``).
+
+    The run's settings that differ from the defaults come as --set when the run is known; the agent
+    is the source's (a fine-tune's agent overrides, if any, are not recorded apart from it).
+    """
+    lineage = meta.lineage or {}
+    source = lineage.get("repo_id") or lineage.get("ref", "SOURCE")
+    if lineage.get("repo_id") and lineage.get("commit"):
+        source = f"{source}@{lineage['commit']}"
+    parts = ["rql", "finetune", "--checkpoint", str(source)]
+    if lineage.get("method") == "online":
+        parts += ["--online-steps", str(lineage.get("online_steps", meta.step))]
+        parts += ["--utd", str(lineage["utd"])] if lineage.get("utd", 1) != 1 else []
+        parts += ["--balanced"] if lineage.get("balanced") else []
+        parts += [] if lineage.get("offline_data", True) else ["--no-offline-data"]
+    else:
+        parts += ["--dataset", meta.dataset, "--steps", str(lineage.get("steps") or meta.step)]
+    if run is not None:
+        defaults = RunConfig().flat()
+        skip = frozenset({"steps", "device"})
+        parts += _set_options_off_preset({k: v for k, v in run.flat().items() if k not in meta.config.to_dict()},
+                                         defaults, skip)
     return " ".join(shlex.quote(part) for part in parts)
 
 
@@ -204,21 +236,21 @@ def card_metadata(meta: CheckpointMeta, report: EvaluationReport | None, model_n
     for result in report.tasks if report else []:
         common = dict(
             task_type="reinforcement-learning", task_name="Offline reinforcement learning",
-            dataset_type=result.get("dataset_name") or meta.dataset,
-            dataset_name=result.get("env_id", meta.env_id),
-            dataset_config=f"task{result['task']}" if result.get("task") is not None else None,
+            dataset_type=result.dataset_name or meta.dataset,
+            dataset_name=result.env_id or meta.env_id,
+            dataset_config=f"task{result.task}" if result.task is not None else None,
         )
-        episodes = int(result.get("episodes", 0))
-        ci95 = [round(float(x), 4) for x in result.get("success_ci95", [])]
+        episodes = int(result.episodes or 0)
+        ci95 = [round(float(x), 4) for x in result.success_ci95 or ()]
         eval_results.append(EvalResult(
             **common, metric_type="success_rate", metric_name="success rate",
-            metric_value=round(float(result["success_rate"]), 4),
+            metric_value=round(float(result.success_rate), 4),
             metric_args={"episodes": episodes, "ci95": ci95},
         ))
-        if "mean_return" in result:
+        if result.mean_return is not None:
             eval_results.append(EvalResult(
                 **common, metric_type="mean_return", metric_name="mean return",
-                metric_value=round(float(result["mean_return"]), 3), metric_args={"episodes": episodes},
+                metric_value=round(float(result.mean_return), 3), metric_args={"episodes": episodes},
             ))
     return ModelCardData(
         library_name=LIBRARY_NAME, tags=[*TAGS, *_source_tags(meta)],
@@ -277,16 +309,18 @@ def _results_section(meta: CheckpointMeta, report: EvaluationReport | None) -> l
         ]
     lines = ["| task | environment | success rate | 95% CI | episodes |", "|---|---|---|---|---|"]
     for result in report.tasks:
-        low, high = result.get("success_ci95", [float("nan")] * 2)
+        low, high = result.success_ci95 or (float("nan"), float("nan"))
+        task = "" if result.task is None else result.task
+        episodes = "?" if result.episodes is None else result.episodes
         lines.append(
-            f"| {result.get('task', '')} | `{result.get('env_id', meta.env_id)}` | "
-            f"{pct(result['success_rate'])} | [{pct(low)}, {pct(high)}] | {result.get('episodes', '?')} |"
+            f"| {task} | `{result.env_id or meta.env_id}` | "
+            f"{pct(result.success_rate)} | [{pct(low)}, {pct(high)}] | {episodes} |"
         )
     first = report.tasks[0]
     return [*lines, "", (
         f"Measured by `rql eval` with the EMA policy (95% Wilson interval over the episodes; episode "
-        f"seeds are in `metrics.json`), ogbench {first.get('ogbench_version', '?')}, success timing "
-        f"`{first.get('success_timing', meta.success_timing)}`."
+        f"seeds are in `metrics.json`), ogbench {first.ogbench_version or '?'}, success timing "
+        f"`{first.success_timing or meta.success_timing}`."
     )]
 
 
@@ -373,7 +407,7 @@ def build_model_card(
         f"evaluated in `{meta.env_id}`. Made with `rql` (the rql-cli package).",
         "", "## Results", "",
         *_results_section(meta, report), "",
-        *_evidence_section(report, evidence, curves="curves.png" in files),
+        *_evidence_section(report, evidence, curves=CURVES_FILE in files),
         *_usage_section(load_ref),
         *(["## Rollout", "", f"[{video_name}]({video_name})", ""] if video_name else []),
         *_training_section(meta, run),

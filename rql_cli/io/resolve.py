@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from rql_cli.errors import CheckpointError, HubError
 from rql_cli.io import run_files
 from rql_cli.io.bundled import bundled_checkpoint_folders
+from rql_cli.io.checkpoint_files import CONFIG_FILE, REQUIRED_FILES, is_checkpoint_folder
 from rql_cli.io.hub_ref import HubRef, parse_hub_ref
 from rql_cli.io.metrics import read_metrics
 
@@ -131,7 +132,7 @@ def _no_checkpoint(ref: str, bundled: dict[str, Path]) -> CheckpointError:
 
 def _resolve_local(path: Path, best: bool) -> tuple[Path, Source] | None:
     """(folder, source) for a local checkpoint or run folder; None when ``path`` does not exist."""
-    if (path / "config.json").is_file() and (path / "velocity.safetensors").exists():
+    if is_checkpoint_folder(path):
         return path, "checkpoint"
     if path.is_dir() and run_files.is_run_dir(path):
         checkpoints = run_files.list_checkpoints(path)
@@ -139,11 +140,11 @@ def _resolve_local(path: Path, best: bool) -> tuple[Path, Source] | None:
             raise CheckpointError(f"Run folder {path} has no checkpoint yet.")
         return (best_checkpoint(checkpoints[::-1]) if best else checkpoints[-1]), "run"
     if path.is_dir():
-        if (path / "config.json").is_file():
+        if (path / CONFIG_FILE).is_file():
             return path, "checkpoint"  # missing its weights: read_meta names what is missing
         raise CheckpointError(
-            f"{path} is neither a checkpoint folder (config.json + velocity.safetensors + "
-            "value.safetensors) nor a run folder (train_config.json + checkpoints/)."
+            f"{path} is neither a checkpoint folder ({' + '.join(REQUIRED_FILES)}) nor a run folder "
+            f"({run_files.RUN_FILE} + {run_files.CHECKPOINTS}/)."
         )
     if path.exists():
         raise CheckpointError(f"{path} is a file; --checkpoint takes a checkpoint folder or a run folder.")

@@ -26,11 +26,14 @@ from typing import Any
 from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
 from rql_cli.io.atomic import write_json_atomic
+from rql_cli.io.checkpoint_files import CONFIG_FILE, TRAIN_STATE_FILE, VELOCITY_FILE, is_checkpoint_folder
+from rql_cli.results import EvalResult
 
 RUN_FILE = "train_config.json"
 LEGACY_RUN_FILE = "config.json"  # format 1 run folders
 RUN_FORMAT = 3
 CHECKPOINTS = "checkpoints"
+CURVES_FILE = "curves.png"
 EVAL_COLUMNS = [
     "step", "success_rate", "success_low", "success_high", "mean_return", "episodes", "wall_time",
 ]
@@ -124,21 +127,37 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first (temporary folders are skipped)."""
+    """Complete checkpoint folders of a run, oldest first (temporary folders are skipped).
+
+    Until the run starts again, step N's checkpoint may be its ``.step_N.old`` (``replaced_by_a_dead_write``).
+    """
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [
-        p for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step_") and (p / "config.json").is_file()
-    ]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    found = []
+    for p in root.iterdir():
+        name = (replaced_by_a_dead_write(p) or p).name
+        if p.is_dir() and name.startswith("step_") and (p / CONFIG_FILE).is_file():
+            found.append((int(name.split("_")[1]), p))
+    return [p for _, p in sorted(found)]
+
+
+def replaced_by_a_dead_write(folder: Path) -> Path | None:
+    """The ``step_N`` that a ``.step_N.old`` folder is the whole checkpoint of, when ``step_N`` is missing.
+
+    ``save_checkpoint`` renames a whole ``step_N`` to ``.old`` before renaming the new ``.tmp`` in, and
+    deletes an ``.old`` only while ``step_N`` exists: an ``.old`` without its ``step_N`` is what a write
+    that died between the two renames was replacing, whole. None for any other folder.
+    """
+    name = folder.name
+    if not (name.startswith(".step_") and name.endswith(".old") and folder.is_dir()):
+        return None
+    replaced = folder.with_name(name[1:-len(".old")])
+    return None if replaced.exists() else replaced
 
 
 def latest_resumable(run_dir: Path, files: tuple[str, ...] = ()) -> Path:
     """The run's newest checkpoint with a train state (and ``files``), which ``--resume`` continues from."""
-    from rql_cli.io.checkpoint import TRAIN_STATE_FILE
-
     found = [p for p in list_checkpoints(run_dir)
              if all((p / name).is_file() for name in (TRAIN_STATE_FILE, *files))]
     if not found:
@@ -177,10 +196,20 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
 
 
 def remove_unfinished_writes(run_dir: Path) -> list[Path]:
-    """Delete temporary checkpoint folders that a crashed write left (``.step_*.tmp`` / ``.old``)."""
+    """Finish what a crashed checkpoint write left: put back a replaced checkpoint, delete the rest.
+
+    A ``.step_N.old`` without its ``step_N`` is renamed back to ``step_N`` (``replaced_by_a_dead_write``:
+    it is whole; the new ``.tmp`` may be torn and nothing on disk tells, so it is never finished). Every
+    other ``.step_*.tmp`` / ``.old`` is deleted; returns those. Call only while holding the run's lock:
+    a live writer may be between its renames.
+    """
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
+    for folder in list(root.iterdir()):
+        replaced = replaced_by_a_dead_write(folder)
+        if replaced is not None:
+            os.replace(folder, replaced)
     leftovers = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step_")
                  and p.name.endswith((".tmp", ".old"))]
     for folder in leftovers:
@@ -204,7 +233,7 @@ def is_run_dir(path: Path) -> bool:
     """A folder with ``checkpoints/`` and a run record (``train_config.json``, or format 1's)."""
     path = Path(path)
     has_record = (path / RUN_FILE).is_file() or (
-        (path / LEGACY_RUN_FILE).is_file() and not (path / "velocity.safetensors").exists()
+        (path / LEGACY_RUN_FILE).is_file() and not (path / VELOCITY_FILE).exists()
     )
     return has_record and (path / CHECKPOINTS).is_dir()
 
@@ -221,7 +250,7 @@ def check_new_run_folder(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RQLError(f"--out {run_dir} is a file; a run needs a folder. Choose another --out.")
-    if (run_dir / "velocity.safetensors").exists():
+    if (run_dir / VELOCITY_FILE).exists():
         raise RQLError(f"--out {run_dir} is a checkpoint folder; a new run would overwrite it. Choose another --out.")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise RQLError(f"--out {run_dir} already exists and is not empty; a new run never writes into it. Choose another --out.")
@@ -318,7 +347,7 @@ class RunLock:
 def check_resumable(run_dir: Path) -> None:
     """Refuse --resume of something that is not a run folder, saying what it is and what to pass."""
     run_dir = Path(run_dir)
-    if (run_dir / "velocity.safetensors").exists() and (run_dir / LEGACY_RUN_FILE).is_file():
+    if is_checkpoint_folder(run_dir):
         above = run_dir.parent.parent if run_dir.parent.name == CHECKPOINTS else None
         hint = f" Pass the run folder above it: `--resume {above}`." if above else ""
         raise RQLError(f"{run_dir} is a checkpoint folder, not a run folder.{hint}")
@@ -383,12 +412,12 @@ def recorded_data_location(checkpoint_folder: Path, dataset: str) -> tuple[Path 
     return None, None
 
 
-def eval_row(step: int, result: dict[str, Any], wall_time: float) -> dict[str, Any]:
-    """The eval.csv row of one ``EvalResult.to_dict()`` at ``step``, ``wall_time`` seconds into the run."""
-    low, high = result["success_ci95"]
+def eval_row(step: int, result: EvalResult, wall_time: float) -> dict[str, Any]:
+    """The eval.csv row of one evaluation at ``step``, ``wall_time`` seconds into the run."""
+    low, high = result.success_ci95 or (None, None)
     return dict(
-        step=step, success_rate=result["success_rate"], success_low=low, success_high=high,
-        mean_return=result["mean_return"], episodes=result["episodes"], wall_time=wall_time,
+        step=step, success_rate=result.success_rate, success_low=low, success_high=high,
+        mean_return=result.mean_return, episodes=result.episodes, wall_time=wall_time,
     )
 
 
@@ -454,7 +483,7 @@ def _pyplot():
 
 
 def _save_figure(fig: Any, run_dir: Path) -> Path:
-    path = Path(run_dir) / "curves.png"
+    path = Path(run_dir) / CURVES_FILE
     tmp = path.with_name(".curves.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=90)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rql_cli.results import Episode, EpisodeProgress, EvalResult
+
 
 class TrainObserver:
     """Hooks a run calls; the defaults do nothing. Override what you want to see.
@@ -24,17 +26,17 @@ class TrainObserver:
     def on_eval_start(self, step: int, episodes: int) -> None:
         """Before a periodic evaluation of ``episodes`` episodes."""
 
-    def on_eval_episode(self, done: int, total: int, success_rate: float) -> None:
-        """After each evaluation episode: running success rate in [0, 1]."""
+    def on_eval_episode(self, progress: EpisodeProgress) -> None:
+        """After each evaluation episode (an ``EpisodeCallback``)."""
 
-    def on_eval(self, step: int, result: dict[str, Any]) -> None:
-        """After a periodic evaluation: ``EvalResult.to_dict()``."""
+    def on_eval(self, step: int, result: EvalResult) -> None:
+        """After a periodic evaluation."""
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """After a checkpoint folder was written."""
 
-    def on_episode(self, step: int, episode: Any, running_success: float) -> None:
-        """Online runs, after each collected episode: env step, its FinishedEpisode, recent success rate."""
+    def on_episode(self, step: int, episode: Episode, running_success: float) -> None:
+        """Online runs, after each collected episode: env step, the episode, recent success rate."""
 
 
 @dataclass
@@ -46,7 +48,7 @@ class TrainOutcome:
         step: the run's steps done (gradient steps offline, environment steps online).
         last_checkpoint: the newest checkpoint folder written (or resumed from), None if none.
         interrupted: stopped by Ctrl-C / SIGTERM (a checkpoint of this step was saved).
-        last_eval: the last periodic evaluation (``EvalResult.to_dict()``), None if none ran.
+        last_eval: the last periodic evaluation, None if none ran.
         resume_command: the command that continues the run, when interrupted.
     """
 
@@ -54,5 +56,5 @@ class TrainOutcome:
     step: int
     last_checkpoint: Path | None
     interrupted: bool = False
-    last_eval: dict[str, Any] | None = None
+    last_eval: EvalResult | None = None
     resume_command: str | None = None

@@ -45,17 +45,21 @@ def train(
     resume: bool = False,
     observer: TrainObserver | None = None,
     origin: run_files.RunOrigin | None = None,
+    command: str = "rql train",
 ) -> TrainOutcome:
     """Train (or resume) an RQL agent until ``config.steps`` gradient steps.
 
     With ``resume`` the run folder's latest checkpoint with a train state is loaded and training
     continues from its step; rows logged after that step are dropped from the CSV logs. With
     ``origin`` (continued offline training) a new run starts from that checkpoint's weights (and its
-    Adam state when it has one) at step 0, and records the lineage.
+    Adam state when it has one) at step 0, and records the lineage. ``command`` is the one whose
+    ``--resume`` continues the run (``rql finetune`` for continued offline training).
     """
     def open_source(device: torch.device) -> OfflineSource:
         start_step = latest_checkpoint_meta(Path(run_dir)).step if resume else 0
-        return OfflineSource(config, data, device, start_step=start_step, resume=resume)
+        source = OfflineSource(config, data, device, start_step=start_step, resume=resume)
+        source.command = command
+        return source
 
     return run(config, Path(run_dir), open_source, resume=resume, observer=observer, origin=origin)
 

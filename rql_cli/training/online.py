@@ -28,12 +28,13 @@ from rql_cli.data.dataset import ACTION_CLIP, OfflineDataset, sparse_reward
 from rql_cli.data.replay import ReplayBuffer, buffer_bytes
 from rql_cli.data.sources import DataSpec
 from rql_cli.device import make_generator
-from rql_cli.envs.collect import FinishedEpisode, OnlineCollector
+from rql_cli.envs.collect import OnlineCollector
 from rql_cli.envs.policy import chunk_policy
 from rql_cli.errors import DatasetNotFoundError, RQLError
 from rql_cli.io import run_files
 from rql_cli.io.checkpoint import CheckpointMeta, check_checkpoint_dims, load_tensors
 from rql_cli.io.resolve import LoadedCheckpoint
+from rql_cli.results import Episode
 from rql_cli.training.loop import LOGGED_TERMS, LossWindow, run
 from rql_cli.training.observer import TrainObserver, TrainOutcome
 from rql_cli.training.offline import train
@@ -117,7 +118,7 @@ def finetune(
             loaded.folder, lineage_of(loaded, settings, config.steps), settings.to_dict(), loaded.agent, loaded.meta
         )
     if settings.online_steps <= 0:
-        return train(config, data, run_dir, resume=resume, observer=observer, origin=origin)
+        return train(config, data, run_dir, resume=resume, observer=observer, origin=origin, command="rql finetune")
     if settings.utd < 1:
         raise RQLError(f"--utd must be at least 1, got {settings.utd}.")
 
@@ -213,7 +214,7 @@ class OnlineSource(BatchSource):
                                            balanced=self.settings.balanced)
                 window.add(session.agent.update(batch, session.generators["noise"]))
 
-    def _record_episode(self, finished: FinishedEpisode, observer: TrainObserver) -> None:
+    def _record_episode(self, finished: Episode, observer: TrainObserver) -> None:
         assert self.online_log is not None
         self.episodes += 1
         self.recent.append(float(finished.success))

@@ -36,6 +36,7 @@ from rql_cli.io.checkpoint import (
 )
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.names import TaskName
+from rql_cli.results import EvalResult
 from rql_cli.training.observer import TrainObserver
 from rql_cli.training.runtime import Runtime, set_up_runtime
 from rql_cli.training.signals import StopNow, StopSignals
@@ -178,7 +179,7 @@ class RunSession:
         if row is not None:
             observer.on_log(self.position, full)
 
-    def evaluate_and_save(self, observer: TrainObserver) -> dict[str, Any] | None:
+    def evaluate_and_save(self, observer: TrainObserver) -> EvalResult | None:
         """Evaluate (when episodes are asked for), then save the checkpoint whatever the evaluation did.
 
         Ctrl-C or SIGTERM stops an evaluation at once and drops it (the signal may also have broken its
