@@ -16,7 +16,7 @@ from pathlib import Path
 from rql_cli.device import resolve_device
 from rql_cli.evaluation import evaluate_checkpoint
 from rql_cli.io.resolve import load_checkpoint
-from rql_cli.io.run_files import list_checkpoints
+from rql_cli.io.run_checkpoints import list_checkpoints
 
 
 def main() -> None:

@@ -29,11 +29,8 @@ from rql_cli.io.checkpoint import (
     save_checkpoint,
 )
 from rql_cli.io.metrics import EvaluationReport
-from rql_cli.io.run_files import (
-    checkpoint_dir,
-    list_checkpoints,
-    remove_unfinished_writes,
-)
+from rql_cli.io.run_checkpoints import list_checkpoints, remove_unfinished_writes
+from rql_cli.io.run_layout import checkpoint_dir
 
 TINY = dict(actor_hidden_dims=[8], value_hidden_dims=[8], ensemble_size=2, flow_steps=2, horizon=2, device="cpu")
 STEP = 5

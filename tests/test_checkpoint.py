@@ -135,7 +135,8 @@ def test_format1_checkpoint_loads_and_its_training_metrics_migrate(tmp_path):
 
 def test_format1_run_folder_resolves_and_resumes(tiny_dataset_dir, tmp_path):
     from rql_cli.io.resolve import resolve_reference
-    from rql_cli.io.run_files import RUN_FILE, read_run_record
+    from rql_cli.io.run_layout import RUN_FILE
+    from rql_cli.io.run_record import read_run_record
     from rql_cli.training.offline import DataSpec, train
 
     run = shutil.copytree(FORMAT1_RUN, tmp_path / "run")
@@ -158,7 +159,8 @@ def test_format2_run_folder_loads_resolves_and_resumes_into_format3(tiny_dataset
     """A run of the format before the agent config was split from the run's: its checkpoint's config
     holds run fields too (dropped on reading, the seed kept); resuming writes format 3 beside it."""
     from rql_cli.io.resolve import resolve_reference
-    from rql_cli.io.run_files import RUN_FILE, read_run_record
+    from rql_cli.io.run_layout import RUN_FILE
+    from rql_cli.io.run_record import read_run_record
     from rql_cli.training.offline import DataSpec, train
 
     run = shutil.copytree(FORMAT2_RUN, tmp_path / "run")

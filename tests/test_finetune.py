@@ -40,7 +40,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def test_online_fine_tuning_of_a_run_folder_finds_the_data_it_trained_on(tiny_run_dir, tiny_dataset_dir, tmp_path):
-    from rql_cli.io.run_files import read_run_record, recorded_data_location
+    from rql_cli.io.run_record import read_run_record, recorded_data_location
 
     out = tmp_path / "ft"
     result = run("finetune", "--checkpoint", str(tiny_run_dir), "--online-steps", "10", "--eval-episodes", "0",
@@ -60,7 +60,7 @@ def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path)
     from rql_cli.envs.make import make_eval_env
     from rql_cli.io.checkpoint import read_meta
     from rql_cli.io.model_card import build_model_card
-    from rql_cli.io.run_files import read_run_record
+    from rql_cli.io.run_record import read_run_record
 
     before = digest(tiny_run_dir)
     out = tmp_path / "ft"
@@ -114,10 +114,20 @@ def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path)
 def test_sigterm_then_resume_restores_the_online_buffer_and_counters(tiny_run_dir, tiny_dataset_dir, tmp_path):
     from rql_cli.data.sources import DataSpec
     from rql_cli.io.resolve import load_checkpoint
-    from rql_cli.io.run_files import CsvLog, RunLock
+    from rql_cli.io.run_lock import RunLock
+    from rql_cli.io.run_logs import CsvLog
     from rql_cli.training.observer import TrainObserver
-    from rql_cli.training.online import BUFFER_FILE, FinetuneSettings, OnlineSource, finetune
-    from rql_cli.training.session import check_resume, latest_checkpoint_meta, open_session
+    from rql_cli.training.online import (
+        BUFFER_FILE,
+        FinetuneSettings,
+        OnlineSource,
+        finetune,
+    )
+    from rql_cli.training.session import (
+        check_resume,
+        latest_checkpoint_meta,
+        open_session,
+    )
     from rql_cli.training.signals import StopSignals
 
     class SignalAt(TrainObserver):

@@ -17,11 +17,16 @@ from typer.testing import CliRunner
 
 from rql_cli.cli.app import app
 from rql_cli.config import RunConfig
-from rql_cli.data.generate import Generation, generate_dataset, generate_shards, size_tag
+from rql_cli.data.generate import (
+    Generation,
+    generate_dataset,
+    generate_shards,
+    size_tag,
+)
 from rql_cli.data.shards import ShardRotation, list_shards, npz_shapes
 from rql_cli.data.sources import DataSpec, ShardLoader, resolve_dataset_path
 from rql_cli.errors import DatasetError, DatasetNotFoundError
-from rql_cli.io.run_files import read_run_record
+from rql_cli.io.run_record import read_run_record
 from rql_cli.names import parse_task_name
 from rql_cli.training.offline import train
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from rql_cli.config import RunConfig
 from rql_cli.errors import NonFiniteLossError
 from rql_cli.io.checkpoint import read_meta
-from rql_cli.io.run_files import list_checkpoints
+from rql_cli.io.run_checkpoints import list_checkpoints
 from rql_cli.training.offline import DataSpec, train
 
 TINY = dict(
@@ -77,7 +77,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_d
 
 
 def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
-    from rql_cli.io.run_files import read_run_record
+    from rql_cli.io.run_record import read_run_record
 
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
     outcome = train(RunConfig.of(**{**TINY, "eval_episodes": 1, "eval_interval": 4}, steps=4), data, tmp_path / "run")
@@ -111,7 +111,7 @@ def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
 
 def test_resume_finds_the_data_from_anywhere_and_refuses_another_file(tiny_dataset_dir, tmp_path, monkeypatch):
     from rql_cli.errors import DatasetError
-    from rql_cli.io.run_files import read_run_record
+    from rql_cli.io.run_record import read_run_record
 
     data_dir = tmp_path / "data"
     shutil.copytree(tiny_dataset_dir, data_dir)

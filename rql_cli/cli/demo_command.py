@@ -107,7 +107,7 @@ def _film(folder: Path, video: Path, max_steps: int, device: str) -> Path | None
 
 
 def _next_steps(agent: Any, video: Path | None, run_dir: Path, data_dir: Path) -> None:
-    from rql_cli.io.run_files import CURVES_FILE
+    from rql_cli.io.run_layout import CURVES_FILE
 
     lines = []
     if video is not None:

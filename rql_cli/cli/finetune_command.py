@@ -98,8 +98,9 @@ def _resumed(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
     """(loaded, config, settings, data, run_dir) of a fine-tuning run to continue."""
     from rql_cli.data.sources import DataSpec
     from rql_cli.errors import RQLError
+    from rql_cli.io.run_layout import CHECKPOINTS, RUN_FILE, is_run_dir
+    from rql_cli.io.run_record import read_run_record
     from rql_cli.training.online import FinetuneSettings
-    from rql_cli.io.run_files import CHECKPOINTS, RUN_FILE, is_run_dir, read_run_record
 
     if not is_run_dir(run_dir):
         raise RQLError(f"{run_dir} is not a run folder (it needs {RUN_FILE} and {CHECKPOINTS}/).")
@@ -123,7 +124,8 @@ def _new(
     from rql_cli.device import resolve_device
     from rql_cli.errors import RQLError
     from rql_cli.io.resolve import load_checkpoint
-    from rql_cli.io.run_files import check_new_run_folder, recorded_data_location
+    from rql_cli.io.run_layout import check_new_run_folder
+    from rql_cli.io.run_record import recorded_data_location
     from rql_cli.names import parse_task_name
 
     if not checkpoint:
@@ -158,7 +160,12 @@ def _new(
 
 
 def _run(loaded: Any, config: Any, settings: Any, data: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
-    from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, print_outcome, stopped_before_training
+    from rql_cli.cli.display import (
+        FinetuneDisplay,
+        TrainDisplay,
+        print_outcome,
+        stopped_before_training,
+    )
     from rql_cli.training.online import finetune as finetune_loop
     from rql_cli.training.signals import StopNow
 

@@ -106,7 +106,8 @@ def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any, Pa
     The training layer refuses overrides the saved state cannot take (``session.check_resume``).
     """
     from rql_cli.data.sources import DataSpec
-    from rql_cli.io.run_files import check_resumable, read_run_record
+    from rql_cli.io.run_layout import check_resumable
+    from rql_cli.io.run_record import read_run_record
 
     check_resumable(run_dir)
     record = read_run_record(run_dir)
@@ -146,7 +147,7 @@ def _new_run(
     from rql_cli.config import make_config
     from rql_cli.data.sources import DataSpec
     from rql_cli.errors import RQLError
-    from rql_cli.io.run_files import check_new_run_folder, is_run_dir
+    from rql_cli.io.run_layout import check_new_run_folder, is_run_dir
     from rql_cli.names import parse_task_name
 
     if not dataset:

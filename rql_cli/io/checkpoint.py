@@ -22,7 +22,6 @@ migrates older formats:
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import shutil
@@ -36,7 +35,13 @@ import torch
 from rql_cli.config import RQLConfig
 from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.io.atomic import fsync_folder_files, write_bytes_synced
-from rql_cli.io.checkpoint_files import CONFIG_FILE, REQUIRED_FILES, TRAIN_STATE_FILE, VALUE_FILE, VELOCITY_FILE
+from rql_cli.io.checkpoint_files import (
+    CONFIG_FILE,
+    REQUIRED_FILES,
+    TRAIN_STATE_FILE,
+    VALUE_FILE,
+    VELOCITY_FILE,
+)
 from rql_cli.io.metrics import EvaluationReport, write_metrics
 from rql_cli.names import ExternalName, TaskName, parse_task_name
 
@@ -228,7 +233,7 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
     """Rename the finished ``tmp`` folder to ``directory``, replacing an older one whole.
 
     ``.old`` is deleted only while ``directory`` exists, so an ``.old`` without its ``directory`` is
-    the previous checkpoint, whole: ``run_files.remove_unfinished_writes`` puts it back at the next start.
+    the previous checkpoint, whole: ``run_checkpoints.remove_unfinished_writes`` puts it back at the next start.
     """
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old")

@@ -20,15 +20,22 @@ from typing import Any
 from rql_cli.errors import CheckpointError, HubError
 from rql_cli.io.checkpoint import CheckpointMeta
 from rql_cli.io.checkpoint_files import REQUIRED_FILES, TRAIN_STATE_FILE
-from rql_cli.io import run_files
 from rql_cli.io.hub_ref import require_hub_ref
 from rql_cli.io.metrics import METRICS_FILE, read_metrics
-from rql_cli.io.model_card import EVIDENCE_FILE, LIBRARY_NAME, build_model_card, pct, read_evidence
+from rql_cli.io.model_card import (
+    EVIDENCE_FILE,
+    LIBRARY_NAME,
+    build_model_card,
+    pct,
+    read_evidence,
+)
+from rql_cli.io.run_layout import CURVES_FILE
+from rql_cli.io.run_record import record_of_checkpoint
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 CARD_FILE = "README.md"
 """The model card: the Hub shows a repo's README.md as its page."""
-OPTIONAL_FILES = (EVIDENCE_FILE, run_files.CURVES_FILE)
+OPTIONAL_FILES = (EVIDENCE_FILE, CURVES_FILE)
 """Published when the checkpoint folder has them (the bundled agents do)."""
 # Files rql publishes; a push deletes the ones the new checkpoint lacks (a stale metrics.json or
 # video from an earlier push must not describe this one) and leaves anything else in the repo alone.
@@ -240,7 +247,7 @@ def push_checkpoint(
     with tempfile.TemporaryDirectory(prefix="rql-push-") as tmp:
         staging = Path(tmp)
         names, video_name = _stage(folder, staging, with_train_state, video_path)
-        record = run_files.record_of_checkpoint(folder)
+        record = record_of_checkpoint(folder)
         card = build_model_card(
             meta, report, repo, files=[*names, CARD_FILE], video_name=video_name, revision=branch,
             evidence=read_evidence(folder), run=record.config if record else None,

@@ -15,7 +15,7 @@ from rql_cli.config import FIELD_HELP, RunConfig, make_config
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint import CheckpointMeta
 from rql_cli.io.metrics import EvaluationReport
-from rql_cli.io.run_files import CURVES_FILE
+from rql_cli.io.run_layout import CURVES_FILE
 from rql_cli.names import ExternalName, parse_task_name
 
 LIBRARY_NAME = "rql"

@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rql_cli.errors import CheckpointError, HubError
-from rql_cli.io import run_files
 from rql_cli.io.bundled import bundled_checkpoint_folders
-from rql_cli.io.checkpoint_files import CONFIG_FILE, REQUIRED_FILES, is_checkpoint_folder
+from rql_cli.io.checkpoint_files import (
+    CONFIG_FILE,
+    REQUIRED_FILES,
+    is_checkpoint_folder,
+)
 from rql_cli.io.hub_ref import HubRef, parse_hub_ref
 from rql_cli.io.metrics import read_metrics
+from rql_cli.io.run_checkpoints import list_checkpoints
+from rql_cli.io.run_layout import CHECKPOINTS, RUN_FILE, is_run_dir
 
 if TYPE_CHECKING:
     import torch
@@ -134,8 +139,8 @@ def _resolve_local(path: Path, best: bool) -> tuple[Path, Source] | None:
     """(folder, source) for a local checkpoint or run folder; None when ``path`` does not exist."""
     if is_checkpoint_folder(path):
         return path, "checkpoint"
-    if path.is_dir() and run_files.is_run_dir(path):
-        checkpoints = run_files.list_checkpoints(path)
+    if path.is_dir() and is_run_dir(path):
+        checkpoints = list_checkpoints(path)
         if not checkpoints:
             raise CheckpointError(f"Run folder {path} has no checkpoint yet.")
         return (best_checkpoint(checkpoints[::-1]) if best else checkpoints[-1]), "run"
@@ -144,7 +149,7 @@ def _resolve_local(path: Path, best: bool) -> tuple[Path, Source] | None:
             return path, "checkpoint"  # missing its weights: read_meta names what is missing
         raise CheckpointError(
             f"{path} is neither a checkpoint folder ({' + '.join(REQUIRED_FILES)}) nor a run folder "
-            f"({run_files.RUN_FILE} + {run_files.CHECKPOINTS}/)."
+            f"({RUN_FILE} + {CHECKPOINTS}/)."
         )
     if path.exists():
         raise CheckpointError(f"{path} is a file; --checkpoint takes a checkpoint folder or a run folder.")

@@ -18,7 +18,8 @@ import torch
 from rql_cli.config import RunConfig
 from rql_cli.device import resolve_device
 from rql_cli.errors import NonFiniteLossError
-from rql_cli.io.run_files import RunLock, RunOrigin
+from rql_cli.io.run_lock import RunLock
+from rql_cli.io.run_record import RunOrigin
 from rql_cli.training.observer import TrainObserver, TrainOutcome
 from rql_cli.training.session import BatchSource, RunSession, check_resume, open_session
 from rql_cli.training.signals import StopSignals

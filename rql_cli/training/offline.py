@@ -24,7 +24,9 @@ from rql_cli.device import make_generator
 from rql_cli.envs.external import env_spec_json
 from rql_cli.envs.make import make_eval_env
 from rql_cli.errors import DatasetError
-from rql_cli.io import run_files
+from rql_cli.io.curves import plot_curves
+from rql_cli.io.run_logs import CsvLog
+from rql_cli.io.run_record import RunOrigin
 from rql_cli.names import ExternalName, TaskName, parse_task_name
 from rql_cli.training.loop import LOGGED_TERMS, LossWindow, run
 from rql_cli.training.observer import TrainObserver, TrainOutcome
@@ -44,7 +46,7 @@ def train(
     *,
     resume: bool = False,
     observer: TrainObserver | None = None,
-    origin: run_files.RunOrigin | None = None,
+    origin: RunOrigin | None = None,
     command: str = "rql train",
 ) -> TrainOutcome:
     """Train (or resume) an RQL agent until ``config.steps`` gradient steps.
@@ -109,7 +111,7 @@ class OfflineSource(BatchSource):
         sampler = self.rotation.sampler(agent.step)
         return sampler.sample(self.batch_size, make_generator(self.sample_device, 0)).to(agent.device)
 
-    def open_logs(self, run_dir: Path) -> dict[str, run_files.CsvLog]:
+    def open_logs(self, run_dir: Path) -> dict[str, CsvLog]:
         if self.shard_log is not None:  # trims itself: a swap at the resume step is logged again
             self.shard_log.open(run_dir, self.start_step)
         return {}
@@ -126,7 +128,7 @@ class OfflineSource(BatchSource):
 
     def plot(self, session: RunSession) -> None:
         meta = session.meta
-        run_files.plot_curves(session.run_dir, session.logs["metrics"].read(), session.logs["eval"].read(),
+        plot_curves(session.run_dir, session.logs["metrics"].read(), session.logs["eval"].read(),
                               title=f"{session.run_dir.name}: RQL on {meta.dataset} ({meta.env_id})")
 
     def close(self) -> None:
@@ -139,7 +141,7 @@ class _ShardLog:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.waiting: list[dict[str, Any]] = []
-        self.log: run_files.CsvLog | None = None
+        self.log: CsvLog | None = None
 
     def add(self, swap: ShardSwap) -> None:
         """Record one swap (called by the rotation, possibly before the folder exists)."""
@@ -151,7 +153,7 @@ class _ShardLog:
 
     def open(self, run_dir: Path, start_step: int) -> None:
         """Open the CSV (dropping rows from ``start_step`` on: they are about to be redone), write what waited."""
-        self.log = run_files.CsvLog(run_dir / "shards.csv", SHARD_COLUMNS)
+        self.log = CsvLog(run_dir / "shards.csv", SHARD_COLUMNS)
         self.log.truncate_after(start_step - 1)
         for row in self.waiting:
             self.log.append(row)

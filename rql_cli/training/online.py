@@ -31,9 +31,11 @@ from rql_cli.device import make_generator
 from rql_cli.envs.collect import OnlineCollector
 from rql_cli.envs.policy import chunk_policy
 from rql_cli.errors import DatasetNotFoundError, RQLError
-from rql_cli.io import run_files
 from rql_cli.io.checkpoint import CheckpointMeta, check_checkpoint_dims, load_tensors
+from rql_cli.io.curves import plot_online_curves
 from rql_cli.io.resolve import LoadedCheckpoint
+from rql_cli.io.run_logs import CsvLog
+from rql_cli.io.run_record import RunOrigin
 from rql_cli.results import Episode
 from rql_cli.training.loop import LOGGED_TERMS, LossWindow, run
 from rql_cli.training.observer import TrainObserver, TrainOutcome
@@ -114,7 +116,7 @@ def finetune(
     if not resume:
         if loaded is None:
             raise RQLError("A new fine-tuning run needs a checkpoint to start from.")
-        origin = run_files.RunOrigin(
+        origin = RunOrigin(
             loaded.folder, lineage_of(loaded, settings, config.steps), settings.to_dict(), loaded.agent, loaded.meta
         )
     if settings.online_steps <= 0:
@@ -170,7 +172,7 @@ class OnlineSource(BatchSource):
         self.env_step, self.episodes = 0, 0
         self.recent: deque[float] = deque(maxlen=RUNNING_EPISODES)
         self.collector: OnlineCollector | None = None
-        self.online_log: run_files.CsvLog | None = None
+        self.online_log: CsvLog | None = None
 
     @property
     def dataset_name(self) -> str:
@@ -192,8 +194,8 @@ class OnlineSource(BatchSource):
             return None
         return self.buffer.sample(self.batch_size, make_generator(agent.device, 0))
 
-    def open_logs(self, run_dir: Path) -> dict[str, run_files.CsvLog]:
-        self.online_log = run_files.CsvLog(run_dir / "online.csv", ONLINE_COLUMNS)
+    def open_logs(self, run_dir: Path) -> dict[str, CsvLog]:
+        self.online_log = CsvLog(run_dir / "online.csv", ONLINE_COLUMNS)
         return {"online": self.online_log}
 
     def start(self, session: RunSession) -> None:
@@ -245,7 +247,7 @@ class OnlineSource(BatchSource):
 
     def plot(self, session: RunSession) -> None:
         assert self.online_log is not None
-        run_files.plot_online_curves(session.run_dir, self.online_log.read(), session.logs["eval"].read())
+        plot_online_curves(session.run_dir, self.online_log.read(), session.logs["eval"].read())
 
     def close(self) -> None:
         if self.collector is not None:

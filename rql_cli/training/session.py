@@ -23,7 +23,6 @@ from rql_cli.device import check_agent_fits, make_generator
 from rql_cli.envs.make import success_timing
 from rql_cli.errors import RQLError
 from rql_cli.evaluation import evaluate_agent
-from rql_cli.io import run_files
 from rql_cli.io.checkpoint import (
     CheckpointMeta,
     check_checkpoint_dims,
@@ -35,6 +34,21 @@ from rql_cli.io.checkpoint import (
     software_versions,
 )
 from rql_cli.io.metrics import EvaluationReport
+from rql_cli.io.run_checkpoints import (
+    check_disk_for_checkpoints,
+    latest_resumable,
+    prune_checkpoints,
+    remove_unfinished_writes,
+)
+from rql_cli.io.run_layout import check_resumable, checkpoint_dir
+from rql_cli.io.run_lock import RunLock
+from rql_cli.io.run_logs import EVAL_COLUMNS, CsvLog, eval_row, logged_wall_time
+from rql_cli.io.run_record import (
+    RunOrigin,
+    RunRecord,
+    read_run_record,
+    write_run_record,
+)
 from rql_cli.names import TaskName
 from rql_cli.results import EvalResult
 from rql_cli.training.observer import TrainObserver
@@ -92,7 +106,7 @@ class BatchSource:
         """A batch to compile the update on (drawn without touching the run's generators), or None."""
         raise NotImplementedError
 
-    def open_logs(self, run_dir: Path) -> dict[str, run_files.CsvLog]:
+    def open_logs(self, run_dir: Path) -> dict[str, CsvLog]:
         """The source's own CSV logs in the run folder, which the session trims on a resume."""
         return {}
 
@@ -135,7 +149,7 @@ class RunSession:
     meta: CheckpointMeta
     source: BatchSource
     generators: dict[str, torch.Generator]
-    logs: dict[str, run_files.CsvLog]
+    logs: dict[str, CsvLog]
     stop: StopSignals
     runtime: Runtime | None = None
     last_checkpoint: Path | None = None
@@ -161,12 +175,12 @@ class RunSession:
         position = self.position
         self.meta.step = self.agent.step
         path = save_checkpoint(
-            run_files.checkpoint_dir(self.run_dir, position), self.agent, self.meta,
+            checkpoint_dir(self.run_dir, position), self.agent, self.meta,
             generators=self.generators, metrics=report, extra_tensors=self.source.checkpoint_tensors(),
         )
         self.last_checkpoint, self.saved_at = path, position
         observer.on_checkpoint(position, path)
-        run_files.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
 
     def log(self, row: dict[str, float] | None, observer: TrainObserver) -> None:
@@ -200,10 +214,10 @@ class RunSession:
                 if not self.stop.requested:
                     raise self._evaluation_failed(error, self.save(observer)) from error
         if result is not None:
-            self.logs["eval"].append(run_files.eval_row(position, result, self.wall_time()))
+            self.logs["eval"].append(eval_row(position, result, self.wall_time()))
             observer.on_eval(position, result)
             report = EvaluationReport(
-                checkpoint=str(run_files.checkpoint_dir(self.run_dir, position)), dataset=self.meta.dataset,
+                checkpoint=str(checkpoint_dir(self.run_dir, position)), dataset=self.meta.dataset,
                 step=agent.step, device=str(agent.device), tasks=[result],
             )
         self.save(observer, report)
@@ -233,14 +247,14 @@ def resume_command(run_dir: Path, command: str = "rql train") -> str:
     return f"{command} --resume {shlex.quote(str(run_dir))}"
 
 
-def check_resume(run_dir: Path, config: RunConfig) -> run_files.RunRecord:
+def check_resume(run_dir: Path, config: RunConfig) -> RunRecord:
     """The record of a run to resume with ``config``; refuses changes to fields that shape the agent.
 
     The saved weights and Adam moments were made for the run's networks and data: a change there
     needs a new run from the weights (``rql finetune``), which the message names.
     """
-    run_files.check_resumable(run_dir)
-    previous = run_files.read_run_record(run_dir)
+    check_resumable(run_dir)
+    previous = read_run_record(run_dir)
     old, new = previous.config.flat(), config.flat()
     fixed = sorted(name for name in FIXED_ON_RESUME if old[name] != new[name])
     if fixed:
@@ -253,8 +267,8 @@ def check_resume(run_dir: Path, config: RunConfig) -> run_files.RunRecord:
 
 
 def open_session(
-    config: RunConfig, source: BatchSource, lock: run_files.RunLock, stop: StopSignals, *,
-    device: torch.device, previous: run_files.RunRecord | None, origin: run_files.RunOrigin | None,
+    config: RunConfig, source: BatchSource, lock: RunLock, stop: StopSignals, *,
+    device: torch.device, previous: RunRecord | None, origin: RunOrigin | None,
 ) -> RunSession:
     """Build (or restore) the agent on ``source``'s data, open the run's files, compile, record the start.
 
@@ -273,10 +287,10 @@ def open_session(
         lineage=origin.lineage if origin else previous.parent if previous else None,
     )
     lock.make_folder()
-    run_files.remove_unfinished_writes(run_dir)
+    remove_unfinished_writes(run_dir)
     check_disk(config, agent, run_dir, total=source.total, extra_bytes=source.extra_bytes)
-    logs = {"metrics": run_files.CsvLog(run_dir / "metrics.csv", source.metric_columns),
-            "eval": run_files.CsvLog(run_dir / "eval.csv", run_files.EVAL_COLUMNS),
+    logs = {"metrics": CsvLog(run_dir / "metrics.csv", source.metric_columns),
+            "eval": CsvLog(run_dir / "eval.csv", EVAL_COLUMNS),
             **source.open_logs(run_dir)}
     generators = {name: make_generator(source.sample_device if name == "sample" else device, config.seed + offset)
                   for offset, name in enumerate(source.generator_names)}
@@ -295,7 +309,7 @@ def open_session(
 def _restore(session: RunSession) -> None:
     """Load the run's latest resumable checkpoint: weights, Adam, generators, the source's state; trim logs."""
     agent, run_dir = session.agent, session.run_dir
-    latest = run_files.latest_resumable(run_dir, session.source.checkpoint_files)
+    latest = latest_resumable(run_dir, session.source.checkpoint_files)
     meta, _ = read_meta(latest)
     check_checkpoint_dims(str(latest), meta, agent.obs_dim, agent.action_dim, "the run's data")
     load_weights_into(agent, latest)
@@ -304,11 +318,11 @@ def _restore(session: RunSession) -> None:
     position = session.position
     for log in session.logs.values():
         log.truncate_after(position)
-    session.started -= run_files.logged_wall_time(list(session.logs.values()))
+    session.started -= logged_wall_time(list(session.logs.values()))
     session.last_checkpoint, session.saved_at = latest, position
 
 
-def start_from_checkpoint(agent: RQLAgent, origin: run_files.RunOrigin) -> None:
+def start_from_checkpoint(agent: RQLAgent, origin: RunOrigin) -> None:
     """Copy the loaded source's weights (and its saved Adam moments, if any) into a fresh agent.
 
     The dims must match the agent's (built for the data it will train on). ``origin.lineage
@@ -330,15 +344,15 @@ def check_disk(config: RunConfig, agent: RQLAgent, run_dir: Path, total: int, ex
     intervals = [i for i in (config.eval_interval, config.save_interval) if i > 0]
     saves = 1 + sum(total // i for i in intervals)
     count = min(saves, config.keep_checkpoints + 2) if config.keep_checkpoints > 0 else saves
-    run_files.check_disk_for_checkpoints(run_dir, checkpoint_bytes, count)
+    check_disk_for_checkpoints(run_dir, checkpoint_bytes, count)
 
 
 def _write_record(
-    session: RunSession, previous: run_files.RunRecord | None, origin: run_files.RunOrigin | None
+    session: RunSession, previous: RunRecord | None, origin: RunOrigin | None
 ) -> None:
     """Write train_config.json; on resume keep its lineage and history and add what changed when."""
     meta, config, data = session.meta, session.config, session.source.data
-    record = run_files.RunRecord(
+    record = RunRecord(
         dataset=data.name, data=data.location(), env_id=meta.env_id, obs_dim=meta.obs_dim,
         action_dim=meta.action_dim, config=config, versions=meta.versions,
         parent=origin.lineage if origin else None, finetune=origin.settings if origin else None,
@@ -351,9 +365,9 @@ def _write_record(
         old, new = previous.config.flat(), config.flat()
         event["changes"] = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
     record.history = [*record.history, event]
-    run_files.write_run_record(session.run_dir, record)
+    write_run_record(session.run_dir, record)
 
 
 def latest_checkpoint_meta(run_dir: Path, files: tuple[str, ...] = ()) -> CheckpointMeta:
     """The meta of the run's latest checkpoint that can resume it (with ``files`` besides the train state)."""
-    return read_meta(run_files.latest_resumable(run_dir, files))[0]
+    return read_meta(latest_resumable(run_dir, files))[0]

@@ -12,18 +12,14 @@ import pytest
 
 from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
-from rql_cli.io.run_files import (
-    RUN_FILE,
-    CsvLog,
-    RunRecord,
-    checkpoint_dir,
-    is_run_dir,
+from rql_cli.io.run_checkpoints import (
     list_checkpoints,
     prune_checkpoints,
-    read_run_record,
     remove_unfinished_writes,
-    write_run_record,
 )
+from rql_cli.io.run_layout import RUN_FILE, checkpoint_dir, is_run_dir
+from rql_cli.io.run_logs import CsvLog
+from rql_cli.io.run_record import RunRecord, read_run_record, write_run_record
 
 FORMAT1_RUN = Path(__file__).parent / "data" / "format1-run"
 
@@ -112,7 +108,9 @@ def test_a_run_folder_in_use_refuses_a_second_process_and_a_stale_lock_is_taken_
     import subprocess
     import sys
 
-    from rql_cli.io.run_files import LOCK_FILE, RunLock, read_run_record
+    from rql_cli.io.run_layout import LOCK_FILE
+    from rql_cli.io.run_lock import RunLock
+    from rql_cli.io.run_record import read_run_record
     from rql_cli.training.offline import DataSpec, train
 
     run = tmp_path / "run"
