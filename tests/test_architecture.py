@@ -22,9 +22,10 @@ ALLOWED = {
     "io": {"config", "core", "device", "errors", "names", "package", "results"},
     "evaluation": {"config", "core", "device", "envs", "errors", "io", "names", "results"},
     "rollout": {"config", "core", "device", "envs", "errors", "io", "names", "results"},
+    "export": {"config", "core", "device", "envs", "errors", "io", "names", "results"},
     "training": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "names", "results"},
-    "cli": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "minari_store", "names",
-            "results", "rollout", "training"},
+    "cli": {"config", "core", "data", "device", "envs", "errors", "evaluation", "export", "io", "minari_store",
+            "names", "results", "rollout", "training"},
     "__main__": {"cli"},
 }
 

@@ -16,6 +16,7 @@ from rql_cli.cli.data_commands import data_app
 from rql_cli.cli.demo_command import demo
 from rql_cli.cli.display import err_console
 from rql_cli.cli.eval_command import eval_command
+from rql_cli.cli.export_command import export_command
 from rql_cli.cli.finetune_command import finetune
 from rql_cli.cli.hub_commands import pull, push
 from rql_cli.cli.list_command import list_command
@@ -58,6 +59,7 @@ app.command()(pull)
 app.add_typer(data_app, name="data")
 app.command("list")(list_command)
 app.command()(demo)
+app.command("export")(export_command)
 
 
 def _prose_unwrapped(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,7 @@ def parse_tasks(text: Optional[str]) -> list[Optional[int]]:
 
 @handles_errors
 def eval_command(
-    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=f"{CHECKPOINT_HELP} Or an exported FILE.onnx/.pt2."),
     episodes: int = typer.Option(50, "--episodes", "-n", help=ranged("--episodes", "Episodes per task.")),
     task: Optional[str] = typer.Option(
         None, "--task", help="Task 1-5, or 'all' for a per-task table.", show_default="the checkpoint's task"
@@ -51,6 +52,7 @@ def eval_command(
     from rql_cli.device import resolve_device
     from rql_cli.errors import RQLError
     from rql_cli.evaluation import evaluate_checkpoint
+    from rql_cli.export.evaluate import evaluate_exported, exported_policy_file
     from rql_cli.io.metrics import METRICS_FILE, write_metrics
     from rql_cli.io.resolve import load_checkpoint, reference_source
 
@@ -58,23 +60,27 @@ def eval_command(
     tasks = parse_tasks(task)
     if json_path is not None:
         check_output_path(json_path, "--json", example="report.json")
-    if save and reference_source(checkpoint) == "hub":
+    exported = exported_policy_file(checkpoint, save=save, best=best, json_path=json_path)  # None: not an export
+    if save and exported is None and reference_source(checkpoint) == "hub":
         raise RQLError(
             f"--save writes {METRICS_FILE} into the checkpoint folder, and a Hub checkpoint lives "
             f"in the shared download cache. Pull a copy first: `rql pull {checkpoint} --dir DIR`, "
             "then `rql eval --checkpoint DIR --save`."
         )
-    loaded = load_checkpoint(checkpoint, resolve_device(device), best=best)
+    if exported is None:
+        loaded = load_checkpoint(checkpoint, resolve_device(device), best=best)
+    evaluate = (functools.partial(evaluate_checkpoint, loaded) if exported is None
+                else functools.partial(evaluate_exported, exported, device=resolve_device(device)))
     with make_progress(quiet) as progress:
         bar = progress.add_task("eval", total=episodes, rate="", info="")
-        report = evaluate_checkpoint(
-            loaded, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs,
+        report = evaluate(
+            tasks=tasks, episodes=episodes, seed=seed, num_envs=envs,
             on_task_start=lambda number: progress.update(bar, completed=0, description=f"eval task {number}"),
             on_episode=lambda shown: progress.update(
                 bar, completed=shown.done, info=f"success {pct(shown.success_rate)}"
             ),
         )
-    console.print(eval_table(report, lineage=loaded.meta.lineage))
+    console.print(eval_table(report, lineage=None if exported else loaded.meta.lineage))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
