@@ -1,4 +1,4 @@
-"""The typed configuration of an RQL agent and of a training run, their JSON round-trip, the presets.
+"""The typed configuration of an RQL agent and of a training run, and their JSON and ``--set`` forms.
 
 ``RQLConfig`` is what defines the agent and its update (a checkpoint's config.json); ``RunConfig``
 holds it as ``agent`` beside how one run uses a machine (the run's train_config.json), as LeRobot
@@ -15,7 +15,8 @@ dicts accept the official names as aliases, so a flag pasted from the paper's sc
     layer_norm    value_layer_norm
 
 Each field's help text lives in its ``metadata['help']`` (``FIELD_HELP``): the one source of
-``rql train --help``, the model card's config table and error messages.
+``rql train --help``, the model card's config table and error messages. The values each task
+starts from are in ``rql_cli.presets``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
-from rql_cli.errors import ConfigError, UnknownNameError, closest_names
-from rql_cli.names import ExternalName, TaskName, parse_task_name
+from rql_cli.errors import ConfigError, closest_names
 
 OFFICIAL_NAMES: dict[str, str] = {
     "h": "horizon",
@@ -46,25 +46,35 @@ def _field(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+_Config = TypeVar("_Config", bound="_Fields")
+
+
 class _Fields:
     """What both config objects share: a dict of their own fields, checked copies, range checks."""
 
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # each subclass is a dataclass
+
     def to_dict(self) -> dict[str, Any]:
         """Every field by name, JSON-friendly (lists, numbers, strings, bools; a nested config as a dict)."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         """``to_dict`` as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str, *, strict: bool = True) -> Any:
+    def from_dict(cls: type[_Config], data: dict[str, Any], *, strict: bool = True) -> tuple[_Config, list[str]]:
+        """Build from a dict of fields; returns (config, unknown field names). Each config defines it."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls: type[_Config], text: str, *, strict: bool = True) -> tuple[_Config, list[str]]:
         """``from_dict`` of JSON text: (config, unknown field names)."""
-        return cls.from_dict(json.loads(text), strict=strict)  # type: ignore[attr-defined]
+        return cls.from_dict(json.loads(text), strict=strict)
 
     def _check_ranges(self) -> None:
         """Raise ConfigError for a numeric field of this object outside its ``RANGES`` entry."""
-        for item in fields(self):  # type: ignore[arg-type]
+        for item in fields(self):
             if item.name in RANGES:
                 low, high = RANGES[item.name]
                 value = getattr(self, item.name)
@@ -425,7 +435,8 @@ def parse_set_option(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw  # bare strings such as device=cuda:1
     name = canonical_field_name(key)
-    if name in field_names() and isinstance(value, str) and "," in value and typing.get_origin(_field_type(name)) is list:
+    is_list = name in field_names() and typing.get_origin(_field_type(name)) is list
+    if is_list and isinstance(value, str) and "," in value:
         value = _comma_list(str(value))  # value_hidden_dims=256,256: no brackets for zsh to expand
     return canonical_field_name(key), coerce_field(key, value)
 
@@ -435,91 +446,3 @@ def _comma_list(text: str) -> Any:
         return [json.loads(part) for part in text.strip("[]").split(",") if part.strip()]
     except json.JSONDecodeError:
         return text
-
-
-# ------------------------------------------------------------------------------------------
-# Per-task presets (official hyperparameters.sh), keyed by the environment family.
-# ------------------------------------------------------------------------------------------
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "cube-single": dict(alpha=10.0, expectile=0.7, rho=0.5, horizon=5, discount=0.99),
-    "scene": dict(alpha=3.0, expectile=0.7, rho=0.5, horizon=5, discount=0.99, sparse_rewards=True),
-    "puzzle-3x3": dict(alpha=1.0, expectile=0.7, rho=0.5, horizon=5, discount=0.99, sparse_rewards=True),
-    "puzzle-4x4": dict(alpha=1.0, expectile=0.9, rho=0.5, horizon=5, discount=0.99, sparse_rewards=True),
-    "cube-double": dict(alpha=10.0, expectile=0.9, rho=0.5, horizon=5, discount=0.99),
-    "cube-triple": dict(alpha=1.0, expectile=0.9, rho=0.5, horizon=5, discount=0.99),
-    "cube-quadruple": dict(alpha=1.0, expectile=0.7, rho=0.5, horizon=5, discount=0.99),
-    "antmaze-large": dict(alpha=0.1, expectile=0.5, rho=0.5, horizon=1, discount=0.99),
-    "antmaze-giant": dict(alpha=0.1, expectile=0.5, rho=0.5, horizon=1, discount=0.995),
-    "humanoidmaze-medium": dict(alpha=0.3, expectile=0.5, rho=0.0, horizon=1, discount=0.995),
-    "humanoidmaze-large": dict(alpha=0.3, expectile=0.5, rho=0.0, horizon=1, discount=0.995),
-    "minari:D4RL/antmaze": dict(alpha=0.1, expectile=0.5, rho=0.5, horizon=1, discount=0.99),
-    "external": dict(alpha=1.0, expectile=0.7, rho=0.5, horizon=1, discount=0.99),
-}
-"""Official presets per environment family. cube-single is not among the paper's ten; it takes
-cube-double's chunking and pessimism, and the alpha and expectile that measured best here
-(``PRESET_SOURCES``)."""
-
-PAPER_PRESET_SOURCE = "the paper's table (official hyperparameters.sh)"
-
-PRESET_SOURCES: dict[str, str] = {
-    family: PAPER_PRESET_SOURCE for family in PRESETS
-} | {
-    "cube-single": (
-        "ours (not in the paper): cube-double's h and rho; alpha 10 measured highest after 80k steps on task 2 "
-        "(alpha 3 / 10: 86% / 93% over 100 episodes, intervals overlapping; near-BC alpha 1000: 12%; after 40k "
-        "alpha 1 / 3 / 10 gave 29% / 73% / 60%); expectile 0.7 over cube-double's 0.9 at alpha 10: task 2 after "
-        "40k 79% [70, 86] against 60% [50, 69] (after 80k 94% and 93%: as good, sooner), task 5 after 80k "
-        "78% [69, 85] against 68% [58, 76]. 1000 generated episodes, 4x256, K=2. Command: README, "
-        "'Bundled agents'"
-    ),
-    "minari:D4RL/antmaze": "the paper's antmaze-large row (closest published: the same ant in D4RL's smaller mazes)",
-    "external": (
-        "ours, not measured: every other Minari id or plain .npz. Single actions (h=1, as the paper's "
-        "locomotion rows), the paper's common rho 0.5, expectile 0.7, alpha 1; tune alpha first"
-    ),
-}
-"""Where each preset comes from: the paper's table, or our own measurement with the command that made it."""
-
-
-CPU_NETWORKS: dict[str, Any] = dict(
-    actor_hidden_dims=[256, 256, 256], value_hidden_dims=[256, 256, 256], ensemble_size=4
-)
-"""Networks sized for a 2-core CPU (about 11x fewer FLOPs than the paper's 4x512, K=10); the demo's
-short training run uses them. Everything else stays at the paper's values. (The bundled agents
-under checkpoints/ use 4x256, K=2, chosen by the pilots in the README's "Bundled agents".)"""
-
-
-def preset_for(
-    task_name: str | TaskName, preset: str | None = None
-) -> tuple[str | None, dict[str, Any]]:
-    """(family, values) of the preset chosen by ``--preset`` (a family name) or by the task's family.
-
-    A family without a preset (e.g. the point mazes) gives ``(None, {})``: the defaults.
-    """
-    if preset is not None:
-        if preset not in PRESETS:
-            near = closest_names(preset, list(PRESETS))
-            hint = f" Did you mean {', '.join(near)}?" if near else ""
-            raise UnknownNameError(
-                f"Unknown preset '{preset}'.{hint} Presets: {', '.join(PRESETS)} (see `rql list`)."
-            )
-        return preset, dict(PRESETS[preset])
-    parsed = parse_task_name(task_name)
-    family = parsed.family
-    if family in PRESETS:
-        return family, dict(PRESETS[family])
-    if isinstance(parsed, ExternalName):
-        chosen = "minari:D4RL/antmaze" if family.startswith("minari:D4RL/antmaze") else "external"
-        return chosen, dict(PRESETS[chosen])
-    return None, {}
-
-
-def make_config(
-    task_name: str | TaskName, preset: str | None = None, overrides: dict[str, Any] | None = None
-) -> RunConfig:
-    """Defaults, then the task preset, then ``--set`` overrides (each checked against its type)."""
-    _, values = preset_for(task_name, preset)
-    values.update(overrides or {})
-    config, _ = RunConfig.from_flat(values, strict=True)
-    return config

@@ -8,11 +8,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from rql_cli.core.networks import parameter_count
 from rql_cli.errors import RQLError
+
+if TYPE_CHECKING:
+    from rql_cli.config import RQLConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,10 +74,8 @@ def check_fits(needed_bytes: int, device: torch.device, what: str, fix: str) -> 
         )
 
 
-def check_agent_fits(config: Any, obs_dim: int, action_dim: int, device: torch.device) -> None:
+def check_agent_fits(config: RQLConfig, obs_dim: int, action_dim: int, device: torch.device) -> None:
     """Refuse an agent whose weights, targets, gradients and Adam moments cannot fit on ``device``."""
-    from rql_cli.core.networks import parameter_count
-
     parameters = parameter_count(config, obs_dim, action_dim)
     check_fits(
         5 * 4 * parameters, device, f"An agent of {parameters:,} parameters (networks of this config)",
@@ -94,8 +96,8 @@ def usable_cores() -> int:
 def _cgroup_quota() -> float | None:
     """CPUs allowed by the cgroup v2 ``cpu.max`` (or v1 cfs quota), None when unlimited or unknown."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        quota_text, period_text = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota_text == "max" else int(quota_text) / int(period_text)
     except (OSError, ValueError):
         pass
     try:

@@ -7,6 +7,8 @@ and shows a traceback only with ``--debug``. Anything else is a bug and keeps it
 
 from __future__ import annotations
 
+import difflib
+
 
 class RQLError(Exception):
     """A problem with the user's input or files, with a message that says how to fix it."""
@@ -56,6 +58,4 @@ class NonFiniteLossError(RQLError):
 
 def closest_names(name: str, choices: list[str], n: int = 3) -> list[str]:
     """The ``n`` entries of ``choices`` closest to ``name`` (difflib ratio), best first."""
-    import difflib
-
     return difflib.get_close_matches(name, choices, n=n, cutoff=0.4)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
 
+from rql_cli.config import RunConfig
+from rql_cli.core.rql import RQLAgent
+from rql_cli.device import make_generator
+from rql_cli.envs import policy  # through the module: a test replaces chunk_policy to watch it
+from rql_cli.envs.evaluate import evaluate
+from rql_cli.io.checkpoint import check_checkpoint_dims
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.resolve import LoadedCheckpoint
-from rql_cli.names import TaskName
+from rql_cli.names import ParsedName, parse_task_name
 from rql_cli.results import EpisodeCallback, EvalResult
-
-if TYPE_CHECKING:
-    from rql_cli.config import RunConfig
-    from rql_cli.core.rql import RQLAgent
 
 TaskCallback = Callable[[int], None]
 """on_task_start(task number 1..5), before each task's episodes."""
@@ -36,23 +38,18 @@ def evaluate_checkpoint(
     ``seed * 1000 + i``), episode j of every task is reset with env seed ``seed + j``. The env's
     observation and action sizes are checked against the checkpoint's before any episode runs.
     """
-    from rql_cli.device import make_generator
-    from rql_cli.envs.evaluate import evaluate
-    from rql_cli.envs.policy import chunk_policy
-    from rql_cli.io.checkpoint import check_checkpoint_dims
-
     agent, meta = loaded.agent, loaded.meta
     env_name = task_name or meta.task_name  # the parsed name carries a recorded env spec
     report = EvaluationReport(
         checkpoint=str(loaded.folder), dataset=meta.dataset, step=meta.step, device=str(agent.device)
     )
     for index, task in enumerate(tasks):
-        task_number = meta.task_name.resolve_task(task) if task_name is None else task
+        task_number = parse_task_name(env_name).resolve_task(task)
         if on_task_start:
             on_task_start(task_number)
         started = time.perf_counter()
         result = evaluate(
-            chunk_policy(agent, make_generator(agent.device, seed * 1000 + index)), env_name, task,
+            policy.chunk_policy(agent, make_generator(agent.device, seed * 1000 + index)), env_name, task,
             episodes=episodes, num_envs=num_envs, seed=seed, on_episode=on_episode,
             check_fit=lambda obs_dim, action_dim, env: check_checkpoint_dims(
                 loaded.resolved.ref, meta, obs_dim, action_dim, "the environment", env),
@@ -63,7 +60,7 @@ def evaluate_checkpoint(
 
 
 def evaluate_agent(
-    agent: RQLAgent, task_name: str | TaskName, config: RunConfig, step: int,
+    agent: RQLAgent, task_name: str | ParsedName, config: RunConfig, step: int,
     on_episode: EpisodeCallback | None = None,
 ) -> EvalResult:
     """A training loop's periodic evaluation of the EMA policy: ``config.eval_episodes`` episodes.
@@ -72,12 +69,8 @@ def evaluate_agent(
     shifts a training stream (a run with and without evaluations trains the same weights); episode
     i is reset with env seed ``config.seed + i``.
     """
-    from rql_cli.device import make_generator
-    from rql_cli.envs.evaluate import evaluate
-    from rql_cli.envs.policy import chunk_policy
-
     generator = make_generator(agent.device, config.seed + 7919 * (step + 1))
     return evaluate(
-        chunk_policy(agent, generator), task_name, None, episodes=config.eval_episodes,
+        policy.chunk_policy(agent, generator), task_name, None, episodes=config.eval_episodes,
         num_envs=config.eval_envs, seed=config.seed, on_episode=on_episode,
     )

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rql_cli.errors import DatasetNotFoundError, RQLError
+
+if TYPE_CHECKING:
+    from minari import MinariDataset
 
 
 def dataset_folder(dataset_id: str) -> Path:
@@ -43,7 +46,7 @@ def download(dataset_id: str, force: bool = False) -> Path:
             f"Minari dataset '{dataset_id}' cannot be downloaded: HF_HUB_OFFLINE is set. Unset it, or copy the "
             f"dataset folder to {dataset_folder(dataset_id)}."
         )
-    import minari
+    import minari  # local: an optional heavy dependency, loaded only when a Minari dataset is used
 
     remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -58,7 +61,7 @@ def download(dataset_id: str, force: bool = False) -> Path:
     return dataset_folder(dataset_id)
 
 
-def load(dataset_id: str, *, download_missing: bool = False) -> Any:
+def load(dataset_id: str, *, download_missing: bool = False) -> MinariDataset:
     """``minari.load_dataset`` of a dataset on disk (fetched first when ``download_missing``)."""
     if not is_local(dataset_id):
         if not download_missing:

@@ -191,7 +191,11 @@ class ExternalName:
         return self.ident
 
 
-def parse_task_name(name: str | TaskName | ExternalName) -> TaskName | ExternalName:
+ParsedName = TaskName | ExternalName
+"""What ``parse_task_name`` returns: an OGBench task, or a Minari or gymnasium env with its one task."""
+
+
+def parse_task_name(name: str | ParsedName) -> ParsedName:
     """Parse a dataset or singletask name; raise ``UnknownNameError`` with suggestions if unknown.
 
     Accepts ``cube-single-play-v0``, ``cube-single-play-singletask-v0`` and
@@ -205,7 +209,9 @@ def parse_task_name(name: str | TaskName | ExternalName) -> TaskName | ExternalN
         if name.strip().startswith(prefix):
             ident = name.strip()[len(prefix):].strip()
             if not ident:
-                raise UnknownNameError(f"{name!r} names no {source} id; write e.g. 'minari:D4RL/pen/human-v2' or 'gym:Hopper-v5'.")
+                raise UnknownNameError(
+                    f"{name!r} names no {source} id; write e.g. 'minari:D4RL/pen/human-v2' or 'gym:Hopper-v5'."
+                )
             return ExternalName(source=source, ident=ident)
     match = _NAME_RE.match(name.strip())
     family = kind = size = None
@@ -214,13 +220,12 @@ def parse_task_name(name: str | TaskName | ExternalName) -> TaskName | ExternalN
         if _SIZE_RE.fullmatch(kind) and family:  # a large set's folder name: puzzle-4x4-play-100m-v0
             size = kind
             family, _, kind = family.rpartition("-")
-    known = (
-        match is not None
-        and family in ENV_FAMILIES
-        and kind in ENV_FAMILIES[family][0]
-        and match["version"] == "v0"  # OGBench has published only v0 so far
-    )
-    if not known:
+    if (
+        match is None or family is None or kind is None
+        or family not in ENV_FAMILIES
+        or kind not in ENV_FAMILIES[family][0]
+        or match["version"] != "v0"  # OGBench has published only v0 so far
+    ):
         valid = known_dataset_names()
         # Compare like with like: strip singletask/taskN so 'cube-singel-play-singletask-task2-v0'
         # is matched against dataset names, not against every task variant.
@@ -235,4 +240,15 @@ def parse_task_name(name: str | TaskName | ExternalName) -> TaskName | ExternalN
     parsed = TaskName(family=family, dataset_type=kind, version=match["version"], task=task, size=size)
     if task is not None:
         parsed.resolve_task()  # validates 1..5 with a friendly message
+    return parsed
+
+
+def parse_ogbench_name(name: str | ParsedName) -> TaskName:
+    """``parse_task_name`` where only an OGBench name can be meant (its dataset files, shard folders)."""
+    parsed = parse_task_name(name)
+    if isinstance(parsed, ExternalName):
+        raise RQLError(
+            f"'{parsed.dataset_name}' is not an OGBench dataset; this takes OGBench names such as "
+            "'cube-single-play-v0'."
+        )
     return parsed

@@ -7,8 +7,9 @@ Plain dataclasses without rql imports, so that every layer (``io`` included) may
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)

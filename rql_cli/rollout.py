@@ -8,16 +8,29 @@ those of ``rql eval --envs 1`` with the same seed. Without rendering no GL is to
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from rql_cli.device import make_generator, resolve_device
+from rql_cli.envs import render as rendering
+from rql_cli.envs.chunks import PolicyFn
+from rql_cli.envs.evaluate import run_episode
+from rql_cli.envs.make import env_dims, episode_limit, make_eval_env
+from rql_cli.envs.policy import chunk_policy
 from rql_cli.errors import RQLError
+from rql_cli.io.checkpoint import check_checkpoint_dims
 from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
 from rql_cli.results import Episode, EpisodeCallback, EpisodeProgress
+
+if TYPE_CHECKING:
+    from gymnasium import Env
 
 DEFAULT_SIZE = (640, 480)
 """(width, height) of rendered frames: the cube is about 25 px wide, readable in a browser."""
@@ -92,10 +105,10 @@ class RolloutReport:
         """JSON-friendly dict, with ``success_rate`` added; each episode numbered from 1 (``episode``)."""
         out = asdict(self)
         out["episodes"] = [
-            dict(episode=record.index + 1, seed=record.seed, success=record.success,
+            dict(episode=number, seed=record.seed, success=record.success,
                  episode_return=record.episode_return, length=record.length,
                  success_reported=record.success_reported)
-            for record in self.episodes
+            for number, record in enumerate(self.episodes, start=1)  # episode i holds index i - 1
         ]
         out["success_rate"] = self.success_rate if self.success_reported else None
         out["success_reported"] = self.success_reported
@@ -147,8 +160,6 @@ def run_rollout(
     Returns:
         RolloutReport.
     """
-    from rql_cli.device import resolve_device
-
     video_path = _check_rollout_args(episodes, render, out, fps, size, max_episode_steps)
     loaded = ref if isinstance(ref, LoadedCheckpoint) else load_checkpoint(ref, resolve_device(device), best=best)
     env, report = _open_env(loaded, task, seed, fps, render, size, max_episode_steps, fast_render)
@@ -168,8 +179,6 @@ def _check_rollout_args(
     max_episode_steps: int | None,
 ) -> Path | None:
     """Refuse bad arguments before anything is loaded; returns the video path (None without render)."""
-    from rql_cli.envs import render as rendering
-
     if episodes < 1:
         raise RQLError(f"--episodes must be at least 1, got {episodes}.")
     if not fps > 0:
@@ -187,14 +196,10 @@ def _check_rollout_args(
 
 
 def _open_env(
-    loaded: Any, task: int | None, seed: int, fps: float, render: bool, size: tuple[int, int],
+    loaded: LoadedCheckpoint, task: int | None, seed: int, fps: float, render: bool, size: tuple[int, int],
     max_episode_steps: int | None, fast_render: bool,
-) -> tuple[Any, RolloutReport]:
+) -> tuple[Env, RolloutReport]:
     """The env for the checkpoint's task (rendering or not), checked against its dims, and an empty report."""
-    from rql_cli.envs import render as rendering
-    from rql_cli.envs.make import episode_limit, make_eval_env
-    from rql_cli.io.checkpoint import check_checkpoint_dims
-
     meta = loaded.meta
     task_name = meta.task_name
     task_number = task_name.resolve_task(task)
@@ -205,8 +210,7 @@ def _open_env(
     else:
         env = make_eval_env(task_name, task_number, max_episode_steps=max_episode_steps)
     try:
-        check_checkpoint_dims(loaded.resolved.ref, meta, env.observation_space.shape[-1],
-                              env.action_space.shape[-1], "the environment", meta.env_id)
+        check_checkpoint_dims(loaded.resolved.ref, meta, *env_dims(env), "the environment", meta.env_id)
     except Exception:
         env.close()
         raise
@@ -218,21 +222,17 @@ def _open_env(
     return env, report
 
 
-def _policy(loaded: Any, seed: int) -> Any:
+def _policy(loaded: LoadedCheckpoint, seed: int) -> PolicyFn:
     """The EMA policy with the same generator seed as ``evaluate_checkpoint``'s first task."""
-    from rql_cli.device import make_generator
-    from rql_cli.envs.policy import chunk_policy
-
     return chunk_policy(loaded.agent, make_generator(loaded.agent.device, seed * 1000))
 
 
 def _run_episodes(
-    report: RolloutReport, env: Any, policy: Any, episodes: int,
-    on_step: Callable[[int, int, dict, bool], None] | None = None, on_episode: EpisodeCallback | None = None,
+    report: RolloutReport, env: Env, policy: PolicyFn, episodes: int,
+    on_step: Callable[[int, int, dict[str, Any], bool], None] | None = None,
+    on_episode: EpisodeCallback | None = None,
 ) -> None:
     """Run the episodes into ``report``; ``on_step(episode_index, step, info, done)`` sees every state."""
-    from rql_cli.envs.evaluate import run_episode
-
     started = time.perf_counter()
     for index in range(episodes):
         step_callback = None if on_step is None else functools.partial(on_step, index)
@@ -244,16 +244,14 @@ def _run_episodes(
 
 
 def _film_episodes(
-    report: RolloutReport, env: Any, policy: Any, episodes: int, video_path: Path,
+    report: RolloutReport, env: Env, policy: PolicyFn, episodes: int, video_path: Path,
     on_frame: FrameCallback | None, on_episode: EpisodeCallback | None,
 ) -> None:
     """Run the episodes, streaming one labelled frame per state into the video at ``video_path``."""
-    from rql_cli.envs import render as rendering
-
     partial = video_path.with_name(f".{video_path.stem}.partial{video_path.suffix}")
     frames_per_episode = report.max_episode_steps + 1
 
-    def on_step(index: int, step: int, info: dict, done: bool) -> None:
+    def on_step(index: int, step: int, info: dict[str, Any], done: bool) -> None:
         frame = rendering.render_frame(env)
         if report.frame_size is None:
             report.frame_size = (frame.shape[1], frame.shape[0])
@@ -295,9 +293,6 @@ def render_video_for_push(
     out_path = Path(out_path)
     folder = checkpoint.folder if isinstance(checkpoint, LoadedCheckpoint) else Path(checkpoint)
     if _gl_backend_settled_without_display():
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(_render_one_episode, str(folder), out_path, max_episode_steps).result()
     in_process = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else str(folder)
@@ -308,6 +303,7 @@ def _render_one_episode(
     checkpoint: str | LoadedCheckpoint, out_path: Path, max_episode_steps: int | None
 ) -> Path:
     report = run_rollout(checkpoint, episodes=1, render=True, out=out_path, max_episode_steps=max_episode_steps)
+    assert report.video is not None  # a rendering rollout always writes its video
     return Path(report.video)
 
 

@@ -36,7 +36,7 @@ def test_listing_survives_broken_folders_and_names_the_problem(tiny_run_dir, tmp
 
 
 def test_list_json_describes_every_bundled_agent_and_each_preset_source():
-    from rql_cli.config import PRESETS
+    from rql_cli.presets import PRESETS
 
     result = CliRunner().invoke(app, ["list", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -232,7 +232,8 @@ def _config_of_train_command(command: str) -> tuple[int | None, dict]:
     """(task, config fields) that a card's `rql train --dataset D [--task T] [--set K=V]...` command makes."""
     import shlex
 
-    from rql_cli.config import make_config, parse_set_option
+    from rql_cli.config import parse_set_option
+    from rql_cli.presets import make_config
     from rql_cli.names import parse_task_name
 
     tokens = shlex.split(command)
@@ -279,9 +280,9 @@ def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_cont
 def test_an_old_control_command_gains_the_fields_a_changed_preset_no_longer_gives(tiny_run_dir):
     """A control's command written before a preset changed: the fields that neither it nor its
     agent's command set held the old preset's value, the agent's, and come back as --set."""
-    from rql_cli.config import make_config
+    from rql_cli.presets import make_config
     from rql_cli.io.checkpoint import read_meta
-    from rql_cli.io.model_card import reproduce_command, restate_preset_values
+    from rql_cli.io.reproduce import reproduce_command, restate_preset_values
 
     meta, _ = read_meta(sorted((tiny_run_dir / "checkpoints").iterdir())[-1])
     today = make_config(meta.dataset).flat()

@@ -9,15 +9,14 @@ import pytest
 from rql_cli.config import (
     FIELD_HELP,
     OFFICIAL_NAMES,
-    PRESETS,
     RQLConfig,
     RunConfig,
     field_names,
-    make_config,
     parse_set_option,
 )
 from rql_cli.errors import ConfigError
 from rql_cli.names import ENV_FAMILIES
+from rql_cli.presets import PRESETS, make_config
 
 
 def test_config_json_round_trip_keeps_every_field():

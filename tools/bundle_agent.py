@@ -27,13 +27,8 @@ from rql_cli.evaluation import evaluate_checkpoint
 from rql_cli.io.atomic import write_json_atomic
 from rql_cli.io.checkpoint import REQUIRED_FILES, read_meta
 from rql_cli.io.metrics import EvaluationReport, read_metrics, write_metrics
-from rql_cli.io.model_card import (
-    EVIDENCE_FILE,
-    build_model_card,
-    read_evidence,
-    reproduce_command,
-    restate_preset_values,
-)
+from rql_cli.io.model_card import EVIDENCE_FILE, build_model_card, read_evidence
+from rql_cli.io.reproduce import reproduce_command, restate_preset_values
 from rql_cli.io.resolve import load_checkpoint
 from rql_cli.io.run_record import read_run_record
 from rql_cli.rollout import run_rollout

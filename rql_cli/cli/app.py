@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import warnings
 
 import typer
 
@@ -81,8 +82,6 @@ for _info in [*app.registered_commands, *data_app.registered_commands]:
 def _quiet_library_warnings() -> None:
     """Silence import-time chatter that says nothing to our users, and print rql's own warnings as one
     clean line each (``Warning: ...``) instead of Python's file:line format (both as-is with --debug)."""
-    import warnings
-
     if "--debug" in sys.argv or os.environ.get("RQL_DEBUG") == "1":
         return
     warnings.filterwarnings("ignore", module="glfw")  # no display: glfw is never used headless

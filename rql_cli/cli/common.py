@@ -10,16 +10,17 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import click
 import typer
 
 from rql_cli.cli.display import err_console
-
-if TYPE_CHECKING:
-    from rql_cli.errors import RQLError
+from rql_cli.config import FIELD_HELP, RANGES, field_default, parse_set_option
+from rql_cli.errors import RQLError
 
 DEFAULT_DATA_DIR = "~/.ogbench/data"
 CHECKPOINT_HELP = (
@@ -42,8 +43,6 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rql_cli.errors import RQLError
-
         try:
             return command(*args, **kwargs)
         except RQLError as error:
@@ -60,14 +59,19 @@ def exit_with(error: RQLError) -> NoReturn:
     raise typer.Exit(1) from None
 
 
+def overrides_of(set_: list[str], flags: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides from ``--set KEY=VALUE`` items, then the config flags given (None: not given)."""
+    overrides = dict(parse_set_option(item) for item in set_)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return overrides
+
+
 def config_option(name: str, *flags: str) -> Any:
     """A typer option for config field ``name`` whose help and shown default come from the config.
 
     The option's value is None when not given, so the task preset (or a resumed run's value)
     stands. ``flags`` default to ``--field-name``; extra flags are aliases.
     """
-    from rql_cli.config import FIELD_HELP, field_default
-
     flags = flags or (f"--{name.replace('_', '-')}",)
     default = field_default(name)
     if isinstance(default, int) and not isinstance(default, bool):
@@ -104,8 +108,6 @@ def check_options(values: dict[str, int | None]) -> None:
 
 
 def _check_range(flag: str, value: int | None, low: float, high: float) -> None:
-    from rql_cli.errors import RQLError
-
     if value is not None and not low <= value <= high:
         raise RQLError(f"{flag} must lie in [{low:,}, {high:,}], got {value:,}.")
 
@@ -117,13 +119,9 @@ def seed_option(text: str) -> Any:
     arguments are parsed, so an out-of-range seed is refused with exit code 1 before any work;
     commands that pass ``--seed`` into a config get the same check from ``RunConfig.validate``.
     """
-    from rql_cli.config import RANGES
-
     low, high = RANGES["seed"]
 
     def check(value: int) -> int:
-        from rql_cli.errors import RQLError
-
         try:
             _check_range("--seed", value, low, high)
         except RQLError as error:
@@ -141,10 +139,6 @@ def check_output_path(path: Path, flag: str, *, folder: bool = False, example: s
     writer will make the missing folders; it is never created here, so a refused command leaves
     nothing behind. ``example`` names a file in a folder given where a file was wanted.
     """
-    import tempfile
-
-    from rql_cli.errors import RQLError
-
     path = Path(path).expanduser()
     if folder and path.exists() and not path.is_dir():
         raise RQLError(f"{flag} {path} is a file; it needs a folder. Choose another {flag}.")

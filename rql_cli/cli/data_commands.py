@@ -1,16 +1,26 @@
-"""`rql data generate` and `rql data info`: make and inspect OGBench datasets."""
+"""`rql data generate`, `info`, `download` and `verify`: make, inspect and fetch datasets.
+
+The data layer (numpy, torch, ogbench) is imported inside each command, so `rql --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.table import Table
 
+import rql_cli.minari_store as minari_store
 from rql_cli.cli.common import DEFAULT_DATA_DIR, check_options, check_output_path, handles_errors, ranged, seed_option
-from rql_cli.cli.display import console
+from rql_cli.cli.display import console, make_progress
+from rql_cli.errors import RQLError
+from rql_cli.names import MINARI_PREFIX
+
+if TYPE_CHECKING:
+    from rql_cli.data.verify import Check, Verification
 
 data_app = typer.Typer(
     help="Make and inspect OGBench datasets. Example: rql data generate cube-single-play-v0 --out data",
@@ -28,12 +38,18 @@ def default_workers() -> int:
 def data_generate(
     name: str = typer.Argument(..., help="Dataset to make, e.g. cube-single-play-v0 (see `rql list`)."),
     out: Path = typer.Option(Path(DEFAULT_DATA_DIR), "--out", "-o", help="Folder for NAME.npz and NAME-val.npz."),
-    episodes: Optional[int] = typer.Option(None, "--episodes", help="Train episodes.", show_default="the official count"),
-    val_episodes: Optional[int] = typer.Option(None, "--val-episodes", help="Validation episodes.", show_default="a tenth"),
+    episodes: int | None = typer.Option(None, "--episodes", help="Train episodes.", show_default="the official count"),
+    val_episodes: int | None = typer.Option(
+        None, "--val-episodes", help="Validation episodes.", show_default="a tenth"
+    ),
     seed: int = seed_option("Same seed, same bytes, whatever --workers is."),
-    workers: int = typer.Option(default_workers(), "--workers", "-j", help=ranged("--workers", "Processes collecting episodes.")),
-    episode_length: int = typer.Option(1001, "--episode-length", help="Steps per episode (1001 is the official length)."),
-    shard_size: Optional[int] = typer.Option(
+    workers: int = typer.Option(
+        default_workers(), "--workers", "-j", help=ranged("--workers", "Processes collecting episodes.")
+    ),
+    episode_length: int = typer.Option(
+        1001, "--episode-length", help="Steps per episode (1001 is the official length)."
+    ),
+    shard_size: int | None = typer.Option(
         None, "--shard-size",
         help="Write a folder of shards of this many train episodes each (the official 100M sets: 1000), "
         "each with its own -val file (--val-episodes then counts per shard).",
@@ -73,7 +89,6 @@ def generate_with_progress(
 
     Returns the two files, or the training shards.
     """
-    from rql_cli.cli.display import make_progress
     from rql_cli.data.generate import Generation, generate_dataset, generate_shards
 
     episodes, val_episodes = options.pop("episodes"), options.pop("val_episodes")
@@ -91,10 +106,15 @@ def generate_with_progress(
 @data_app.command("info")
 @handles_errors
 def data_info(
-    name: str = typer.Argument(..., help="Dataset or singletask name (cube-single-play-v0), minari:ID, or gym:ENV with --dataset-path."),
-    dataset_dir: Optional[Path] = typer.Option(None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a shard folder.", show_default=DEFAULT_DATA_DIR),
-    dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself."),
-    task: Optional[int] = typer.Option(None, "--task", help="Reward task 1-5 for the statistics."),
+    name: str = typer.Argument(
+        ..., help="Dataset or singletask name (cube-single-play-v0), minari:ID, or gym:ENV with --dataset-path."
+    ),
+    dataset_dir: Path | None = typer.Option(
+        None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a shard folder.",
+        show_default=DEFAULT_DATA_DIR,
+    ),
+    dataset_path: Path | None = typer.Option(None, "--dataset-path", help="The training .npz itself."),
+    task: int | None = typer.Option(None, "--task", help="Reward task 1-5 for the statistics."),
     sparse: bool = typer.Option(False, "--sparse", help="Show statistics of sparse rewards."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -102,15 +122,13 @@ def data_info(
 
     Example: rql data info cube-single-play-v0 --dataset-dir data
     """
-    from rich.table import Table
-
     from rql_cli.data.shards import folder_summary
     from rql_cli.data.sources import DataSpec
 
     spec = DataSpec(name=name, dataset_dir=str(dataset_dir or DEFAULT_DATA_DIR),
                     dataset_path=str(dataset_path) if dataset_path else None, task=task)
     loaded = spec.load(sparse_rewards=sparse)
-    info = {
+    info: dict[str, Any] = {
         "train_file": str(loaded.train_path),
         "env_id": loaded.env_id,
         "train": loaded.train.statistics(),
@@ -127,8 +145,9 @@ def data_info(
         console.print(f"Shard folder {whole['folder']}: {whole['shards']} shards, {whole['transitions']:,} "
                       f"transitions in {whole['episodes']:,} episodes. The table shows the first shard.")
     table = Table(title=f"{loaded.env_id} ({loaded.train_path})")
-    for column, justify in (("", "left"), ("train", "right"), ("val", "right")):
-        table.add_column(column, justify=justify)
+    table.add_column("", justify="left")
+    table.add_column("train", justify="right")
+    table.add_column("val", justify="right")
     for key, value in info["train"].items():
         other = info["val"][key] if info["val"] else ""
         table.add_row(key, _fmt(value), _fmt(other))
@@ -149,10 +168,6 @@ def data_download(
 
     Example: rql data download minari:D4RL/pen/human-v2
     """
-    import rql_cli.minari_store as minari_store
-    from rql_cli.errors import RQLError
-    from rql_cli.names import MINARI_PREFIX
-
     if not name.startswith(MINARI_PREFIX):
         raise RQLError(f"`rql data download` fetches Minari datasets (minari:ID); for OGBench's '{name}' use "
                        f"`rql data generate {name}`, or put the official files in a folder for --dataset-dir.")
@@ -170,11 +185,13 @@ def data_download(
 @handles_errors
 def data_verify(
     name: str = typer.Argument(..., help="Dataset or singletask name, e.g. cube-single-play-v0."),
-    dataset_dir: Optional[Path] = typer.Option(
+    dataset_dir: Path | None = typer.Option(
         None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a folder of shards.",
         show_default=DEFAULT_DATA_DIR,
     ),
-    dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself, or a shard folder."),
+    dataset_path: Path | None = typer.Option(
+        None, "--dataset-path", help="The training .npz itself, or a shard folder."
+    ),
     all_shards: bool = typer.Option(False, "--all-shards", help="Read every shard's values, not only the first's."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -187,8 +204,6 @@ def data_verify(
 
     Example: rql data verify cube-single-play-v0 --dataset-dir data
     """
-    from rich.table import Table
-
     from rql_cli.data.sources import resolve_dataset_path
     from rql_cli.data.verify import verify_dataset
 
@@ -197,36 +212,44 @@ def data_verify(
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        table = Table(title=f"{report.name}: {report.path}")
-        for column in ("file", "check", "status", "found", "expected"):
-            table.add_column(column, overflow="fold")
-        style = {"ok": "green", "note": "yellow", "fail": "bold red"}
-        for check in [c for c in report.checks if c.status != "ok"]:
-            table.add_row(check.file, check.field, f"[{style[check.status]}]{check.status}[/]", check.found, check.expected)
-        passed: dict[str, list[Any]] = {}
-        for check in report.checks:  # passed checks: one row per check, however many files had it
-            if check.status == "ok":
-                passed.setdefault(check.field, []).append(check)
-        for field_name, checks in passed.items():
-            files = checks[0].file if len(checks) == 1 else f"{len(checks)} files"
-            found = checks[0].found if len({c.found for c in checks}) == 1 else "(varies by file)"
-            table.add_row(files, field_name, "[green]ok[/]", found, checks[0].expected)
-        console.print(table)
-        if report.solve_rates:
-            rates = Table(title="How often each task is solved in the training data (first file)")
-            for column in ("task", "rows solving the task", "sub-goals solved (mean)"):
-                rates.add_column(column, justify="right")
-            for task, rate in report.solve_rates.items():
-                rates.add_row(str(task), f"{100 * rate['solved_fraction']:.2f}%", f"{100 * rate['subgoals_solved']:.1f}%")
-            console.print(rates)
-        notes = sum(c.status == "note" for c in report.checks)
-        if report.failed:
-            console.print(f"[bold red]{len(report.failed)} check(s) failed[/]: "
-                          + "; ".join(f"{c.file} {c.field}: {c.found}" for c in report.failed))
-        else:
-            console.print(f"[green]All checks passed[/] ({notes} note(s) where it differs from the official files).")
+        _print_verification(report)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _print_verification(report: Verification) -> None:
+    """What ``rql data verify`` found: failures and notes, passed checks one row each, solve rates."""
+    table = Table(title=f"{report.name}: {report.path}")
+    for column in ("file", "check", "status", "found", "expected"):
+        table.add_column(column, overflow="fold")
+    style = {"ok": "green", "note": "yellow", "fail": "bold red"}
+    for check in [c for c in report.checks if c.status != "ok"]:
+        status = f"[{style[check.status]}]{check.status}[/]"
+        table.add_row(check.file, check.field, status, check.found, check.expected)
+    passed: dict[str, list[Check]] = {}
+    for check in report.checks:  # passed checks: one row per check, however many files had it
+        if check.status == "ok":
+            passed.setdefault(check.field, []).append(check)
+    for field_name, checks in passed.items():
+        files = checks[0].file if len(checks) == 1 else f"{len(checks)} files"
+        found = checks[0].found if len({c.found for c in checks}) == 1 else "(varies by file)"
+        table.add_row(files, field_name, "[green]ok[/]", found, checks[0].expected)
+    console.print(table)
+    if report.solve_rates:
+        rates = Table(title="How often each task is solved in the training data (first file)")
+        for column in ("task", "rows solving the task", "sub-goals solved (mean)"):
+            rates.add_column(column, justify="right")
+        for task, rate in report.solve_rates.items():
+            rates.add_row(
+                str(task), f"{100 * rate['solved_fraction']:.2f}%", f"{100 * rate['subgoals_solved']:.1f}%"
+            )
+        console.print(rates)
+    notes = sum(c.status == "note" for c in report.checks)
+    if report.failed:
+        console.print(f"[bold red]{len(report.failed)} check(s) failed[/]: "
+                      + "; ".join(f"{c.file} {c.field}: {c.found}" for c in report.failed))
+    else:
+        console.print(f"[green]All checks passed[/] ({notes} note(s) where it differs from the official files).")
 
 
 def _fmt(value: Any) -> str:

@@ -1,17 +1,24 @@
-"""`rql demo`: a newcomer's first five minutes on a CPU: watch a trained agent, then train one briefly."""
+"""`rql demo`: a newcomer's first five minutes on a CPU: watch a trained agent, then train one briefly.
+
+What needs torch or the envs is imported inside the functions, so `rql --help` stays instant.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from rql_cli.cli.common import check_output_path, handles_errors
 from rql_cli.cli.data_commands import default_workers, generate_with_progress
-from rql_cli.cli.display import console
+from rql_cli.cli.display import console, eval_table
 from rql_cli.cli.train_command import run_training
+from rql_cli.errors import RQLError
+from rql_cli.io.bundled import BundledCheckpoint, bundled_checkpoints
+from rql_cli.io.resolve import load_checkpoint
+from rql_cli.io.run_layout import CURVES_FILE
+from rql_cli.presets import CPU_NETWORKS, make_config
 
 DEMO_DATASET = "cube-single-play-v0"
 DEFAULT_OUT = Path.home() / "rql-demo"
@@ -37,7 +44,6 @@ def demo(
 
     Example: rql demo --out /tmp/rql-demo
     """
-    from rql_cli.config import CPU_NETWORKS, make_config
     from rql_cli.data.sources import DataSpec
 
     out = out.expanduser()
@@ -55,14 +61,21 @@ def demo(
     if (data_dir / f"{DEMO_DATASET}.npz").is_file():
         console.print(f"2/4 Using the dataset already in {data_dir}.")
     else:
-        console.print(f"2/4 Generating {episodes} episodes of {DEMO_DATASET} with OGBench's scripted oracle into {data_dir} ...")
+        console.print(
+            f"2/4 Generating {episodes} episodes of {DEMO_DATASET} with OGBench's scripted oracle into {data_dir} ..."
+        )
         generate_with_progress(
             DEMO_DATASET, data_dir, episodes=episodes, val_episodes=max(1, episodes // 10), seed=0,
             workers=workers, episode_length=1001, force=False, quiet=False,
         )
     run_dir = out / f"run-{datetime.now():%Y%m%d-%H%M%S}"
-    reach = f"; the bundled agent reached {agent.success} after {agent.step:,}" if agent and agent.success_rate is not None else ""
-    console.print(f"3/4 A short training run: {steps:,} gradient steps into {run_dir} (a few minutes' worth{reach}) ...")
+    reach = (
+        f"; the bundled agent reached {agent.success} after {agent.step:,}"
+        if agent and agent.success_rate is not None else ""
+    )
+    console.print(
+        f"3/4 A short training run: {steps:,} gradient steps into {run_dir} (a few minutes' worth{reach}) ..."
+    )
     config = make_config(DEMO_DATASET, overrides=dict(
         **CPU_NETWORKS, steps=steps, eval_interval=0, eval_episodes=0, device=device,
     ))
@@ -72,19 +85,15 @@ def demo(
     _next_steps(agent, video, run_dir, data_dir)
 
 
-def _best_bundled() -> Any:
+def _best_bundled() -> BundledCheckpoint | None:
     """The bundled agent with the highest measured success (None when none is installed)."""
-    from rql_cli.io.bundled import bundled_checkpoints
-
     usable = [b for b in bundled_checkpoints() if b.env_id]
     return max(usable, key=lambda b: (b.success_rate or 0.0, b.step), default=None)
 
 
 def _score(ref: str, episodes: int, device: str) -> None:
-    from rql_cli.cli.display import eval_table
     from rql_cli.device import resolve_device
     from rql_cli.evaluation import evaluate_checkpoint
-    from rql_cli.io.resolve import load_checkpoint
 
     loaded = load_checkpoint(ref, resolve_device(device))
     report = evaluate_checkpoint(loaded, tasks=[None], episodes=episodes)  # envs: rql eval's default
@@ -93,7 +102,6 @@ def _score(ref: str, episodes: int, device: str) -> None:
 
 def _film(folder: Path, video: Path, max_steps: int, device: str) -> Path | None:
     """One labelled episode of the agent at 320x240; a machine that cannot render says why and goes on."""
-    from rql_cli.errors import RQLError
     from rql_cli.rollout import run_rollout
 
     try:
@@ -103,14 +111,12 @@ def _film(folder: Path, video: Path, max_steps: int, device: str) -> Path | None
         console.print(f"[yellow]No video: {error}[/]")
         return None
     console.print(f"   Filmed one episode ({report.frames} frames): {report.video}")
-    return report.video
+    return None if report.video is None else Path(report.video)
 
 
-def _next_steps(agent: Any, video: Path | None, run_dir: Path, data_dir: Path) -> None:
-    from rql_cli.io.run_layout import CURVES_FILE
-
+def _next_steps(agent: BundledCheckpoint | None, video: Path | None, run_dir: Path, data_dir: Path) -> None:
     lines = []
-    if video is not None:
+    if agent is not None and video is not None:
         lines.append(f"Video of {agent.name}: {video}")
     lines += [
         f"Short run: {run_dir} (curves: {run_dir / CURVES_FILE}); data: {data_dir}",

@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import typer
 from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -23,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from rql_cli.results import Episode, EpisodeProgress, EvalResult
+from rql_cli.training.observer import TrainObserver, TrainOutcome
 
 if TYPE_CHECKING:
     from rql_cli.io.metrics import EvaluationReport
@@ -41,7 +44,7 @@ class _Progress(Progress):
         self.plain = plain
         self._last_line = 0.0
 
-    def update(self, task_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
         """Update the task; off a terminal also print a line every ``plain_interval_s`` and at the end."""
         super().update(task_id, **kwargs)
         if not self.plain:
@@ -77,6 +80,10 @@ def make_progress(quiet: bool = False) -> Progress:
     )
 
 
+_UNKNOWN_INTERVAL = (float("nan"), float("nan"))
+"""Shown (as nan) for an interval an older or hand-written metrics.json did not record."""
+
+
 def pct(value: float) -> str:
     """A fraction in [0, 1] as a percentage with one decimal: 0.125 -> '12.5%'."""
     return f"{100 * value:.1f}%"
@@ -90,7 +97,7 @@ def success_text(result: EvalResult) -> str:
             low, high = result.normalized_score_ci95
             return f"n/a (normalised score {score:.1f} [{low:.1f}, {high:.1f}] over {result.episodes} episodes)"
         return f"n/a (mean return {result.mean_return:.1f} over {result.episodes} episodes)"
-    low, high = result.success_ci95
+    low, high = result.success_ci95 or _UNKNOWN_INTERVAL
     text = f"{pct(result.success_rate)} [{pct(low)}, {pct(high)}] over {result.episodes} episodes"
     if result.normalized_score is not None:
         text += f", normalised score {result.normalized_score:.1f}"
@@ -122,16 +129,22 @@ def lineage_text(lineage: dict[str, Any]) -> str:
     return f"{where} (step {lineage.get('step', 0):,}), {how}"
 
 
-class TrainDisplay:
-    """Implements every hook of ``rql_cli.training.observer.TrainObserver`` (by name, so that importing this
-    module does not import torch): a progress bar on a terminal, plain lines otherwise."""
+class TrainDisplay(TrainObserver):
+    """Every hook of a ``TrainObserver``: a progress bar on a terminal, plain lines otherwise."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.progress = make_progress(quiet)
-        self.task = None
-        self.eval_task = None
+        self.task: TaskID | None = None
+        self.eval_task: TaskID | None = None
         self.last_success = "-"
+
+    @property
+    def bar(self) -> TaskID:
+        """The run's progress bar, which ``on_start`` adds."""
+        if self.task is None:
+            raise RuntimeError("on_start adds the progress bar; no hook may come before it.")
+        return self.task
 
     def __enter__(self) -> TrainDisplay:
         self.progress.__enter__()
@@ -168,9 +181,7 @@ class TrainDisplay:
             f"V {metrics['value']:.3g} bc {metrics['bc']:.3g} pi {metrics['policy']:.3g} "
             f"success {self.last_success}"
         )
-        self.progress.update(
-            self.task, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info
-        )
+        self.progress.update(self.bar, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info)
 
     def on_eval_start(self, step: int, episodes: int) -> None:
         """Add a bar for the evaluation's episodes."""
@@ -217,7 +228,9 @@ class FinetuneDisplay(TrainDisplay):
             console.print(runtime_text(info.get("runtime")))
             if info["start_step"]:
                 console.print(f"Resuming at environment step {info['start_step']:,} (episode {info['episodes'] + 1}).")
-        self.task = self.progress.add_task("finetune", total=info["steps"], completed=info["start_step"], rate="", info="")
+        self.task = self.progress.add_task(
+            "finetune", total=info["steps"], completed=info["start_step"], rate="", info=""
+        )
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         """Move the bar (env steps) and show gradient steps, episodes, online success and losses."""
@@ -227,7 +240,7 @@ class FinetuneDisplay(TrainDisplay):
             f"{'-' if online != online else pct(online)} V {metrics['value']:.3g} bc {metrics['bc']:.3g} "
             f"eval {self.last_success}"
         )
-        self.progress.update(self.task, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info)
+        self.progress.update(self.bar, completed=step, rate=f"{metrics['steps_per_second']:.1f} it/s", info=info)
 
     def on_episode(self, step: int, episode: Episode, running_success: float) -> None:
         """Nothing between log rows: the next row shows the episode count and running success."""
@@ -249,8 +262,8 @@ def eval_table(report: EvaluationReport, lineage: dict[str, Any] | None = None) 
     for column in columns:
         table.add_column(column, justify="right", no_wrap="CI" in column)
     for result in report.tasks:
-        low, high = result.success_ci95
-        rlow, rhigh = result.return_ci95
+        low, high = result.success_ci95 or _UNKNOWN_INTERVAL
+        rlow, rhigh = result.return_ci95 or _UNKNOWN_INTERVAL
         reported = result.success_reported
         row = [
             str(result.task),
@@ -272,20 +285,16 @@ def eval_table(report: EvaluationReport, lineage: dict[str, Any] | None = None) 
 
 def stopped_before_training(run_dir: Path, resume: bool) -> NoReturn:
     """Ctrl-C or SIGTERM while the data loaded: say that nothing changed, exit 130."""
-    import typer
-
     state = f"the run in {run_dir} is as it was" if resume else "nothing was written"
     console.print(f"[yellow]Stopped before the first step[/]; {state}.")
     raise typer.Exit(130)
 
 
-def print_outcome(outcome: Any, run_dir: Path, unit: str) -> None:
+def print_outcome(outcome: TrainOutcome, run_dir: Path, unit: str) -> None:
     """How a training or fine-tuning run ended: where its checkpoint is, how to resume or evaluate it.
 
     Raises ``typer.Exit(130)`` after printing the resume command when the run was interrupted.
     """
-    import typer
-
     if outcome.interrupted:
         console.print(
             f"[yellow]Interrupted at {outcome.step:,} {unit}[/]; checkpoint saved to "

@@ -1,23 +1,26 @@
-"""`rql eval`: success rate and return of a checkpoint's EMA policy, with 95% intervals."""
+"""`rql eval`: success rate and return of a checkpoint's EMA policy, with 95% intervals.
+
+The evaluator and the device (torch) are imported when the command runs, so `rql --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from rql_cli.cli.common import CHECKPOINT_HELP, check_options, check_output_path, handles_errors, ranged, seed_option
-from rql_cli.cli.display import console
+from rql_cli.cli.display import console, eval_table, make_progress, pct
+from rql_cli.errors import RQLError
+from rql_cli.io.metrics import METRICS_FILE, write_metrics
+from rql_cli.io.resolve import load_checkpoint, reference_source
+from rql_cli.names import TASKS
 
 
-def parse_tasks(text: Optional[str]) -> list[Optional[int]]:
+def parse_tasks(text: str | None) -> list[int | None]:
     """``--task``: None -> [None] (the checkpoint's task); 'all' -> every task; 'N' -> [N]."""
-    from rql_cli.errors import RQLError
-    from rql_cli.names import TASKS
-
     if text is None:
         return [None]
     if text == "all":
@@ -31,15 +34,16 @@ def parse_tasks(text: Optional[str]) -> list[Optional[int]]:
 def eval_command(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=f"{CHECKPOINT_HELP} Or an exported FILE.onnx/.pt2."),
     episodes: int = typer.Option(50, "--episodes", "-n", help=ranged("--episodes", "Episodes per task.")),
-    task: Optional[str] = typer.Option(
+    task: str | None = typer.Option(
         None, "--task", help="Task 1-5, or 'all' for a per-task table.", show_default="the checkpoint's task"
     ),
     seed: int = seed_option("Episode i starts from env seed SEED+i; flow noise is seeded too."),
-    envs: Optional[int] = typer.Option(
-        None, "--envs", help=ranged("--envs", "Parallel environments."), show_default="one per core from 32 episodes on, else 1"
+    envs: int | None = typer.Option(
+        None, "--envs", help=ranged("--envs", "Parallel environments."),
+        show_default="one per core from 32 episodes on, else 1",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the full report as JSON here."),
     save: bool = typer.Option(False, "--save", help="Write the report into the checkpoint's metrics.json."),
     best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result table."),
@@ -48,13 +52,9 @@ def eval_command(
 
     Example: rql eval --checkpoint runs/demo --episodes 50 --task all --json results.json
     """
-    from rql_cli.cli.display import eval_table, make_progress, pct
     from rql_cli.device import resolve_device
-    from rql_cli.errors import RQLError
     from rql_cli.evaluation import evaluate_checkpoint
     from rql_cli.export.evaluate import evaluate_exported, exported_policy_file
-    from rql_cli.io.metrics import METRICS_FILE, write_metrics
-    from rql_cli.io.resolve import load_checkpoint, reference_source
 
     check_options({"--episodes": episodes, "--envs": envs})
     tasks = parse_tasks(task)

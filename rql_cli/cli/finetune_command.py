@@ -1,10 +1,14 @@
-"""`rql finetune`: improve a checkpoint online in its environment, or by more offline training."""
+"""`rql finetune`: improve a checkpoint online in its environment, or by more offline training.
+
+The training, data and device modules (torch) are imported inside the functions, so `rql --help`
+stays instant.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import typer
 
@@ -14,13 +18,26 @@ from rql_cli.cli.common import (
     check_options,
     config_option,
     handles_errors,
+    overrides_of,
     ranged,
 )
+from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, print_outcome, stopped_before_training
+from rql_cli.config import RunConfig
+from rql_cli.errors import RQLError
+from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
+from rql_cli.io.run_layout import CHECKPOINTS, RUN_FILE, check_new_run_folder, is_run_dir
+from rql_cli.io.run_record import read_run_record, recorded_data_location
+from rql_cli.names import parse_task_name
+from rql_cli.training.signals import StopNow
+
+if TYPE_CHECKING:
+    from rql_cli.data.sources import DataSpec
+    from rql_cli.training.online import FinetuneSettings
 
 
 @handles_errors
 def finetune(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
     online_steps: int = typer.Option(
         0, "--online-steps", help="Environment steps to fine-tune online (one env step, then --utd gradient steps)."
     ),
@@ -32,23 +49,27 @@ def finetune(
     no_offline_data: bool = typer.Option(
         False, "--no-offline-data", help="Start the replay buffer empty instead of with the checkpoint's dataset."
     ),
-    dataset: Optional[str] = typer.Option(
+    dataset: str | None = typer.Option(
         None, "--dataset", "-d",
         help="Continue offline on this dataset (same env as the checkpoint's), for --steps gradient steps.",
     ),
-    dataset_dir: Optional[Path] = typer.Option(
+    dataset_dir: Path | None = typer.Option(
         None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz.",
         show_default=f"a run folder's own data, else {DEFAULT_DATA_DIR}",
     ),
-    dataset_path: Optional[Path] = typer.Option(None, "--dataset-path", help="The training .npz itself."),
-    set_: list[str] = typer.Option([], "--set", help="Override a field of the checkpoint's config, e.g. --set lr=1e-4."),
-    steps: Optional[int] = config_option("steps"),
-    eval_interval: Optional[int] = config_option("eval_interval", "--eval-interval", "--eval-every"),
-    eval_episodes: Optional[int] = config_option("eval_episodes"),
-    seed: Optional[int] = config_option("seed"),
-    device: Optional[str] = config_option("device"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New run folder.", show_default="runs/finetune-NAME-TIMESTAMP"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the fine-tuning run in this folder."),
+    dataset_path: Path | None = typer.Option(None, "--dataset-path", help="The training .npz itself."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a field of the checkpoint's config, e.g. --set lr=1e-4."
+    ),
+    steps: int | None = config_option("steps"),
+    eval_interval: int | None = config_option("eval_interval", "--eval-interval", "--eval-every"),
+    eval_episodes: int | None = config_option("eval_episodes"),
+    seed: int | None = config_option("seed"),
+    device: str | None = config_option("device"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="New run folder.", show_default="runs/finetune-NAME-TIMESTAMP"
+    ),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the fine-tuning run in this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
 ) -> None:
     """Fine-tune a checkpoint: online in its own environment, or by more offline training.
@@ -67,7 +88,7 @@ def finetune(
     check_options({"--utd": utd, "--online-steps": online_steps if online_steps > 0 else None})
     settings = FinetuneSettings(online_steps=online_steps, utd=utd, balanced=balanced, offline_data=not no_offline_data)
     flags = dict(steps=steps, eval_interval=eval_interval, eval_episodes=eval_episodes, seed=seed, device=device)
-    overrides = _overrides(set_, flags)
+    overrides = overrides_of(set_, flags)
     if resume is not None:
         _refuse_options_on_resume(checkpoint, dataset, dataset_dir, dataset_path, online_steps)
         args = _resumed(resume, overrides)
@@ -76,17 +97,18 @@ def finetune(
     _run(*args, resume=resume is not None, quiet=quiet)
 
 
-def _overrides(set_: list[str], flags: dict[str, Any]) -> dict[str, Any]:
-    from rql_cli.config import parse_set_option
+class _Setup(NamedTuple):
+    """What a fine-tuning run starts from: its source (None when resumed: the run's own checkpoint
+    restores it), its config and settings, the data and the run folder."""
 
-    overrides = dict(parse_set_option(item) for item in set_)
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    return overrides
+    loaded: LoadedCheckpoint | None
+    config: RunConfig
+    settings: FinetuneSettings
+    data: DataSpec
+    run_dir: Path
 
 
-def _refuse_options_on_resume(*given: Any) -> None:
-    from rql_cli.errors import RQLError
-
+def _refuse_options_on_resume(*given: object) -> None:
     if any(given):
         raise RQLError(
             "--resume continues a fine-tuning run as it was set up; drop --checkpoint, --dataset, "
@@ -94,12 +116,9 @@ def _refuse_options_on_resume(*given: Any) -> None:
         )
 
 
-def _resumed(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
-    """(loaded, config, settings, data, run_dir) of a fine-tuning run to continue."""
+def _resumed(run_dir: Path, overrides: dict[str, Any]) -> _Setup:
+    """The set-up of a fine-tuning run to continue."""
     from rql_cli.data.sources import DataSpec
-    from rql_cli.errors import RQLError
-    from rql_cli.io.run_layout import CHECKPOINTS, RUN_FILE, is_run_dir
-    from rql_cli.io.run_record import read_run_record
     from rql_cli.training.online import FinetuneSettings
 
     if not is_run_dir(run_dir):
@@ -111,25 +130,23 @@ def _resumed(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
             f"`rql train --resume {run_dir}`."
         )
     settings = FinetuneSettings.from_dict(record.finetune)
-    return None, record.config.replace(**overrides), settings, DataSpec(name=record.dataset, **record.data), run_dir
+    data = DataSpec(name=record.dataset, **record.data)
+    return _Setup(None, record.config.replace(**overrides), settings, data, run_dir)
 
 
 def _new(
-    checkpoint: Optional[str], settings: Any, dataset: Optional[str], dataset_dir: Optional[Path],
-    dataset_path: Optional[Path], overrides: dict[str, Any], out: Optional[Path],
-) -> tuple[Any, ...]:
-    """(loaded, config, settings, data, run_dir) of a new fine-tuning run; checks the inputs first."""
-    from rql_cli.config import RunConfig
+    checkpoint: str | None, settings: FinetuneSettings, dataset: str | None, dataset_dir: Path | None,
+    dataset_path: Path | None, overrides: dict[str, Any], out: Path | None,
+) -> _Setup:
+    """The set-up of a new fine-tuning run; checks the inputs first."""
     from rql_cli.data.sources import DataSpec
     from rql_cli.device import resolve_device
-    from rql_cli.errors import RQLError
-    from rql_cli.io.resolve import load_checkpoint
-    from rql_cli.io.run_layout import check_new_run_folder
-    from rql_cli.io.run_record import recorded_data_location
-    from rql_cli.names import parse_task_name
 
     if not checkpoint:
-        raise RQLError("Name the checkpoint to fine-tune with --checkpoint (a run folder, checkpoint folder, bundled name or Hub id).")
+        raise RQLError(
+            "Name the checkpoint to fine-tune with --checkpoint "
+            "(a run folder, checkpoint folder, bundled name or Hub id)."
+        )
     if settings.online_steps < 0 or (settings.online_steps == 0 and not dataset):
         raise RQLError(
             f"--online-steps must be a positive number of environment steps (got {settings.online_steps}), "
@@ -156,18 +173,14 @@ def _new(
         dataset_path=str(dataset_path) if dataset_path else None,
         task=task,
     )
-    return loaded, config, settings, data, Path(run_dir)
+    return _Setup(loaded, config, settings, data, Path(run_dir))
 
 
-def _run(loaded: Any, config: Any, settings: Any, data: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
-    from rql_cli.cli.display import (
-        FinetuneDisplay,
-        TrainDisplay,
-        print_outcome,
-        stopped_before_training,
-    )
+def _run(
+    loaded: LoadedCheckpoint | None, config: RunConfig, settings: FinetuneSettings, data: DataSpec, run_dir: Path,
+    *, resume: bool, quiet: bool,
+) -> None:
     from rql_cli.training.online import finetune as finetune_loop
-    from rql_cli.training.signals import StopNow
 
     display = FinetuneDisplay(quiet) if settings.online_steps > 0 else TrainDisplay(quiet)
     try:

@@ -6,14 +6,21 @@ inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Optional
 
 import typer
+from rich.status import Status
+from rich.table import Table
 
 from rql_cli.cli.common import CHECKPOINT_HELP, debug_enabled, handles_errors
-from rql_cli.cli.display import console
+from rql_cli.cli.display import console, pct
+from rql_cli.io.checkpoint_files import CONFIG_FILE
+from rql_cli.io.hub_ref import require_hub_ref
+from rql_cli.io.metrics import METRICS_FILE, read_metrics
+from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
 from rql_cli.results import EvalResult
 
 
@@ -25,17 +32,15 @@ def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
 
 
-def _status(message: str) -> Any:
+def _status(message: str) -> Status | contextlib.nullcontext[None]:
     """A spinner on a terminal; a plain line otherwise (CI logs, pipes)."""
     if console.is_terminal:
         return console.status(message)
     console.print(message)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
-def _video_for_push(loaded: Any, workdir: Path) -> Optional[Path]:
+def _video_for_push(loaded: LoadedCheckpoint, workdir: Path) -> Path | None:
     """rollout.mp4 of the checkpoint when there is one, else one rendered now; None when neither works."""
     from rql_cli.rollout import render_video_for_push
 
@@ -48,7 +53,9 @@ def _video_for_push(loaded: Any, workdir: Path) -> Optional[Path]:
     except Exception as error:  # rendering is a nicety: GL or ffmpeg trouble must not block a push
         if debug_enabled():
             raise
-        console.print(f"[yellow]Note:[/] could not render a video ({type(error).__name__}: {error}); pushing without one.")
+        console.print(
+            f"[yellow]Note:[/] could not render a video ({type(error).__name__}: {error}); pushing without one."
+        )
         return None
 
 
@@ -57,16 +64,19 @@ def push(
     run_or_checkpoint: str = typer.Argument(..., help=CHECKPOINT_HELP),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub model repo to publish to, USER/NAME (made if missing)."),
     private: bool = typer.Option(False, "--private", help="Make the repo private when it is created."),
-    token: Optional[str] = typer.Option(
+    token: str | None = typer.Option(
         None, "--token", help="Hugging Face token with write access.",
         show_default="HF_TOKEN, else the `hf auth login` one",
     ),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to, made if missing.", show_default="main"),
-    commit_message: Optional[str] = typer.Option(
+    revision: str | None = typer.Option(
+        None, "--revision", help="Branch to commit to, made if missing.", show_default="main"
+    ),
+    commit_message: str | None = typer.Option(
         None, "--commit-message", "-m", help="Commit message.", show_default="dataset, step and success rate"
     ),
     with_train_state: bool = typer.Option(
-        False, "--with-train-state", help="Also publish train_state.safetensors (optimiser and RNG state for exact --resume)."
+        False, "--with-train-state",
+        help="Also publish train_state.safetensors (optimiser and RNG state for exact --resume).",
     ),
     best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
     video: bool = typer.Option(
@@ -75,13 +85,13 @@ def push(
 ) -> None:
     """Publish a checkpoint to the Hugging Face Hub as one commit, with a model card of its measured results.
 
-    Uploads config.json, the safetensors weights, metrics.json (from `rql eval --checkpoint FOLDER --save`), a rollout video and a README.md model card; the token comes from --token, HF_TOKEN or `hf auth login` and is never printed.
+    Uploads config.json, the safetensors weights, metrics.json (from `rql eval --checkpoint FOLDER --save`),
+    a rollout video and a README.md model card; the token comes from --token, HF_TOKEN or `hf auth login`
+    and is never printed.
 
     Example: rql push runs/demo --repo-id alice/rql-cube-single
     """
     from rql_cli.io.hub import check_can_push, push_checkpoint
-    from rql_cli.io.metrics import METRICS_FILE
-    from rql_cli.io.resolve import load_checkpoint
 
     # Before loading, rendering or any network call: a push that will be refused does nothing.
     token, _ = check_can_push(repo_id, revision, token)
@@ -114,8 +124,8 @@ def push(
 @handles_errors
 def pull(
     repo_id: str = typer.Argument(..., help="Hub model repo, USER/NAME or USER/NAME@REVISION."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit id.", show_default="main"),
-    dir: Optional[Path] = typer.Option(
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit id.", show_default="main"),
+    dir: Path | None = typer.Option(
         None, "--dir", help="Download into this folder instead of the Hub cache (HF_HOME)."
     ),
 ) -> None:
@@ -125,14 +135,9 @@ def pull(
 
     Example: rql pull alice/rql-cube-single --revision main
     """
-    import time
-
     import huggingface_hub  # noqa: F401  (imported before the clock starts: time the download, not imports)
 
-    from rql_cli.io.checkpoint_files import CONFIG_FILE
     from rql_cli.io.hub import pull_checkpoint, verify_checkpoint
-    from rql_cli.io.hub_ref import require_hub_ref
-    from rql_cli.io.metrics import METRICS_FILE, read_metrics
 
     ref = require_hub_ref(repo_id, revision)
     started = time.perf_counter()
@@ -157,12 +162,8 @@ def pull(
     console.print(f"Evaluate it with: rql eval --checkpoint {folder if dir else ref}")
 
 
-def _results_table(title: str, results: list[EvalResult], env_id: str) -> Any:
+def _results_table(title: str, results: list[EvalResult], env_id: str) -> Table:
     """A rich table of per-task results as a model card states them."""
-    from rich.table import Table
-
-    from rql_cli.cli.display import pct
-
     table = Table(title=title)
     for column in ("task", "environment", "success rate", "95% CI", "episodes"):
         table.add_column(column, justify="right")

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 from rql_cli.cli.common import handles_errors
-from rql_cli.cli.display import console
+from rql_cli.cli.display import console, lineage_text
+from rql_cli.data.recipes import GENERATABLE
+from rql_cli.io.bundled import BundledCheckpoint, bundled_checkpoints
+from rql_cli.presets import PAPER_PRESET_SOURCE, PRESET_SOURCES, PRESETS
 
 
 @handles_errors
@@ -21,10 +29,6 @@ def list_command(
 
     Example: rql list --json | jq '.bundled[].success_rate'
     """
-    from rql_cli.config import PRESET_SOURCES, PRESETS
-    from rql_cli.data.recipes import GENERATABLE
-    from rql_cli.io.bundled import bundled_checkpoints
-
     bundled = bundled_checkpoints()
     if as_json:
         payload = dict(
@@ -39,14 +43,8 @@ def list_command(
     console.print("Datasets `rql data generate` can make: " + ", ".join(sorted(GENERATABLE)))
 
 
-def _bundled_table(bundled):
+def _bundled_table(bundled: list[BundledCheckpoint]) -> Table:
     """One row per agent; the env under the name, so the table fits 80 columns."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    from rql_cli.cli.display import lineage_text
-
     counts = {entry.episodes for entry in bundled}
     same_count = len(counts) == 1 and None not in counts
     title = "Bundled agents (rql eval --checkpoint NAME)"
@@ -70,7 +68,8 @@ def _bundled_table(bundled):
             low, high = entry.success_ci95
             success = f"{success} [{100 * low:.0f}, {100 * high:.0f}]"
         env = entry.env_id.split("-singletask")[0] or entry.dataset
-        row = [Text.assemble(entry.name, "\n", (env, "dim")), str(entry.task or "-"), success]  # no markup
+        name_and_env = Text.assemble(entry.name, "\n", (env, "dim"))  # Text: no markup in names
+        row: list[Text | str] = [name_and_env, str(entry.task or "-"), success]
         if not same_count:
             row.append(str(entry.episodes or "-"))
         row += [f"{entry.step:,}", f"{entry.size_bytes / 2**20:.1f} MB", "yes" if entry.video else "-"]
@@ -80,15 +79,9 @@ def _bundled_table(bundled):
     return table
 
 
-def _presets_table(presets, sources):
+def _presets_table(presets: dict[str, dict[str, Any]], sources: dict[str, str]) -> Group:
     """The presets with a short source column; sources other than the paper's table are numbered
     notes printed under it (a long sentence in a cell is unreadable at 80 columns)."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from rql_cli.config import PAPER_PRESET_SOURCE
-
     table = Table(title="Task presets (chosen from the dataset name; override with --set)")
     table.add_column("family", no_wrap=True)
     for column in ("alpha", "expectile", "rho", "h", "gamma", "sparse"):

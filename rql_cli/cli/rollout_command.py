@@ -1,19 +1,24 @@
 """`rql rollout`: run a checkpoint's policy for a few episodes and, with --render, film them.
 
-Registered by the app; heavy modules are imported when it runs.
+Registered by the app; the envs and torch are imported when it runs, so `rql --help` stays instant.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING
 
 import typer
+from rich.progress import Progress
+from rich.table import Table
 
 from rql_cli.cli.common import CHECKPOINT_HELP, check_options, check_output_path, handles_errors, ranged, seed_option
-from rql_cli.cli.display import console
+from rql_cli.cli.display import console, make_progress, pct
 from rql_cli.results import EpisodeProgress
+
+if TYPE_CHECKING:
+    from rql_cli.rollout import RolloutReport
 
 EPISODES_WITH_RENDER = 1
 EPISODES_WITHOUT_RENDER = 5
@@ -22,7 +27,7 @@ EPISODES_WITHOUT_RENDER = 5
 @handles_errors
 def rollout(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
-    episodes: Optional[int] = typer.Option(
+    episodes: int | None = typer.Option(
         None, "--episodes", "-n", help=ranged("--episodes", "Episodes to run, one after another."),
         show_default=f"{EPISODES_WITH_RENDER} with --render, else {EPISODES_WITHOUT_RENDER}",
     ),
@@ -30,16 +35,18 @@ def rollout(
         False, "--render/--no-render", help="Write the episodes into a labelled video (headless: MUJOCO_GL=egl)."
     ),
     out: Path = typer.Option(Path("rollout.mp4"), "--out", "-o", help="Video file, .mp4 or .gif (with --render)."),
-    fps: int = typer.Option(30, "--fps", help=ranged("--fps", "Playback frames per second (the env steps 20 times a second).")),
+    fps: int = typer.Option(
+        30, "--fps", help=ranged("--fps", "Playback frames per second (the env steps 20 times a second).")
+    ),
     size: str = typer.Option("640x480", "--size", help="Frame size WIDTHxHEIGHT in pixels (even sides for mp4)."),
-    task: Optional[int] = typer.Option(
+    task: int | None = typer.Option(
         None, "--task", help=ranged("--task", "Task number."),
         show_default="the checkpoint's task",
     ),
     seed: int = seed_option("Episode i starts from env seed SEED+i; flow noise as `rql eval --seed`."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     best: bool = typer.Option(False, "--best", help="For a run folder: its best-evaluated checkpoint, not the latest."),
-    max_steps: Optional[int] = typer.Option(
+    max_steps: int | None = typer.Option(
         None, "--max-steps", help=ranged("--max-steps", "Cut each episode at this many steps, for a quick look."),
         show_default="the env's time limit"
     ),
@@ -49,7 +56,6 @@ def rollout(
 
     Example: rql rollout --checkpoint runs/demo --render --episodes 3 --out demo.mp4
     """
-    from rql_cli.cli.display import make_progress
     from rql_cli.envs.render import check_video_path, parse_size
     from rql_cli.rollout import run_rollout
 
@@ -69,7 +75,7 @@ def rollout(
         )
     console.print(_episodes_table(report))
     if report.video:
-        if not quiet:
+        if not quiet and report.frame_size is not None and report.render_fps is not None:
             console.print(
                 f"{report.frames} frames of {report.frame_size[0]}x{report.frame_size[1]} at "
                 f"{report.render_fps:.1f} frames/s (step, policy, render, encode)."
@@ -80,7 +86,7 @@ def rollout(
 class _RolloutProgress:
     """Feeds a rollout's callbacks into one progress bar: frames (with --render) or episodes."""
 
-    def __init__(self, progress: Any, render: bool, episodes: int):
+    def __init__(self, progress: Progress, render: bool, episodes: int):
         self.progress, self.render = progress, render
         self.bar = progress.add_task("render" if render else "episodes", total=None if render else episodes,
                                      rate="", info="")
@@ -99,20 +105,19 @@ class _RolloutProgress:
         tally = (f"success {shown.successes}/{shown.done}" if episode.success_reported
                  else f"return {episode.episode_return:.1f}")
         info = f"episode {shown.done}/{shown.total}, {tally}"
-        self.progress.update(self.bar, info=info, **({} if self.render else {"completed": shown.done}))
+        if self.render:  # the bar counts frames
+            self.progress.update(self.bar, info=info)
+        else:
+            self.progress.update(self.bar, info=info, completed=shown.done)
 
 
-def _episodes_table(report: Any):
-    from rich.table import Table
-
-    from rql_cli.cli.display import pct
-
+def _episodes_table(report: RolloutReport) -> Table:
     table = Table(title=f"{report.env_id} @ step {report.step:,} (seed {report.seed})")
     for column in ("episode", "env seed", "success", "return", "length"):
         table.add_column(column, justify="right")
-    for record in report.episodes:
+    for number, record in enumerate(report.episodes, start=1):  # episode i holds index i - 1
         table.add_row(
-            str(record.index + 1), str(record.seed),
+            str(number), str(record.seed),
             ("yes" if record.success else "no") if record.success_reported else "n/a",
             f"{record.episode_return:.1f}", str(record.length),
         )

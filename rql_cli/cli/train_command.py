@@ -1,15 +1,30 @@
-"""`rql train`: offline training with the paper's preset for the dataset's task."""
+"""`rql train`: offline training with the paper's preset for the dataset's task.
+
+The data and training modules (torch) are imported when the command runs, so `rql --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rql_cli.cli.common import DEFAULT_DATA_DIR, config_option, handles_errors
+import rql_cli.minari_store as minari_store
+from rql_cli.cli.common import DEFAULT_DATA_DIR, config_option, handles_errors, overrides_of
+from rql_cli.cli.display import TrainDisplay, print_outcome, stopped_before_training
+from rql_cli.config import FIELD_HELP, OFFICIAL_NAMES, RunConfig
+from rql_cli.errors import RQLError
+from rql_cli.io.run_layout import check_new_run_folder, check_resumable, is_run_dir
+from rql_cli.io.run_record import read_run_record
+from rql_cli.names import MINARI_PREFIX, parse_task_name
+from rql_cli.presets import make_config
+from rql_cli.training.signals import StopNow
+
+if TYPE_CHECKING:
+    from rql_cli.data.sources import DataSpec
 
 RUN_FLAGS = ("steps", "eval_interval", "eval_episodes", "eval_envs", "seed", "device")
 """Config fields that have a flag of their own besides --set."""
@@ -17,8 +32,6 @@ RUN_FLAGS = ("steps", "eval_interval", "eval_episodes", "eval_envs", "seed", "de
 
 def config_fields_epilog() -> str:
     """Every config field, its default and its help: the one source of --set's help."""
-    from rql_cli.config import FIELD_HELP, OFFICIAL_NAMES, RunConfig
-
     defaults = RunConfig().flat()
     official = {ours: theirs for theirs, ours in OFFICIAL_NAMES.items()}
     lines = [
@@ -32,45 +45,45 @@ def config_fields_epilog() -> str:
 
 @handles_errors
 def train(
-    dataset: Optional[str] = typer.Option(
+    dataset: str | None = typer.Option(
         None, "--dataset", "-d",
         help="OGBench dataset or singletask name (cube-single-play-v0), or a Minari id as minari:ID "
         "(minari:D4RL/pen/human-v2, read from MINARI_DATASETS_PATH).",
     ),
-    dataset_dir: Optional[Path] = typer.Option(
+    dataset_dir: Path | None = typer.Option(
         None, "--dataset-dir", help="Folder with NAME.npz and NAME-val.npz, or a folder of shards (100M sets).",
         show_default=DEFAULT_DATA_DIR,
     ),
-    dataset_path: Optional[Path] = typer.Option(
+    dataset_path: Path | None = typer.Option(
         None, "--dataset-path",
         help="The training .npz itself (its -val.npz must sit beside it), or a folder of .npz shards.",
     ),
-    env: Optional[str] = typer.Option(
+    env: str | None = typer.Option(
         None, "--env", help="Gymnasium env id that evaluates a plain .npz given with --dataset-path (e.g. Hopper-v5)."
     ),
     download: bool = typer.Option(
         False, "--download", help="Fetch a Minari dataset that is not on disk (honours HF_ENDPOINT, HF_HUB_OFFLINE)."
     ),
-    task: Optional[int] = typer.Option(
+    task: int | None = typer.Option(
         None, "--task", help="Singletask reward task 1-5.", show_default="the name's, else the env's default"
     ),
-    preset: Optional[str] = typer.Option(
+    preset: str | None = typer.Option(
         None, "--preset", help="Hyperparameter preset of another task family (see `rql list`)."
     ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a config field, value as JSON: --set alpha=3 --set 'value_hidden_dims=[256,256]'."
     ),
-    steps: Optional[int] = config_option("steps"),
-    eval_interval: Optional[int] = config_option("eval_interval", "--eval-interval", "--eval-every"),
-    eval_episodes: Optional[int] = config_option("eval_episodes"),
-    eval_envs: Optional[int] = config_option("eval_envs"),
-    seed: Optional[int] = config_option("seed"),
-    device: Optional[str] = config_option("device"),
-    shard_swap_every: Optional[int] = config_option("shard_swap_every"),
-    out: Optional[Path] = typer.Option(
+    steps: int | None = config_option("steps"),
+    eval_interval: int | None = config_option("eval_interval", "--eval-interval", "--eval-every"),
+    eval_episodes: int | None = config_option("eval_episodes"),
+    eval_envs: int | None = config_option("eval_envs"),
+    seed: int | None = config_option("seed"),
+    device: str | None = config_option("device"),
+    shard_swap_every: int | None = config_option("shard_swap_every"),
+    out: Path | None = typer.Option(
         None, "--out", "-o", help="Run folder.", show_default="runs/DATASET-seedS-TIMESTAMP"
     ),
-    resume: Optional[Path] = typer.Option(
+    resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this folder from its latest checkpoint."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
@@ -79,20 +92,10 @@ def train(
 
     Example: rql train --dataset cube-double-play-v0 --dataset-dir data --steps 100000 --device cuda
     """
-    from rql_cli.config import parse_set_option
-
-    overrides = dict(parse_set_option(item) for item in set_)
-    flags = dict(zip(RUN_FLAGS, (steps, eval_interval, eval_episodes, eval_envs, seed, device)))
-    flags["shard_swap_every"] = shard_swap_every
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    flags = dict(zip(RUN_FLAGS, (steps, eval_interval, eval_episodes, eval_envs, seed, device), strict=True))
+    overrides = overrides_of(set_, {**flags, "shard_swap_every": shard_swap_every})
     if resume is not None:
-        if dataset or dataset_dir or dataset_path or preset or env or task is not None:
-            from rql_cli.errors import RQLError
-
-            raise RQLError(
-                "--resume continues a run as it was set up; drop --dataset, --dataset-dir, "
-                "--dataset-path, --env, --task and --preset."
-            )
+        _refuse_setup_on_resume(dataset, dataset_dir, dataset_path, preset, env, task is not None)
         config, spec, run_dir = _resumed_run(resume, overrides)
     else:
         dataset = _dataset_name(dataset, dataset_path, env, download)
@@ -100,14 +103,21 @@ def train(
     run_training(config, spec, run_dir, resume=resume is not None, quiet=quiet)
 
 
-def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any, Path]:
+def _refuse_setup_on_resume(*given: object) -> None:
+    """Refuse what sets up a new run (the data, the env, the task, the preset) alongside --resume."""
+    if any(given):
+        raise RQLError(
+            "--resume continues a run as it was set up; drop --dataset, --dataset-dir, "
+            "--dataset-path, --env, --task and --preset."
+        )
+
+
+def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[RunConfig, DataSpec, Path]:
     """(config, data spec, run folder) of a run to continue, with ``overrides`` applied.
 
     The training layer refuses overrides the saved state cannot take (``session.check_resume``).
     """
     from rql_cli.data.sources import DataSpec
-    from rql_cli.io.run_layout import check_resumable
-    from rql_cli.io.run_record import read_run_record
 
     check_resumable(run_dir)
     record = read_run_record(run_dir)
@@ -115,14 +125,11 @@ def _resumed_run(run_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any, Pa
     return record.config.replace(**overrides), spec, run_dir
 
 
-def _dataset_name(dataset: Optional[str], dataset_path: Optional[Path], env: Optional[str], download: bool) -> Optional[str]:
+def _dataset_name(dataset: str | None, dataset_path: Path | None, env: str | None, download: bool) -> str | None:
     """The dataset name a new run records: as given, or ``gym:ENV`` for a plain file with --env.
 
     With --download a Minari dataset missing from disk is fetched first.
     """
-    from rql_cli.errors import RQLError
-    from rql_cli.names import MINARI_PREFIX
-
     if env is not None:
         if dataset is not None or dataset_path is None:
             raise RQLError("--env names the environment of a plain .npz: use it with --dataset-path FILE.npz "
@@ -131,8 +138,6 @@ def _dataset_name(dataset: Optional[str], dataset_path: Optional[Path], env: Opt
     if download:
         if not dataset or not dataset.startswith(MINARI_PREFIX):
             raise RQLError("--download fetches Minari datasets: use it with --dataset minari:ID.")
-        import rql_cli.minari_store as minari_store
-
         ident = dataset[len(MINARI_PREFIX):]
         if not minari_store.is_local(ident):
             minari_store.download(ident)
@@ -140,18 +145,16 @@ def _dataset_name(dataset: Optional[str], dataset_path: Optional[Path], env: Opt
 
 
 def _new_run(
-    dataset: Optional[str], dataset_dir: Optional[Path], dataset_path: Optional[Path], task: Optional[int],
-    preset: Optional[str], overrides: dict[str, Any], out: Optional[Path],
-) -> tuple[Any, Any, Path]:
+    dataset: str | None, dataset_dir: Path | None, dataset_path: Path | None, task: int | None,
+    preset: str | None, overrides: dict[str, Any], out: Path | None,
+) -> tuple[RunConfig, DataSpec, Path]:
     """(config, data spec, run folder) of a new run; refuses a folder that already holds a run."""
-    from rql_cli.config import make_config
     from rql_cli.data.sources import DataSpec
-    from rql_cli.errors import RQLError
-    from rql_cli.io.run_layout import check_new_run_folder, is_run_dir
-    from rql_cli.names import parse_task_name
 
     if not dataset:
-        raise RQLError("Name a dataset with --dataset (e.g. cube-single-play-v0), or continue a run with --resume RUN_DIR.")
+        raise RQLError(
+            "Name a dataset with --dataset (e.g. cube-single-play-v0), or continue a run with --resume RUN_DIR."
+        )
     task_name = parse_task_name(dataset)  # unknown names fail here, with suggestions
     if task is not None:
         task_name.resolve_task(task)
@@ -173,11 +176,9 @@ def _new_run(
     return config, spec, Path(run_dir)
 
 
-def run_training(config: Any, spec: Any, run_dir: Path, *, resume: bool, quiet: bool) -> None:
+def run_training(config: RunConfig, spec: DataSpec, run_dir: Path, *, resume: bool, quiet: bool) -> None:
     """Run the training loop under a progress display and print how it ended."""
-    from rql_cli.cli.display import TrainDisplay, print_outcome, stopped_before_training
     from rql_cli.training.offline import train as train_loop
-    from rql_cli.training.signals import StopNow
 
     try:
         with TrainDisplay(quiet) as display:

@@ -6,7 +6,7 @@ A ``velocity_fn(obs, chunk, flow_time)`` maps (B, obs_dim), (B, D), (B, 1) -> (B
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,11 +7,13 @@ biases, tanh-approximated GELU, LayerNorm epsilon 1e-6.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
 
 import torch
 from torch import nn
+
+from rql_cli.config import RQLConfig
 
 LAYER_NORM_EPS = 1e-6
 
@@ -26,7 +28,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden_dims: list[int], out_dim: int, layer_norm: bool = False):
         super().__init__()
         dims = [in_dim, *hidden_dims]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.norms = nn.ModuleList(
             nn.LayerNorm(d, eps=LAYER_NORM_EPS) if layer_norm else nn.Identity() for d in hidden_dims
         )
@@ -36,7 +38,7 @@ class MLP(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for linear, norm in zip(self.hidden, self.norms):
+        for linear, norm in zip(self.hidden, self.norms, strict=True):
             x = norm(_gelu(linear(x)))
         return self.out(x)
 
@@ -100,7 +102,7 @@ class ValueEnsemble(nn.Module):
         self.ensemble_size = ensemble_size
         dims = [obs_dim + chunk_dim + 1, *hidden_dims]
         self.hidden = nn.ModuleList(
-            EnsembleLinear(ensemble_size, a, b) for a, b in zip(dims[:-1], dims[1:])
+            EnsembleLinear(ensemble_size, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
         )
         self.norms = nn.ModuleList(
             EnsembleLayerNorm(ensemble_size, d) if layer_norm else nn.Identity() for d in hidden_dims
@@ -110,12 +112,12 @@ class ValueEnsemble(nn.Module):
     def forward(self, obs: torch.Tensor, chunk: torch.Tensor, flow_time: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, chunk, flow_time], dim=-1)
         x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
-        for linear, norm in zip(self.hidden, self.norms):
+        for linear, norm in zip(self.hidden, self.norms, strict=True):
             x = norm(_gelu(linear(x)))
         return self.out(x).squeeze(-1)
 
 
-def parameter_count(config: Any, obs_dim: int, action_dim: int) -> int:
+def parameter_count(config: RQLConfig, obs_dim: int, action_dim: int) -> int:
     """Parameters of the online velocity field plus the online value ensemble (no targets), by arithmetic.
 
     Lets callers refuse a config whose networks cannot fit before allocating any of them.
@@ -125,7 +127,7 @@ def parameter_count(config: Any, obs_dim: int, action_dim: int) -> int:
 
     def mlp(widths: list[int], out_dim: int, layer_norm: bool) -> int:
         dims = [in_dim, *widths]
-        linear = sum((a + 1) * b for a, b in zip(dims, dims[1:])) + (dims[-1] + 1) * out_dim
+        linear = sum((a + 1) * b for a, b in itertools.pairwise(dims)) + (dims[-1] + 1) * out_dim
         return linear + (2 * sum(widths) if layer_norm else 0)
 
     velocity = mlp(config.actor_hidden_dims, chunk_dim, layer_norm=False)

@@ -114,8 +114,8 @@ class RQLAgent(nn.Module):
     # ---------------------------------------------------------------------------------------
     def draw_noise(self, batch_size: int, generator: torch.Generator) -> StepNoise:
         """Every random number one update uses, in the order the losses consume them."""
-        value = self._draw_value_noise(batch_size, generator)
-        return StepNoise(*value, *self._draw_policy_noise(batch_size, generator))
+        value_depth, next_noise = self._draw_value_noise(batch_size, generator)
+        return StepNoise(value_depth, next_noise, *self._draw_policy_noise(batch_size, generator))
 
     def value_loss(
         self, batch: ChunkBatch, generator: torch.Generator
@@ -139,7 +139,7 @@ class RQLAgent(nn.Module):
         noise, flow_time, depth = self._draw_policy_noise(batch.observations.shape[0], generator)
         return self._bc_and_policy_losses(batch, noise, flow_time, depth)
 
-    def _draw_value_noise(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    def _draw_value_noise(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         depth = sample_reversal_depth(batch_size, self.config.flow_steps, generator, self.device)
         return depth, self._noise(batch_size, generator)
 
@@ -288,7 +288,7 @@ class RQLAgent(nn.Module):
     @torch.no_grad()
     def _update_targets(self) -> None:
         tau, ema = self.config.tau, self.config.actor_ema
-        online = list(self.value.parameters())
+        online: list[torch.Tensor] = list(self.value.parameters())
         torch._foreach_lerp_(list(self.value_target.parameters()), online, tau)
         torch._foreach_lerp_(
             list(self.velocity_target.parameters()), list(self.velocity.parameters()), 1.0 - ema

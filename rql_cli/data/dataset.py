@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from rql_cli.core.batch import ChunkBatch
+from rql_cli.device import check_fits
 from rql_cli.errors import DatasetError
 
 ACTION_CLIP = 1.0 - 1e-5
@@ -87,8 +88,6 @@ class OfflineDataset:
         tensors["terminals"][-1] = 1.0
         device = torch.device(device)
         if device.type != "cpu":
-            from rql_cli.device import check_fits
-
             size = sum(t.numel() * t.element_size() for t in tensors.values())
             check_fits(size, device, f"The dataset ({tensors['rewards'].numel():,} transitions)",
                        "Keep it in host memory with --set dataset_on_device=false.")

@@ -60,7 +60,7 @@ class EpisodeCache:
         path = self._path(key)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **episode)
+            np.savez_compressed(f, allow_pickle=False, **episode)
         os.replace(tmp, path)
 
     def remove(self) -> None:

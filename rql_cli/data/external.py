@@ -18,18 +18,22 @@ episodes get their fair share of windows here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rql_cli.errors import DatasetError
 from rql_cli.spaces import flatten_rows, to_unit_range
 
+if TYPE_CHECKING:
+    from gymnasium.spaces import Box
+    from minari import MinariDataset
+
 PLAIN_REQUIRED = ("observations", "actions", "rewards", "terminals")
 PLAIN_OPTIONAL = ("masks", "next_observations", "timeouts")
 
 
-def minari_arrays(dataset: Any) -> dict[str, np.ndarray]:
+def minari_arrays(dataset: MinariDataset) -> dict[str, np.ndarray]:
     """The transition arrays of a ``MinariDataset``, read in one bulk call (not a loop of ``dataset[i]``).
 
     Minari stores T+1 observations and T actions per episode; transition t is (o_t, a_t, r_t, o_{t+1}).
@@ -39,7 +43,7 @@ def minari_arrays(dataset: Any) -> dict[str, np.ndarray]:
         raise DatasetError(f"Minari dataset '{dataset.spec.dataset_id}' holds no episodes.")
     space = dataset.observation_space
 
-    def observations_of(episode: dict, part: slice) -> np.ndarray:
+    def observations_of(episode: dict[str, Any], part: slice) -> np.ndarray:
         observations = episode["observations"]
         if isinstance(observations, dict):
             return flatten_rows({k: np.asarray(v)[part] for k, v in observations.items()}, space)
@@ -61,7 +65,7 @@ def minari_arrays(dataset: Any) -> dict[str, np.ndarray]:
     }
 
 
-def plain_arrays(path: Path, action_space: Any = None) -> dict[str, np.ndarray]:
+def plain_arrays(path: Path, action_space: Box | None = None) -> dict[str, np.ndarray]:
     """The transition arrays of a plain ``.npz`` (neither OGBench nor Minari).
 
     Keys: ``observations`` (N, obs_dim), ``actions`` (N, A), ``rewards`` (N,), ``terminals`` (N,) 1
@@ -75,7 +79,9 @@ def plain_arrays(path: Path, action_space: Any = None) -> dict[str, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise DatasetError(f"{path} is not a readable .npz archive of arrays ({type(error).__name__}: {error}).") from None
+        raise DatasetError(
+            f"{path} is not a readable .npz archive of arrays ({type(error).__name__}: {error})."
+        ) from None
     with archive:
         missing = [k for k in PLAIN_REQUIRED if k not in archive.files]
         if missing:
@@ -113,5 +119,7 @@ def plain_arrays(path: Path, action_space: Any = None) -> dict[str, np.ndarray]:
         "masks": masks[keep], "terminals": ends[keep].astype(np.float32),
     }
     if out["rewards"].size == 0:
-        raise DatasetError(f"{path} holds no transitions once each episode's last row is dropped (no next observation).")
+        raise DatasetError(
+            f"{path} holds no transitions once each episode's last row is dropped (no next observation)."
+        )
     return out

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -245,8 +245,8 @@ def _write_npz_files(items: list[tuple[Path, Episode]]) -> None:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             staged.append(tmp)
             with open(tmp, "wb") as f:  # a file object, so numpy does not append '.npz' to the name
-                np.savez_compressed(f, **arrays)
-        for (path, _), tmp in zip(items, staged):
+                np.savez_compressed(f, allow_pickle=False, **arrays)
+        for (path, _), tmp in zip(items, staged, strict=True):
             os.replace(tmp, path)
     finally:
         for tmp in staged:

@@ -24,10 +24,16 @@ Each row holds the state *before* the step: the observation, the clipped action 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 import numpy as np
 
 from rql_cli.data.recipes import DatasetRecipe, EpisodeSpec
 from rql_cli.envs.make import make_collection_env
+
+if TYPE_CHECKING:
+    from gymnasium import Env
+    from ogbench.manipspace.envs.manipspace_env import ManipSpaceEnv
 
 _SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -73,6 +79,17 @@ def cube_outside_view(block_xyzs: np.ndarray) -> bool:
     return bool(np.any(too_far_right | too_far_left_outside_drawer))
 
 
+class Oracle(Protocol):
+    """What each of ogbench's scripted oracles (plan and Markov, every task kind) offers."""
+
+    done: bool
+    """The current target is reached: time for ``set_new_target``."""
+
+    def reset(self, ob: np.ndarray, info: dict[str, Any]) -> None: ...
+
+    def select_action(self, ob: np.ndarray, info: dict[str, Any]) -> np.ndarray: ...
+
+
 class EpisodeCollector:
     """One env and its oracles, reused across the episodes of one ``EpisodeSpec`` (making the env
     takes seconds)."""
@@ -81,6 +98,7 @@ class EpisodeCollector:
         self.spec = spec
         self.recipe = spec.recipe
         self.env = make_collection_env(self.recipe.env_id, spec.episode_length)
+        self.base: ManipSpaceEnv = self.env.unwrapped  # the oracles' targets and the cube count live here
         self.oracles = make_oracles(self.env, self.recipe)
 
     def close(self) -> None:
@@ -99,7 +117,7 @@ class EpisodeCollector:
 
     def _lost_a_cube(self, qpos: np.ndarray) -> bool:
         # Free-joint qpos of cube i starts at 14 + 7 i (after 6 arm and 8 gripper joints): xyz, then quat.
-        num_cubes = self.env.unwrapped._num_cubes
+        num_cubes = self.base._num_cubes
         starts = 14 + 7 * np.arange(num_cubes)
         xyz = np.stack([qpos[:, s : s + 3] for s in starts], axis=1)
         return cube_outside_view(xyz)
@@ -128,13 +146,15 @@ class EpisodeCollector:
             if oracle.done:
                 # The step's info still describes the finished target; the new oracle (and the next
                 # action) must see the info that comes with the new target.
-                target_ob, info = env.unwrapped.set_new_target(p_stack=p_stack)
+                target_ob, info = self.base.set_new_target(p_stack=p_stack)
                 oracle = self.oracles[info["privileged/target_task"]]
                 oracle.reset(target_ob, info)
             ob = next_ob
         return _episode_arrays(rows)
 
-    def _action(self, oracle, ob, info, rng: np.random.Generator, xi: float) -> np.ndarray:
+    def _action(
+        self, oracle: Oracle, ob: np.ndarray, info: dict[str, Any], rng: np.random.Generator, xi: float
+    ) -> np.ndarray:
         """The action before clipping: a uniform random one now and then (``noisy`` sets), else the
         oracle's, with Gaussian noise of level ``xi`` for the Markov oracles."""
         recipe = self.recipe
@@ -164,8 +184,9 @@ def _episode_arrays(rows: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     return episode
 
 
-def make_oracles(env, recipe: DatasetRecipe) -> dict[str, object]:
+def make_oracles(env: Env, recipe: DatasetRecipe) -> dict[str, Oracle]:
     """The oracle for each ``info['privileged/target_task']`` value the env can ask for."""
+    # ogbench's oracles are imported here: only data generation needs them (and ogbench takes seconds).
     if recipe.oracle == "plan":
         from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
         from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle

@@ -40,6 +40,7 @@ class DatasetRecipe:
     @property
     def family(self) -> Literal["cube", "scene", "puzzle"]:
         """Which env class: ``'cube'``, ``'scene'`` or ``'puzzle'``."""
+        # Every recipe's env id starts with its family (the recipes below); a str cannot say so.
         return self.env_id.split("-")[0]  # type: ignore[return-value]
 
     @property

@@ -24,6 +24,7 @@ from rql_cli.data.dataset import (
     OfflineDataset,
     episode_structure,
 )
+from rql_cli.device import check_fits
 from rql_cli.errors import RQLError
 
 TRANSITION_FIELDS = tuple(f.name for f in fields(OfflineDataset))
@@ -37,11 +38,10 @@ def buffer_bytes(rows: int, obs_dim: int, action_dim: int) -> int:
 
 def check_buffer_fits(rows: int, obs_dim: int, action_dim: int, device: torch.device) -> int:
     """Refuse, before allocating, a buffer that would not fit in free memory; returns its size in bytes."""
-    from rql_cli.device import check_fits
-
     needed = buffer_bytes(rows, obs_dim, action_dim)
     check_fits(
-        needed, device, f"The replay buffer ({rows:,} transitions of {obs_dim} observation and {action_dim} action values)",
+        needed, device,
+        f"The replay buffer ({rows:,} transitions of {obs_dim} observation and {action_dim} action values)",
         "Use fewer --online-steps, --no-offline-data, or a device with more memory.",
     )
     return needed
@@ -89,6 +89,8 @@ class ReplayBuffer(ChunkSampler):
         self._starts[: starts.numel()] = starts
         self.n_offline_starts = starts.numel()
 
+    # The base sampler holds its start rows as a fixed tensor; here they grow with the buffer, so they
+    # are a view computed on access, which mypy reports as a read-only property over a writable field.
     @property
     def start_rows(self) -> torch.Tensor:  # type: ignore[override]
         """Rows a window may start at now: offline ones first, then online ones."""

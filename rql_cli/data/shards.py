@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from zipfile import BadZipFile, ZipFile
 
 import numpy as np
@@ -63,7 +63,9 @@ def npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
                 shapes[member[: -len(".npy")]] = (tuple(shape), dtype.str)
     except (OSError, BadZipFile, ValueError) as error:
-        raise DatasetError(f"{path} is not a readable .npz archive of arrays ({type(error).__name__}: {error}).") from None
+        raise DatasetError(
+            f"{path} is not a readable .npz archive of arrays ({type(error).__name__}: {error})."
+        ) from None
     return shapes
 
 
@@ -189,7 +191,9 @@ class ShardRotation:
         due = self.shard_index(step)
         if due != self._current:
             self._swap_to(due, step)
-        return self._sampler  # type: ignore[return-value]
+        sampler = self._sampler
+        assert sampler is not None, "_swap_to leaves the due shard resident"
+        return sampler
 
     def _read(self, index: int) -> tuple[OfflineDataset, float]:
         with self._lock:
@@ -222,9 +226,9 @@ class ShardRotation:
         if self.on_swap is not None:
             self.on_swap(ShardSwap(step=step, shard=index, file=self.shards[index].name,
                                    load_seconds=round(load_seconds, 3), wait_seconds=round(wait_seconds, 3)))
-        if self.prefetch:
+        if self._executor is not None:  # made when prefetching
             following = (index + 1) % len(self.shards)
-            self._pending = (following, self._executor.submit(self._read, following))  # type: ignore[union-attr]
+            self._pending = (following, self._executor.submit(self._read, following))
 
     def close(self) -> None:
         """Stop reading ahead and release the shards."""

@@ -6,22 +6,31 @@ so we look for both files first and fail at once with a message that says how to
 A shard folder (the official ``*-100m-v0`` sets, or ``rql data generate --shard-size``) is read one
 shard at a time (``rql_cli.data.shards``); ``--dataset-path FOLDER`` or a ``--dataset-dir`` that is
 itself such a folder selects it.
+
+ogbench is imported inside the functions that read its files (it takes seconds to import).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
+from rql_cli import minari_store
 from rql_cli.data.dataset import OfflineDataset
+from rql_cli.data.external import minari_arrays, plain_arrays
 from rql_cli.data.shards import ShardRotation, ShardSwap, folder_fingerprint, is_shard_folder, list_shards
 from rql_cli.envs.make import make_eval_env, make_registered_env
 from rql_cli.errors import DatasetError, DatasetNotFoundError, RQLError
-from rql_cli.names import ExternalName, TaskName, parse_task_name
+from rql_cli.names import ExternalName, ParsedName, parse_ogbench_name, parse_task_name
+from rql_cli.spaces import as_box
+
+if TYPE_CHECKING:
+    from gymnasium import Env
 
 DEFAULT_DATASET_DIR = Path("~/.ogbench/data")
 
@@ -65,11 +74,10 @@ class DataSpec:
         """
         external = self.external
         if external is not None and external.source == "minari":
-            from rql_cli.minari_store import dataset_folder, load
-
-            if not (dataset_folder(external.ident) / "data").is_dir():
-                load(external.ident)  # raises the message that says where we looked and how to get it
-            return dataset_folder(external.ident)
+            folder = minari_store.dataset_folder(external.ident)
+            if not (folder / "data").is_dir():
+                minari_store.load(external.ident)  # raises the message that says where we looked and how to get it
+            return folder
         if external is not None:
             if self.dataset_path is None:
                 raise DatasetNotFoundError(
@@ -134,12 +142,12 @@ class DataSpec:
         as ogbench reads both); shards load through ``ShardLoader``, training arrays only.
         """
         files = self.training_files()
+        load: Callable[[Path], OfflineDataset]
         if not self.sharded:
             def load(_: Path) -> OfflineDataset:
                 return self.load(sparse_rewards=sparse_rewards, device=device, with_val=False).train
         else:
-            shard_loader = ShardLoader(self.env_id, sparse_rewards=sparse_rewards, device=device)
-            load = shard_loader.load
+            load = ShardLoader(self.env_id, sparse_rewards=sparse_rewards, device=device).load
         return ShardRotation(files, load, horizon, swap_every, prefetch=prefetch, on_swap=on_swap)
 
     def load(
@@ -211,15 +219,15 @@ def _holds_shards_of(folder: Path, stem: str) -> bool:
     return bool(shards) and all(shard.name.startswith(prefix) for shard in shards)
 
 
-def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
+def resolve_dataset_path(name: str | ParsedName, dataset_dir: Path | None, dataset_path: Path | None) -> Path:
     """The training file (or shard folder) for ``name``; raises DatasetNotFoundError naming where we looked.
 
     ``dataset_path`` is the training .npz or a shard folder. Otherwise ``dataset_dir`` (default
     ``DEFAULT_DATASET_DIR``) holds ``NAME.npz``, or is itself a shard folder.
     """
-    parsed = parse_task_name(name)
+    parsed = parse_ogbench_name(name)
     stem = parsed.dataset_name
-    if parsed.size is not None and dataset_path is None:  # puzzle-4x4-play-100m-v0: a shard folder
+    if parsed.folder_name is not None and dataset_path is None:  # puzzle-4x4-play-100m-v0: a shard folder
         directory = Path(dataset_dir or DEFAULT_DATASET_DIR).expanduser()
         if is_shard_folder(directory / parsed.folder_name):
             return directory / parsed.folder_name
@@ -262,7 +270,7 @@ def resolve_dataset_path(name: str | TaskName, dataset_dir: Path | None, dataset
 
 
 def load_ogbench(
-    name: str | TaskName,
+    name: str | ParsedName,
     *,
     task: int | None = None,
     dataset_dir: Path | None = None,
@@ -279,7 +287,7 @@ def load_ogbench(
     """
     import ogbench
 
-    parsed = parse_task_name(name)
+    parsed = parse_ogbench_name(name)
     train_path = resolve_dataset_path(parsed, dataset_dir, dataset_path)
     if train_path.is_dir():
         train_path = list_shards(train_path)[0]
@@ -325,7 +333,7 @@ class ShardLoader:
 
     def __init__(self, env_id: str, *, sparse_rewards: bool, device: torch.device | str):
         self.env_id, self.sparse_rewards, self.device = env_id, sparse_rewards, device
-        self._env = None
+        self._env: Env | None = None
 
     def load(self, path: Path) -> OfflineDataset:
         """One shard as an ``OfflineDataset`` on ``device``, rewards relabelled for ``env_id``."""
@@ -334,11 +342,12 @@ class ShardLoader:
         singletask = parse_task_name(self.env_id).gym_id()  # the env id without the dataset type
         if self._env is None:
             self._env = make_eval_env(self.env_id)
+        env = self._env
         try:
             arrays = load_dataset(str(path), compact_dataset=False, add_info=True)
             # The base env: its reset runs outside make_eval_env's warnings filter, which is not
             # thread-safe (shards after the first are read in a background thread).
-            relabel_dataset(singletask, self._env.unwrapped, arrays)
+            relabel_dataset(singletask, env.unwrapped, arrays)
         except Exception as error:
             raise _unreadable(self.env_id, Path(path), error) from error
         return OfflineDataset.from_arrays(arrays, sparse_rewards=self.sparse_rewards, device=self.device)
@@ -346,21 +355,19 @@ class ShardLoader:
 
 def load_external(spec: DataSpec, *, sparse_rewards: bool, device: torch.device | str = "cpu") -> LoadedData:
     """A Minari dataset (read in bulk) or a plain .npz evaluated in a gymnasium env, as ``LoadedData``."""
-    from rql_cli.data.external import minari_arrays, plain_arrays
-
     external = spec.external
     assert external is not None
     if external.source == "minari":
-        from rql_cli.minari_store import load
-
-        arrays = minari_arrays(load(external.ident))
+        arrays = minari_arrays(minari_store.load(external.ident))
     else:
         try:
             env = make_registered_env(external)
         except Exception as error:
-            raise DatasetError(f"--env {external.ident}: gymnasium cannot make it ({type(error).__name__}: {error}).") from None
+            raise DatasetError(
+                f"--env {external.ident}: gymnasium cannot make it ({type(error).__name__}: {error})."
+            ) from None
         try:
-            arrays = plain_arrays(spec.training_file(), env.action_space)
+            arrays = plain_arrays(spec.training_file(), as_box(env.action_space, f"{external.ident}'s action space"))
         finally:
             env.close()
     return LoadedData(

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rql_cli.data.shards import VAL_SUFFIX, list_shards, npz_shapes
-from rql_cli.envs.make import make_eval_env
+from rql_cli.envs.make import env_dims, make_eval_env
 from rql_cli.errors import DatasetError
-from rql_cli.names import NUM_TASKS, parse_task_name
+from rql_cli.names import NUM_TASKS, TaskName, parse_ogbench_name
+
+if TYPE_CHECKING:
+    from gymnasium import Env
+    from ogbench.manipspace.envs.manipspace_env import ManipSpaceEnv
 
 OFFICIAL_EPISODE_ROWS = 1001
 OFFICIAL_TRAIN_EPISODES = {"cube-single": 1000, "cube-double": 1000, "scene": 1000, "puzzle-3x3": 1000,
@@ -72,7 +76,7 @@ def verify_dataset(name: str, path: Path, *, all_shards: bool = False) -> Verifi
     Headers (keys, dtypes, shapes) of every file are read; contents (values, episodes, solve rates)
     of the training file, or of the first shard and its val file unless ``all_shards``.
     """
-    parsed = parse_task_name(name)
+    parsed = parse_ogbench_name(name)
     path = Path(path)
     files = list_shards(path) if path.is_dir() else [path]
     if not files:
@@ -112,12 +116,13 @@ def verify_dataset(name: str, path: Path, *, all_shards: bool = False) -> Verifi
         env.close()
 
 
-def _expected_shapes(env: Any, family: str) -> dict[str, tuple[int, ...]]:
-    model = env.unwrapped._model
-    shapes = {"observations": (int(env.observation_space.shape[-1]),), "actions": (int(env.action_space.shape[-1]),),
-              "terminals": (), "qpos": (int(model.nq),), "qvel": (int(model.nv),)}
+def _expected_shapes(env: Env, family: str) -> dict[str, tuple[int, ...]]:
+    base: ManipSpaceEnv = env.unwrapped
+    observation_size, action_size = env_dims(env)
+    shapes = {"observations": (observation_size,), "actions": (action_size,),
+              "terminals": (), "qpos": (int(base._model.nq),), "qvel": (int(base._model.nv),)}
     if family.startswith(("scene", "puzzle")):
-        shapes["button_states"] = (int(env.unwrapped._num_buttons),)
+        shapes["button_states"] = (int(base._num_buttons),)
     return shapes
 
 
@@ -159,9 +164,8 @@ def _check_contents(report: Verification, file: Path, expected: dict[str, tuple[
                 values = archive[key]
                 bad = ~np.isfinite(values)
                 first = int(np.argwhere(bad)[0][0]) if bad.any() else None
-                report.add(file, f"{key} finite", first is None,
-                           f"{int(bad.sum()):,} NaN/inf values (first in row {first:,})" if first is not None else "all finite",
-                           "all finite")
+                found = "all finite" if first is None else f"{int(bad.sum()):,} NaN/inf values (first in row {first:,})"
+                report.add(file, f"{key} finite", first is None, found, "all finite")
         actions = archive["actions"]
         low, high = float(np.nanmin(actions)), float(np.nanmax(actions))
         report.add(file, "actions range", -1.0 <= low and high <= 1.0, f"[{low:.4g}, {high:.4g}]", "within [-1, 1]")
@@ -171,7 +175,8 @@ def _check_contents(report: Verification, file: Path, expected: dict[str, tuple[
                    ", ".join(str(v) for v in values[:5]), "0 and 1")
         observations = archive["observations"]
     ends = np.flatnonzero(terminals)
-    report.add(file, "last row terminal", bool(terminals[-1]), str(bool(terminals[-1])), "True (episodes end in the file)")
+    last = bool(terminals[-1])
+    report.add(file, "last row terminal", last, str(last), "True (episodes end in the file)")
     lengths = np.diff(np.concatenate([[-1], ends])) if ends.size else np.array([terminals.size])
     equal = lengths.size > 0 and int(lengths.min()) == int(lengths.max())
     if equal:
@@ -193,9 +198,9 @@ def _check_contents(report: Verification, file: Path, expected: dict[str, tuple[
     return int(ends.size)
 
 
-def _solve_rates(parsed: Any, train: Path) -> dict[int, dict[str, float]]:
+def _solve_rates(parsed: TaskName, train: Path) -> dict[int, dict[str, float]]:
     """Per task: rows solving the whole task (mask 0) and the mean fraction of sub-goals solved."""
-    from ogbench.utils import load_dataset, relabel_dataset
+    from ogbench.utils import load_dataset, relabel_dataset  # ogbench takes seconds to import
 
     arrays = load_dataset(str(train), compact_dataset=False, add_info=True)
     rates = {}
@@ -212,7 +217,7 @@ def _solve_rates(parsed: Any, train: Path) -> dict[int, dict[str, float]]:
     return rates
 
 
-def _num_subgoals(env: Any, family: str) -> int:
+def _num_subgoals(env: ManipSpaceEnv, family: str) -> int:
     """Sub-goals of a manipulation task (ogbench's relabelling counts them): cubes; cubes, buttons,
     drawer and window; or buttons."""
     if family.startswith("cube"):

@@ -3,7 +3,10 @@ episode cached as it finishes."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import multiprocessing
+from collections.abc import Callable, Generator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -47,7 +50,7 @@ def collect_episodes(
     return episodes
 
 
-def _collect_here(todo: list[Key], spec: EpisodeSpec) -> Iterator[tuple[Key, Episode]]:
+def _collect_here(todo: list[Key], spec: EpisodeSpec) -> Generator[tuple[Key, Episode], None, None]:
     """Episodes of ``todo`` collected in this process, one after another, yielded as they finish."""
     collector = EpisodeCollector(spec)
     saved_global_state = np.random.get_state()  # the oracles draw from np.random; leave ours as it was
@@ -59,12 +62,10 @@ def _collect_here(todo: list[Key], spec: EpisodeSpec) -> Iterator[tuple[Key, Epi
         collector.close()
 
 
-def _collect_in_processes(todo: list[Key], spec: EpisodeSpec, workers: int) -> Iterator[tuple[Key, Episode]]:
+def _collect_in_processes(
+    todo: list[Key], spec: EpisodeSpec, workers: int
+) -> Generator[tuple[Key, Episode], None, None]:
     """Episodes of ``todo`` from ``workers`` spawned processes, yielded as they finish."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
     # MuJoCo and GL state must not cross a fork: each worker starts fresh and makes its own env.
     # An executor (unlike multiprocessing.Pool) fails instead of respawning a worker that cannot start.
     pool = ProcessPoolExecutor(

@@ -8,7 +8,7 @@ policy at the same steps and draw the same flow noise.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -100,6 +100,7 @@ class ChunkQueue:
         actions = np.zeros((self.num_envs, self.action_dim), dtype=np.float32)
         for i in np.flatnonzero(active):
             chunk = self._chunks[i]
+            assert chunk is not None  # no active env is empty: checked above
             actions[i] = chunk[self._positions[i]]
             self._positions[i] += 1
             if self._positions[i] == len(chunk):

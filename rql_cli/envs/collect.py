@@ -13,8 +13,9 @@ import numpy as np
 
 from rql_cli.envs.chunks import ChunkQueue, PolicyFn
 from rql_cli.envs.make import make_eval_env
-from rql_cli.names import TaskName
+from rql_cli.names import ParsedName
 from rql_cli.results import Episode
+from rql_cli.spaces import as_box
 
 
 class OnlineCollector:
@@ -30,11 +31,11 @@ class OnlineCollector:
     """
 
     def __init__(
-        self, task_name: str | TaskName, task: int | None, seed: int, first_episode: int = 0,
+        self, task_name: str | ParsedName, task: int | None, seed: int, first_episode: int = 0,
         action_clip: float = 1.0, max_episode_steps: int | None = None,
     ):
         self.env = make_eval_env(task_name, task, max_episode_steps=max_episode_steps)
-        space = self.env.action_space
+        space = as_box(self.env.action_space, "The env's action space")
         self.low = np.maximum(space.low, -action_clip).astype(np.float32)
         self.high = np.minimum(space.high, action_clip).astype(np.float32)
         self.queue = ChunkQueue(1, int(space.shape[0]))

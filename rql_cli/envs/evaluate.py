@@ -5,7 +5,8 @@ The policy is asked for a chunk only by envs whose action queue is empty (``Chun
 chunk every step and throws it away unless the queue is empty: the same behaviour (for a stochastic
 policy, the same action distribution) at a fraction of the cost.
 
-Heavy imports (gymnasium, ogbench, mujoco) happen inside functions.
+Heavy imports (gymnasium, ogbench, mujoco, and torch through ``rql_cli.device``) happen inside
+functions: every vector-env worker process imports this module to build its env.
 """
 
 from __future__ import annotations
@@ -15,15 +16,24 @@ import math
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rql_cli.envs.chunks import ChunkQueue, PolicyFn
+from rql_cli.envs.external import reference_scores
 from rql_cli.envs.make import env_versions, episode_limit, make_eval_env
-from rql_cli.names import ExternalName, TaskName, parse_task_name
+from rql_cli.names import ExternalName, ParsedName, parse_task_name
 from rql_cli.results import Episode, EpisodeCallback, EpisodeProgress, EvalResult
+from rql_cli.spaces import as_box
+
+if TYPE_CHECKING:
+    from gymnasium import Env
+    from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
+
+    VectorEnv = SyncVectorEnv | AsyncVectorEnv
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -63,7 +73,7 @@ def mean_interval(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
     return mean - half_width, mean + half_width
 
 
-def _make_worker_env(task_name: str | TaskName, task: int | None, max_episode_steps: int | None):
+def _make_worker_env(task_name: str | ParsedName, task: int | None, max_episode_steps: int | None) -> Env:
     """Env factory run inside each vector-env worker (never build an env before forking).
 
     Keeps only ``info['success']``: ogbench's step info carries ~20 arrays (qpos, qvel, ...), which
@@ -130,7 +140,7 @@ def _single_policy_thread(env_count: int) -> Iterator[None]:
 
 def evaluate(
     policy_fn: PolicyFn,
-    task_name: str | TaskName,
+    task_name: str | ParsedName,
     task: int | None = None,
     episodes: int = 50,
     num_envs: int | None = None,
@@ -173,10 +183,10 @@ def evaluate(
         if check_fit is not None:
             # The error names the env as the caller did (a TaskName: its resolved singletask name).
             shown = task_name if isinstance(task_name, str) else parsed.env_id(task_number)
-            spaces = vector_env.single_observation_space, vector_env.single_action_space
-            check_fit(*(int(space.shape[-1]) for space in spaces), shown)
+            check_fit(*_vector_env_dims(vector_env), shown)
         tally = _EpisodeTally(episodes, seed, env_count, on_episode)
-        observations, _ = vector_env.reset(seed=tally.seeds[:env_count])
+        first_seeds: list[int | None] = [*tally.seeds[:env_count]]
+        observations, _ = vector_env.reset(seed=first_seeds)
         startup_time = time.perf_counter() - started
         with _single_policy_thread(env_count):
             policy_calls, policy_rows = _run_until_counted(vector_env, policy_fn, observations, tally)
@@ -199,7 +209,7 @@ def _checked_env_count(episodes: int, num_envs: int | None, max_episode_steps: i
     return default_num_envs(episodes) if num_envs is None else max(1, min(int(num_envs), episodes))
 
 
-def _make_vector_env(parsed: TaskName, task: int, max_episode_steps: int | None, env_count: int):
+def _make_vector_env(parsed: ParsedName, task: int, max_episode_steps: int | None, env_count: int) -> VectorEnv:
     """``env_count`` copies of the task's env, stepped together, with autoreset off."""
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
@@ -215,7 +225,14 @@ def _make_vector_env(parsed: TaskName, task: int, max_episode_steps: int | None,
     return AsyncVectorEnv(factories, context=_start_method(), autoreset_mode=AutoresetMode.DISABLED)
 
 
-def _close_vector_env(vector_env, terminate: bool) -> None:
+def _vector_env_dims(vector_env: VectorEnv) -> tuple[int, int]:
+    """(observation size, action size) of each env of ``vector_env``."""
+    observation_space = as_box(vector_env.single_observation_space, "The env's observation space")
+    action_space = as_box(vector_env.single_action_space, "The env's action space")
+    return int(observation_space.shape[-1]), int(action_space.shape[-1])
+
+
+def _close_vector_env(vector_env: VectorEnv, terminate: bool) -> None:
     """Close the envs; ``terminate`` kills worker processes instead of waiting for them."""
     from gymnasium.vector import AsyncVectorEnv
 
@@ -254,7 +271,7 @@ class _EpisodeTally:
         """(E,) bool: envs running a counted episode."""
         return self.slot_episode >= 0
 
-    def record_step(self, rewards: np.ndarray, done: np.ndarray, infos: dict) -> list[int]:
+    def record_step(self, rewards: np.ndarray, done: np.ndarray, infos: dict[str, Any]) -> list[int]:
         """Count one vector step: rewards (E,), done (E,) bool. Returns the envs whose episode ended."""
         ended = []
         for i in np.flatnonzero(self.active):
@@ -293,13 +310,13 @@ class _EpisodeTally:
 
 
 def _run_until_counted(
-    vector_env, policy_fn: PolicyFn, observations: np.ndarray, tally: _EpisodeTally
+    vector_env: VectorEnv, policy_fn: PolicyFn, observations: np.ndarray, tally: _EpisodeTally
 ) -> tuple[int, int]:
     """Step all envs until every episode is counted; returns (policy calls, policy rows).
 
     observations: (E, obs_dim), the envs' first observations after their reset.
     """
-    space = vector_env.single_action_space
+    space = as_box(vector_env.single_action_space, "The env's action space")
     queue = ChunkQueue(len(tally.slot_episode), space.shape[0])
     policy_calls = policy_rows = 0
     while tally.active.any():
@@ -321,7 +338,7 @@ def _run_until_counted(
 
 
 def _eval_result(
-    tally: _EpisodeTally, parsed: TaskName, task: int, *, time_limit: int, num_envs: int,
+    tally: _EpisodeTally, parsed: ParsedName, task: int, *, time_limit: int, num_envs: int,
     wall_time: float, startup_time: float, policy_calls: int, policy_rows: int,
 ) -> EvalResult:  # fmt: skip
     """The EvalResult of a finished tally; times in seconds."""
@@ -329,8 +346,6 @@ def _eval_result(
     episodes = len(tally.seeds)
     normalized = normalized_ci = None
     if isinstance(parsed, ExternalName):
-        from rql_cli.envs.external import reference_scores
-
         reference = reference_scores(parsed)
         if reference is not None:
             scores = 100.0 * (tally.returns - reference[0]) / (reference[1] - reference[0])
@@ -364,13 +379,13 @@ def _eval_result(
     )
 
 
-StepCallback = Callable[[int, dict, bool], None]
+StepCallback = Callable[[int, dict[str, Any], bool], None]
 """on_step(step, info, done): step 0 with the reset info, then step t >= 1 with the info of env step
 t; ``done`` is True on the episode's last step."""
 
 
 def run_episode(
-    env, policy_fn: PolicyFn, seed: int, on_step: StepCallback | None = None
+    env: Env, policy_fn: PolicyFn, seed: int, on_step: StepCallback | None = None
 ) -> Episode:
     """One episode of an action-chunk policy in one env, in this process, by ``evaluate``'s rules.
 
@@ -388,8 +403,9 @@ def run_episode(
     Returns:
         The Episode (``index`` None: the caller numbers it); the env is left at its last state, open.
     """
-    low, high = env.action_space.low, env.action_space.high
-    queue = ChunkQueue(1, env.action_space.shape[0])
+    action_space = as_box(env.action_space, "The env's action space")
+    low, high = action_space.low, action_space.high
+    queue = ChunkQueue(1, action_space.shape[0])
     observation, info = env.reset(seed=seed)
     if on_step is not None:
         on_step(0, info, False)

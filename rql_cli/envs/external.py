@@ -10,16 +10,26 @@ not report success, and ``info['success_reported']`` says which.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from rql_cli.minari_store import is_local, load
 from rql_cli.names import ExternalName
-from rql_cli.spaces import needs_rescale
+from rql_cli.spaces import as_box, needs_rescale
+
+if TYPE_CHECKING:
+    from gymnasium import Env, Space, Wrapper
+
+# gymnasium is imported inside functions: it takes a second or more to import, and OGBench runs
+# never need this module's envs.
 
 
 def make_external_env(
     name: ExternalName, *, render: bool = False, width: int = 256, height: int = 256,
     max_episode_steps: int | None = None,
-):
+) -> Env:
     """The evaluation env of an ``ExternalName``, adapted as the module docstring says."""
     import gymnasium
 
@@ -35,12 +45,12 @@ def make_external_env(
             # in that order; the env may declare its keys in another, so flatten by the sorted space.
             env = gymnasium.wrappers.TransformObservation(env, lambda obs: obs, _sorted_keys(env.observation_space))
         env = gymnasium.wrappers.FlattenObservation(env)
-    if needs_rescale(env.action_space):
-        env = gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)
+    if needs_rescale(as_box(env.action_space, f"{name.dataset_name}'s action space")):
+        env = gymnasium.wrappers.RescaleAction(env, np.float64(-1.0), np.float64(1.0))
     return _success_info_wrapper()(env)
 
 
-def _sorted_keys(space: Any) -> Any:
+def _sorted_keys(space: Space) -> Space:
     """``space`` with the keys of every ``Dict`` in it sorted (as minari deserialises a space)."""
     import gymnasium
 
@@ -49,12 +59,10 @@ def _sorted_keys(space: Any) -> Any:
     return space
 
 
-def _make(name: ExternalName, kwargs: dict[str, Any]):
+def _make(name: ExternalName, kwargs: dict[str, Any]) -> Env:
     import gymnasium
 
     if name.source == "minari":
-        from rql_cli.minari_store import is_local, load
-
         if not is_local(name.ident) and name.env_spec:  # a pulled checkpoint: its recorded env
             return _make_from_spec(name.env_spec, kwargs)
         dataset = load(name.ident)
@@ -64,7 +72,7 @@ def _make(name: ExternalName, kwargs: dict[str, Any]):
     return _with_frame_size(lambda **extra: gymnasium.make(name.ident, **extra), kwargs)
 
 
-def _with_frame_size(make: Any, kwargs: dict[str, Any]):
+def _with_frame_size(make: Callable[..., Env], kwargs: dict[str, Any]) -> Env:
     """``make(**kwargs)``, again without width/height for envs whose constructor does not take them."""
     try:
         return make(**kwargs)
@@ -72,7 +80,7 @@ def _with_frame_size(make: Any, kwargs: dict[str, Any]):
         return make(**{k: v for k, v in kwargs.items() if k not in ("width", "height")})
 
 
-def _make_from_spec(spec_json: str, kwargs: dict[str, Any]):
+def _make_from_spec(spec_json: str, kwargs: dict[str, Any]) -> Env:
     import gymnasium
     from gymnasium.envs.registration import EnvSpec
 
@@ -86,8 +94,6 @@ def env_spec_json(name: ExternalName) -> str | None:
 
     try:
         if name.source == "minari":
-            from rql_cli.minari_store import load
-
             spec = load(name.ident).spec
             return (getattr(spec, "eval_env_spec", None) or spec.env_spec).to_json()
         return gymnasium.spec(name.ident).to_json()
@@ -95,7 +101,7 @@ def env_spec_json(name: ExternalName) -> str | None:
         return None
 
 
-def _success_info_wrapper():
+def _success_info_wrapper() -> type[Wrapper]:
     import gymnasium
 
     class SuccessInfo(gymnasium.Wrapper):
@@ -122,8 +128,6 @@ def episode_limit(name: ExternalName) -> int | None:
 
         return EnvSpec.from_json(name.env_spec).max_episode_steps
     if name.source == "minari":
-        from rql_cli.minari_store import load
-
         spec = load(name.ident).spec
         env_spec = getattr(spec, "eval_env_spec", None) or spec.env_spec
         return getattr(env_spec, "max_episode_steps", None)
@@ -133,8 +137,6 @@ def episode_limit(name: ExternalName) -> int | None:
 def reference_scores(name: ExternalName) -> tuple[float, float] | None:
     """(random, expert) reference returns of a Minari dataset (D4RL's normalisation); None if it has
     none or is not on disk."""
-    from rql_cli.minari_store import is_local, load
-
     if name.source != "minari" or not is_local(name.ident):  # a pulled checkpoint without its dataset
         return None
 

@@ -14,10 +14,18 @@ import functools
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
+from rql_cli.envs.external import episode_limit as external_limit
+from rql_cli.envs.external import make_external_env
 from rql_cli.errors import RQLError
-from rql_cli.names import ENV_FAMILIES, ExternalName, TaskName, parse_task_name
+from rql_cli.names import ENV_FAMILIES, ExternalName, ParsedName, parse_task_name
+from rql_cli.spaces import as_box
+
+if TYPE_CHECKING:
+    from gymnasium import Env, Wrapper
 
 # Values of MUJOCO_GL that mujoco's own import accepts on Linux; anything else makes `import mujoco`
 # raise, deep inside gymnasium.make, before any env exists.
@@ -48,14 +56,14 @@ def _check_mujoco_gl(render: bool) -> None:
 
 
 def make_eval_env(
-    task_name: str | TaskName,
+    task_name: str | ParsedName,
     task: int | None = None,
     render: bool = False,
     width: int = 256,
     height: int = 256,
     max_episode_steps: int | None = None,
-    before_first_frame: Callable[[Any], Any] | None = None,
-):
+    before_first_frame: Callable[[Env], object] | None = None,
+) -> Env:
     """Build the evaluation env for a dataset or singletask name.
 
     Args:
@@ -80,8 +88,6 @@ def make_eval_env(
     resolved_env_id = parsed.env_id(task)
     _check_mujoco_gl(render)
     if isinstance(parsed, ExternalName):
-        from rql_cli.envs.external import make_external_env
-
         env = make_external_env(parsed, render=render, width=width, height=height, max_episode_steps=max_episode_steps)
         if render:
             _check_rendering(env, before_first_frame)
@@ -89,7 +95,7 @@ def make_eval_env(
 
     import ogbench  # registers the ids with gymnasium
 
-    env_kwargs: dict = {}
+    env_kwargs: dict[str, Any] = {}
     if render:
         env_kwargs.update(width=width, height=height)
     if max_episode_steps is not None:
@@ -121,7 +127,7 @@ def _ogbench_noise_silenced():
 
 
 @functools.cache
-def _quiet_reset_wrapper():
+def _quiet_reset_wrapper() -> type[Wrapper]:
     """A gymnasium wrapper class whose reset runs inside ``_ogbench_noise_silenced``."""
     import gymnasium
 
@@ -133,7 +139,7 @@ def _quiet_reset_wrapper():
     return QuietReset
 
 
-def _check_rendering(env, before_first_frame: Callable[[Any], Any] | None = None) -> None:
+def _check_rendering(env: Env, before_first_frame: Callable[[Env], object] | None = None) -> None:
     """Render one frame now, so a broken GL setup fails here with a fix, not mid-rollout."""
     try:
         env.reset(seed=0)
@@ -151,7 +157,14 @@ def _check_rendering(env, before_first_frame: Callable[[Any], Any] | None = None
         ) from error
 
 
-def success_timing(task_name: str | TaskName) -> str:
+def env_dims(env: Env) -> tuple[int, int]:
+    """(observation size, action size) of an env the agent acts in: the last dimension of each Box."""
+    observation_space = as_box(env.observation_space, "The env's observation space")
+    action_space = as_box(env.action_space, "The env's action space")
+    return int(observation_space.shape[-1]), int(action_space.shape[-1])
+
+
+def success_timing(task_name: str | ParsedName) -> str:
     """When the singletask env of a dataset or task name evaluates success: ``'pre'`` (before the
     action) or ``'post'``.
 
@@ -168,22 +181,23 @@ def success_timing(task_name: str | TaskName) -> str:
     return gymnasium.spec(parsed.gym_id()).kwargs.get("success_timing", "post")
 
 
-def episode_limit(task_name: str | TaskName) -> int:
+def episode_limit(task_name: str | ParsedName) -> int:
     """The registered time limit of a dataset or task name's singletask env, in env steps
     (cube-single: 200)."""
     import gymnasium
 
     parsed = parse_task_name(task_name)
     if isinstance(parsed, ExternalName):
-        from rql_cli.envs.external import episode_limit as external_limit
-
         return int(external_limit(parsed) or 0)
     import ogbench  # noqa: F401  (registers the ids)
 
-    return int(gymnasium.spec(parsed.gym_id()).max_episode_steps)
+    limit = gymnasium.spec(parsed.gym_id()).max_episode_steps
+    if limit is None:
+        raise RQLError(f"{parsed.gym_id()} is registered without a time limit; evaluation needs one.")
+    return int(limit)
 
 
-def env_versions(task_name: str | TaskName | None = None) -> dict:
+def env_versions(task_name: str | ParsedName | None = None) -> dict[str, str]:
     """Versions that decide evaluation numbers, for checkpoints and evaluation reports.
 
     Returns:
@@ -191,7 +205,6 @@ def env_versions(task_name: str | TaskName | None = None) -> dict:
         the given dataset or task name's; without a name, the timing shared by every family
         (``'mixed'`` if they differ).
     """
-    from importlib.metadata import PackageNotFoundError, version
 
     def package_version(package: str) -> str:
         try:
@@ -215,7 +228,7 @@ def env_versions(task_name: str | TaskName | None = None) -> dict:
     return versions
 
 
-def make_collection_env(env_id: str, episode_length: int):
+def make_collection_env(env_id: str, episode_length: int) -> Env:
     """A manipulation env in ogbench's data-collection mode, for the scripted oracles that make a dataset.
 
     Args:
@@ -238,7 +251,7 @@ def make_collection_env(env_id: str, episode_length: int):
         return gymnasium.make(env_id, terminate_at_goal=False, mode="data_collection", max_episode_steps=episode_length)
 
 
-def make_registered_env(name: ExternalName):
+def make_registered_env(name: ExternalName) -> Env:
     """The gymnasium env of a ``gym:ENV`` name exactly as registered, without the adaptations the agent
     sees (``make_eval_env``): its action space is the one a plain dataset file stores actions in."""
     import gymnasium

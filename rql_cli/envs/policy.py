@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from rql_cli.core.rql import RQLAgent
 from rql_cli.envs.chunks import PolicyFn
 
 
-def chunk_policy(agent: Any, generator: torch.Generator, use_ema: bool = True) -> PolicyFn:
+def chunk_policy(agent: RQLAgent, generator: torch.Generator, use_ema: bool = True) -> PolicyFn:
     """The agent as a numpy policy: obs (E, obs_dim) float32 -> action chunks (E, h, A) float32.
 
     Args:

@@ -4,7 +4,8 @@ Software rendering (EGL on Mesa's llvmpipe) spends most of a frame on the shadow
 multisampling, which the OGBench models set high (a 4096 shadow map, 4x MSAA). ``make_render_env``
 lowers both before the first frame, which is when the GL context reads them.
 
-Heavy imports (mujoco, ogbench, PIL, imageio) happen inside functions.
+Heavy imports (mujoco, ogbench, PIL, imageio) happen inside functions: a rollout without rendering
+(and every other user of this module's checks) never pays for them.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rql_cli.envs.make import make_eval_env
 from rql_cli.errors import RQLError
-from rql_cli.names import TaskName
+from rql_cli.names import ParsedName
+
+if TYPE_CHECKING:
+    from gymnasium import Env
+    from imageio.core.format import Format
+    from mujoco import MjModel
+    from PIL.ImageFont import FreeTypeFont, ImageFont
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ FAST = RenderQuality(shadow_size=1024, offsamples=0)
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
-def mujoco_model(env: Any):
+def mujoco_model(env: Env) -> MjModel:
     """The compiled ``mujoco.MjModel`` behind a (wrapped) env: OGBench manipspace and locomaze envs,
     and gymnasium's MujocoEnv. OGBench's manipspace envs compile it at their first ``reset``."""
     unwrapped = env.unwrapped
@@ -54,7 +61,7 @@ def mujoco_model(env: Any):
     return model
 
 
-def apply_render_quality(env: Any, quality: RenderQuality = FAST) -> RenderQuality:
+def apply_render_quality(env: Env, quality: RenderQuality = FAST) -> RenderQuality:
     """Set the shadow map size and multisampling of the env's model; returns the previous values.
 
     Must run before the env's first frame: the GL context reads these once, when it is created,
@@ -68,13 +75,13 @@ def apply_render_quality(env: Any, quality: RenderQuality = FAST) -> RenderQuali
 
 
 def make_render_env(
-    task_name: str | TaskName,
+    task_name: str | ParsedName,
     task: int | None = None,
     width: int = 320,
     height: int = 240,
     max_episode_steps: int | None = None,
     quality: RenderQuality | None = FAST,
-):
+) -> Env:
     """``make_eval_env`` with rendering, at ``quality`` (None keeps the model's own settings).
 
     Sets ``MUJOCO_GL=egl`` if the user has not chosen a backend, and renders one frame to check
@@ -94,7 +101,7 @@ def make_render_env(
     )
 
 
-def render_frame(env: Any) -> np.ndarray:
+def render_frame(env: Env) -> np.ndarray:
     """The env's current state as an RGB frame ``(height, width, 3)`` uint8 (a fresh array)."""
     return np.asarray(env.unwrapped.render(), dtype=np.uint8)
 
@@ -109,7 +116,7 @@ def frame_label(
 
 
 @functools.cache
-def _font(size: int):
+def _font(size: int) -> FreeTypeFont | ImageFont:
     from PIL import ImageFont
 
     try:
@@ -170,7 +177,7 @@ def check_video_path(path: Path, width: int, height: int) -> None:
         )
 
 
-def open_video_writer(path: Path, fps: float):
+def open_video_writer(path: Path, fps: float) -> Format.Writer:
     """A streaming imageio writer for ``path`` (.mp4 via imageio-ffmpeg's H.264, or .gif).
 
     Append frames with ``writer.append_data(frame)`` and close it (it is a context manager);

@@ -4,11 +4,16 @@ the package data ``rql_cli/bundled_checkpoints``."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rql_cli.errors import RQLError
-from rql_cli.io.checkpoint_files import CONFIG_FILE
+from rql_cli.io.checkpoint_files import CONFIG_FILE, VIDEO_SUFFIXES
+from rql_cli.io.metrics import METRICS_FILE, read_metrics
+
+if TYPE_CHECKING:
+    from rql_cli.io.checkpoint import CheckpointMeta
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class BundledCheckpoint:
     step: int
     success: str
     episodes: int
-    lineage: dict | None = None
+    lineage: dict[str, Any] | None = None
     env_id: str = ""
     task: int | None = None
     success_rate: float | None = None
@@ -45,7 +50,7 @@ class BundledCheckpoint:
     size_bytes: int = 0
     video: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-friendly (`rql list --json`)."""
         out = {k: v for k, v in asdict(self).items() if k != "path"}
         out["path"] = str(self.path)
@@ -82,37 +87,36 @@ def bundled_checkpoints() -> list[BundledCheckpoint]:
 
 
 def _describe(name: str, folder: Path) -> BundledCheckpoint:
-    from rql_cli.io.checkpoint import read_meta
-    from rql_cli.io.hub import VIDEO_SUFFIXES
-    from rql_cli.io.metrics import METRICS_FILE, read_metrics
+    from rql_cli.io.checkpoint import read_meta  # torch: only once the folders are read, not to resolve a name
 
     files = [p for p in folder.iterdir() if p.is_file()]
-    extras = dict(
+    described = BundledCheckpoint(
+        name, folder, dataset=f"unreadable {CONFIG_FILE}", step=0, success="-", episodes=0,
         size_bytes=sum(p.stat().st_size for p in files),
         video=next((p.name for p in sorted(files) if p.suffix in VIDEO_SUFFIXES), None),
     )
     try:
         meta, _ = read_meta(folder)
     except RQLError:
-        return BundledCheckpoint(name, folder, f"unreadable {CONFIG_FILE}", 0, "-", 0, **extras)
-    extras.update(env_id=meta.env_id, task=_task_of(meta))
+        return described
+    described = replace(described, dataset=meta.dataset, step=meta.step, lineage=meta.lineage,
+                        env_id=meta.env_id, task=_task_of(meta))
     try:
         report = read_metrics(folder)
     except RQLError:
-        return BundledCheckpoint(name, folder, meta.dataset, meta.step, f"unreadable {METRICS_FILE}", 0,
-                                 meta.lineage, **extras)
+        return replace(described, success=f"unreadable {METRICS_FILE}")
     if report is None or not report.tasks:
-        return BundledCheckpoint(name, folder, meta.dataset, meta.step, "not measured", 0, meta.lineage, **extras)
+        return replace(described, success="not measured")
     first = report.tasks[0]
     rate = float(first.success_rate)
-    extras["task"] = first.task or extras["task"]  # the task evaluated, where the name gives none
-    return BundledCheckpoint(
-        name, folder, meta.dataset, meta.step, f"{100 * rate:.1f}%", int(first.episodes or 0),
-        meta.lineage, success_rate=rate, success_ci95=first.success_ci95, **extras,
+    return replace(
+        described, success=f"{100 * rate:.1f}%", episodes=int(first.episodes or 0), success_rate=rate,
+        success_ci95=first.success_ci95,
+        task=first.task or described.task,  # the task evaluated, where the name gives none
     )
 
 
-def _task_of(meta) -> int | None:
+def _task_of(meta: CheckpointMeta) -> int | None:
     try:
         return meta.task_name.task
     except (RQLError, ValueError):

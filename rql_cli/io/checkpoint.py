@@ -27,12 +27,17 @@ import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import safetensors.torch  # called through the module, so a test can fault each write it makes
 import torch
 
+import rql_cli
 from rql_cli.config import RQLConfig
+from rql_cli.core.rql import RQLAgent
+from rql_cli.device import check_agent_fits
 from rql_cli.errors import CheckpointError, RQLError
 from rql_cli.io.atomic import fsync_folder_files, write_bytes_synced
 from rql_cli.io.checkpoint_files import (
@@ -43,10 +48,7 @@ from rql_cli.io.checkpoint_files import (
     VELOCITY_FILE,
 )
 from rql_cli.io.metrics import EvaluationReport, write_metrics
-from rql_cli.names import ExternalName, TaskName, parse_task_name
-
-if TYPE_CHECKING:
-    from rql_cli.core.rql import RQLAgent
+from rql_cli.names import ExternalName, ParsedName, parse_task_name
 
 FORMAT_VERSION = 3
 
@@ -84,7 +86,7 @@ class CheckpointMeta:
     seed: int | None = None
 
     @property
-    def task_name(self) -> TaskName:
+    def task_name(self) -> ParsedName:
         """``env_id`` parsed (family, dataset type, task): the env this checkpoint acts in.
 
         For a Minari or gymnasium env it carries the recorded ``env_spec``, so the env can be built
@@ -119,10 +121,6 @@ class CheckpointMeta:
 
 def software_versions() -> dict[str, str]:
     """Versions of rql, torch and ogbench (when installed) for the record."""
-    from importlib import metadata
-
-    import rql_cli
-
     versions = {"rql": rql_cli.__version__, "torch": torch.__version__}
     try:
         versions["ogbench"] = metadata.version("ogbench")
@@ -211,18 +209,16 @@ def _write_files(
     metrics: EvaluationReport | None, extra_tensors: dict[str, dict[str, torch.Tensor]] | None,
 ) -> None:
     """Every file of a checkpoint into the folder ``tmp``, fsynced."""
-    from safetensors.torch import save_file
-
     for file_name, tensors in weight_tensors(agent).items():
-        save_file(_cpu_contiguous(tensors), str(tmp / file_name), metadata={"format": "pt"})
+        safetensors.torch.save_file(_cpu_contiguous(tensors), str(tmp / file_name), metadata={"format": "pt"})
     if generators is not None:
-        save_file(
+        safetensors.torch.save_file(
             _cpu_contiguous(train_state_tensors(agent, generators)),
             str(tmp / TRAIN_STATE_FILE),
             metadata={"step": str(agent.step)},
         )
     for file_name, tensors in (extra_tensors or {}).items():
-        save_file(_cpu_contiguous(tensors), str(tmp / file_name))
+        safetensors.torch.save_file(_cpu_contiguous(tensors), str(tmp / file_name))
     write_bytes_synced(tmp / CONFIG_FILE, (meta.to_json() + "\n").encode())
     if metrics is not None:
         write_metrics(tmp, metrics)
@@ -377,12 +373,9 @@ def check_checkpoint_dims(
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of one safetensors file; CheckpointError naming the file if it is unreadable."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
+        return safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({error}); it may be truncated or corrupt. "
             "Re-download or re-save the checkpoint."
@@ -497,9 +490,6 @@ def load_agent(directory: Path, device: torch.device | str = "cpu") -> tuple[RQL
     file and both shapes otherwise. ``rql_cli.io.resolve.load_checkpoint`` is the entry point that
     takes any ``--checkpoint`` reference.
     """
-    from rql_cli.core.rql import RQLAgent
-    from rql_cli.device import check_agent_fits
-
     meta, _ = read_meta(directory)
     check_agent_fits(meta.config, meta.obs_dim, meta.action_dim, torch.device(device))
     agent = RQLAgent(meta.config, meta.obs_dim, meta.action_dim, torch.device(device))

@@ -16,6 +16,8 @@ WEIGHT_FILES = (VELOCITY_FILE, VALUE_FILE)
 TRAIN_STATE_FILE = "train_state.safetensors"
 REQUIRED_FILES = (CONFIG_FILE, *WEIGHT_FILES)
 """What every checkpoint folder holds; the train state is optional (a shared checkpoint may lack it)."""
+VIDEO_SUFFIXES = (".mp4", ".gif")
+"""A checkpoint folder (a bundled or a pushed one) may hold its rollout video: ``rollout.mp4`` or ``.gif``."""
 
 
 def is_checkpoint_folder(path: Path) -> bool:

@@ -1,14 +1,22 @@
-"""A run's ``curves.png``: success with its interval, losses and values against steps (matplotlib, Agg)."""
+"""A run's ``curves.png``: success with its interval, losses and values against steps (matplotlib, Agg).
+
+matplotlib is imported when a figure is drawn (``_pyplot``), not with the training loop.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from rql_cli.io.run_layout import CURVES_FILE
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def _pyplot():
+
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +25,7 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig: Any, run_dir: Path) -> Path:
+def _save_figure(fig: Figure, run_dir: Path) -> Path:
     path = Path(run_dir) / CURVES_FILE
     tmp = path.with_name(".curves.tmp.png")
     fig.tight_layout()
@@ -27,18 +35,19 @@ def _save_figure(fig: Any, run_dir: Path) -> Path:
     return path
 
 
-def _plot_evaluations(axis: Any, eval_rows: list[dict[str, str]], label: str | None = None) -> None:
+def _plot_evaluations(axis: Axes, eval_rows: list[dict[str, str]], label: str | None = None) -> None:
     """Success (%) per evaluation with its Wilson 95% interval as error bars (visible for one point too)."""
     if not eval_rows:
         return
     steps = [int(r["step"]) for r in eval_rows]
     rates = [100 * float(r["success_rate"]) for r in eval_rows]
-    below = [rate - 100 * float(r["success_low"]) for rate, r in zip(rates, eval_rows)]
-    above = [100 * float(r["success_high"]) - rate for rate, r in zip(rates, eval_rows)]
+    below = [rate - 100 * float(r["success_low"]) for rate, r in zip(rates, eval_rows, strict=True)]
+    above = [100 * float(r["success_high"]) - rate for rate, r in zip(rates, eval_rows, strict=True)]
     axis.errorbar(steps, rates, yerr=[below, above], marker="o", capsize=4, label=label)
     if len(steps) > 1:
-        axis.fill_between(steps, [r - b for r, b in zip(rates, below)], [r + a for r, a in zip(rates, above)],
-                          alpha=0.15)
+        lows = [r - b for r, b in zip(rates, below, strict=True)]
+        highs = [r + a for r, a in zip(rates, above, strict=True)]
+        axis.fill_between(steps, lows, highs, alpha=0.15)
 
 
 def plot_curves(

@@ -15,11 +15,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rql_cli.errors import CheckpointError, HubError
-from rql_cli.io.checkpoint import CheckpointMeta
-from rql_cli.io.checkpoint_files import REQUIRED_FILES, TRAIN_STATE_FILE
+from rql_cli.io.checkpoint import CheckpointMeta, load_agent
+from rql_cli.io.checkpoint_files import REQUIRED_FILES, TRAIN_STATE_FILE, VIDEO_SUFFIXES
+from rql_cli.io.hub_client import (
+    apply_timeouts,
+    find_token,
+    first_line,
+    http_status,
+    hub_endpoint,
+    is_connection_error,
+    is_offline,
+    scrub,
+    timed_out,
+)
 from rql_cli.io.hub_ref import require_hub_ref
 from rql_cli.io.metrics import METRICS_FILE, read_metrics
 from rql_cli.io.model_card import (
@@ -32,7 +43,9 @@ from rql_cli.io.model_card import (
 from rql_cli.io.run_layout import CURVES_FILE
 from rql_cli.io.run_record import record_of_checkpoint
 
-VIDEO_SUFFIXES = (".mp4", ".gif")
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+
 CARD_FILE = "README.md"
 """The model card: the Hub shows a repo's README.md as its page."""
 OPTIONAL_FILES = (EVIDENCE_FILE, CURVES_FILE)
@@ -44,6 +57,7 @@ MANAGED_FILES = (
     *(f"rollout{suffix}" for suffix in VIDEO_SUFFIXES), *OPTIONAL_FILES,
 )
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+
 
 @dataclass
 class PushResult:
@@ -59,112 +73,6 @@ class PushResult:
     size_bytes: int = 0
     seconds: float = 0.0
     evaluated: bool = False
-
-
-# ------------------------------------------------------------------------------------------
-# Tokens, offline mode and the library's errors, turned into messages that say what to do
-# ------------------------------------------------------------------------------------------
-
-
-def apply_timeouts() -> float:
-    """Give every request huggingface_hub makes a timeout; returns the read timeout in seconds.
-
-    huggingface_hub's shared client waits for ever by default, and several of its calls pass
-    ``timeout=None`` explicitly, so an endpoint that accepts the connection and never answers
-    would hang a push or a pull. We install (through ``set_client_factory``) a client of the same
-    library that uses its own timeouts wherever none is given. They honour the library's settings:
-    HF_HUB_ETAG_TIMEOUT for connecting, HF_HUB_DOWNLOAD_TIMEOUT for each read and write (10 s each
-    by default). The library still retries a timed-out request a few times with backoff.
-    """
-    from huggingface_hub import constants, get_session, set_client_factory
-
-    read = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
-    session = get_session()
-    timeout = type(session.timeout)(read, connect=float(constants.HF_HUB_ETAG_TIMEOUT))
-    if getattr(session, "rql_timeouts", None) == timeout:
-        return read
-    base, hooks = type(session), session.event_hooks
-
-    class ClientWithTimeouts(base):  # type: ignore[valid-type, misc]
-        rql_timeouts = timeout
-
-        def build_request(self, *args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("timeout", "unset") is None:
-                kwargs["timeout"] = self.timeout
-            return super().build_request(*args, **kwargs)
-
-    set_client_factory(lambda: ClientWithTimeouts(event_hooks=hooks, follow_redirects=True, timeout=timeout))
-    return read
-
-
-_TIMEOUTS = {"TimeoutException", "ReadTimeout", "ConnectTimeout", "WriteTimeout", "PoolTimeout", "Timeout"}
-_TRANSPORT_FAILURES = _TIMEOUTS | {"ConnectError", "ConnectionError", "TransportError", "NetworkError"}
-
-
-def _error_kinds(error: BaseException) -> set[str]:
-    """Class names in the error's MRO: matches httpx2, httpx and requests errors alike, by name."""
-    return {cls.__name__ for cls in type(error).__mro__}
-
-
-def _timed_out(error: BaseException) -> bool:
-    return bool(_error_kinds(error) & _TIMEOUTS)
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def is_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as the environment says now."""
-    import os
-
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
-def find_token(token: str | None = None) -> str:
-    """``token``, else HF_TOKEN, else the login saved by `hf auth login`; HubError when none."""
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    try:
-        found = get_token()
-    except Exception as error:  # e.g. HF_OIDC_RESOURCE set but the exchange failed
-        raise HubError(f"Could not get a Hugging Face token: {type(error).__name__}: {error}") from None
-    if not found:
-        raise HubError(
-            "Pushing needs a Hugging Face token with write access, and none was found. Log in once with "
-            "`hf auth login`, or set HF_TOKEN in the environment, or pass --token. Nothing was uploaded."
-        )
-    return found
-
-
-def _scrub(text: str, token: str | None) -> str:
-    """``text`` with the token masked: library messages must never carry it to the screen or a log."""
-    if token:
-        text = text.replace(token, "hf_***")
-    return re.sub(r"(Bearer\s+)\S+", r"\1***", text)
-
-
-def _is_connection_error(error: BaseException) -> bool:
-    """True for transport failures of any HTTP client huggingface_hub may use (httpx2, httpx, requests)."""
-    return bool(_error_kinds(error) & _TRANSPORT_FAILURES)
-
-
-def _status(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _first_line(error: BaseException, token: str | None) -> str:
-    """What the server said (huggingface_hub's ``server_message``), else the message's first line."""
-    said = getattr(error, "server_message", None)
-    lines = [line.strip() for line in (said or str(error)).splitlines() if line.strip()]
-    return _scrub(lines[0] if lines else type(error).__name__, token)
 
 
 # ------------------------------------------------------------------------------------------
@@ -191,7 +99,9 @@ def check_can_push(repo_id: str, revision: str | None, token: str | None) -> tup
     return token, branch
 
 
-def _stage(folder: Path, staging: Path, with_train_state: bool, video_path: Path | None) -> tuple[list[str], str | None]:
+def _stage(
+    folder: Path, staging: Path, with_train_state: bool, video_path: Path | None
+) -> tuple[list[str], str | None]:
     """Copy what is published into ``staging``; returns the file names and the video's name."""
     names = list(REQUIRED_FILES)
     names += [name for name in (METRICS_FILE, *OPTIONAL_FILES) if (folder / name).is_file()]
@@ -255,7 +165,7 @@ def push_checkpoint(
         card.save(staging / CARD_FILE)
         names.append(CARD_FILE)
         size = sum((staging / name).stat().st_size for name in names)
-        success = f", success {pct(report.tasks[0].success_rate)}" if evaluated else ", not evaluated"
+        success = f", success {pct(report.tasks[0].success_rate)}" if report and report.tasks else ", not evaluated"
         message = commit_message or f"rql: {meta.dataset} step {meta.step:,}{success}"
         info, deleted, repo_url = _commit(repo, branch, staging, names, message, token, private)
     return PushResult(
@@ -266,7 +176,7 @@ def push_checkpoint(
 
 
 def _commit(repo_id: str, branch: str, staging: Path, names: list[str], message: str, token: str,
-            private: bool) -> tuple[Any, list[str], str]:
+            private: bool) -> tuple[CommitInfo, list[str], str]:
     """create_repo, create_branch when needed, then ONE create_commit; library errors become HubError."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import (
@@ -285,35 +195,37 @@ def _commit(repo_id: str, branch: str, staging: Path, names: list[str], message:
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         remote = set(api.list_repo_files(repo_id, revision=branch))
         deleted = sorted((remote & set(MANAGED_FILES)) - set(names))
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(staging / name)) for name in names]
+        operations: list[CommitOperationAdd | CommitOperationDelete] = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(staging / name)) for name in names
+        ]
         operations += [CommitOperationDelete(path_in_repo=name) for name in deleted]
         # upload_folder is not used on purpose: with hf_xet installed it may split a folder into
         # several commits, and a push must be one.
         info = api.create_commit(repo_id, operations=operations, commit_message=message, revision=branch)
     except (RepositoryNotFoundError, HfHubHTTPError) as error:
-        status = _status(error)
+        status = http_status(error)
         if status in (401, 403) or isinstance(error, RepositoryNotFoundError):
             raise HubError(
                 f"The Hub at {endpoint} did not let this token write to {repo_id} ({status}: "
-                f"{_first_line(error, token)}). Use a token with write access to '{repo_id.split('/')[0]}': "
+                f"{first_line(error, token)}). Use a token with write access to '{repo_id.split('/')[0]}': "
                 f"log in with `hf auth login`, set HF_TOKEN, or pass --token. {nothing}"
             ) from None
         if isinstance(error, RevisionNotFoundError):
             raise HubError(f"{repo_id} has no branch '{branch}' and it could not be made. {nothing}") from None
         raise HubError(
-            f"The Hub at {endpoint} refused the push to {repo_id} ({status}: {_first_line(error, token)}). {nothing}"
+            f"The Hub at {endpoint} refused the push to {repo_id} ({status}: {first_line(error, token)}). {nothing}"
         ) from None
     except ValueError as error:  # e.g. metadata the Hub rejects
-        raise HubError(f"The push to {repo_id} was refused: {_scrub(str(error), token)}. {nothing}") from None
+        raise HubError(f"The push to {repo_id} was refused: {scrub(str(error), token)}. {nothing}") from None
     except Exception as error:
-        if _timed_out(error):
+        if timed_out(error):
             raise HubError(
                 f"The Hub at {endpoint} did not answer within {read_timeout:.0f} s (HF_HUB_DOWNLOAD_TIMEOUT), "
                 f"even after retries. Check the network or HF_ENDPOINT, or raise HF_HUB_DOWNLOAD_TIMEOUT. {nothing}"
             ) from None
-        if _is_connection_error(error):
+        if is_connection_error(error):
             raise HubError(
-                f"Could not reach the Hub at {endpoint} ({type(error).__name__}: {_scrub(str(error), token)}). "
+                f"Could not reach the Hub at {endpoint} ({type(error).__name__}: {scrub(str(error), token)}). "
                 f"Check the network or HF_ENDPOINT. {nothing}"
             ) from None
         raise
@@ -385,7 +297,7 @@ def _pull_error(
         RevisionNotFoundError,
     )
 
-    endpoint, ref = _endpoint(), f"{repo_id}@{revision}" if revision else repo_id
+    endpoint, ref = hub_endpoint(), f"{repo_id}@{revision}" if revision else repo_id
     cache = local_dir or constants.HF_HUB_CACHE
     if isinstance(error, RevisionNotFoundError):
         return HubError(
@@ -411,10 +323,10 @@ def _pull_error(
         )
     if isinstance(error, HfHubHTTPError):
         return HubError(
-            f"The Hub at {endpoint} refused to send {ref} ({_status(error)}: {_first_line(error, token)}). "
+            f"The Hub at {endpoint} refused to send {ref} ({http_status(error)}: {first_line(error, token)}). "
             "For a private repo log in with `hf auth login` or set HF_TOKEN."
         )
-    if _timed_out(error) or _is_connection_error(error):
+    if timed_out(error) or is_connection_error(error):
         return HubError(
             f"The Hub at {endpoint} did not answer for {ref} ({type(error).__name__}), even after retries; "
             f"{ref} is not in the cache ({cache}). Check the network or HF_ENDPOINT, or raise "
@@ -425,8 +337,6 @@ def _pull_error(
 
 def verify_checkpoint(folder: Path, *, source: str | None = None) -> CheckpointMeta:
     """Load every weight file on the CPU and check the dims against config.json; returns the meta."""
-    from rql_cli.io.checkpoint import load_agent
-
     try:
         _, meta = load_agent(folder, "cpu")
     except CheckpointError as error:

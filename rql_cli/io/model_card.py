@@ -2,21 +2,27 @@
 
 The card's metadata carries ``eval_results`` made from the measured metrics only, so the Hub shows
 a score exactly when one was measured; without metrics the card says how to measure one.
+``huggingface_hub`` is imported inside the functions that build the card (it takes a second).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
-from typing import Any, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rql_cli.config import FIELD_HELP, RunConfig, make_config
+from rql_cli.config import FIELD_HELP, RunConfig
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint import CheckpointMeta
 from rql_cli.io.metrics import EvaluationReport
+from rql_cli.io.reproduce import preset_values, reproduce_command
 from rql_cli.io.run_layout import CURVES_FILE
-from rql_cli.names import ExternalName, parse_task_name
+from rql_cli.names import ExternalName
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard, ModelCardData
 
 LIBRARY_NAME = "rql"
 TAGS = ("reinforcement-learning", "offline-rl", "flow-matching", "rql")
@@ -39,10 +45,8 @@ episodes, control_success_rate}: the agents for each task of this environment pu
 this one included)."""
 
 
-def read_evidence(folder: Any) -> dict[str, Any] | None:
+def read_evidence(folder: Path | str) -> dict[str, Any] | None:
     """The folder's evidence.json as a dict, None when absent; RQLError when it is not a JSON object."""
-    from pathlib import Path
-
     path = Path(folder) / EVIDENCE_FILE
     if not path.is_file():
         return None
@@ -122,103 +126,8 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def reproduce_command(meta: CheckpointMeta, run: RunConfig | None = None) -> str:
-    """The command that trains this checkpoint: `rql train` with the preset plus --set for what
-    differs, or for a fine-tuned checkpoint the `rql finetune` of its source (``finetune_command``).
-
-    The agent's fields come from the checkpoint; the run's from ``run`` (its run folder's record)
-    when known, else the checkpoint's step and seed, which with the agent config make the weights.
-    """
-    if meta.lineage:
-        return finetune_command(meta, run)
-    parts = ["rql", "train", "--dataset", meta.dataset]
-    try:
-        task = meta.task_name.resolve_task()
-        if task != parse_task_name(meta.dataset).resolve_task():  # the task `--dataset` alone gives
-            parts += ["--task", str(task)]
-    except RQLError:
-        pass  # a name this rql does not know: the dataset name alone is the best we can say
-    parts += _set_options_off_preset(_trained_values(meta, run), _preset(meta))
-    return " ".join(shlex.quote(part) for part in parts)
-
-
-def finetune_command(meta: CheckpointMeta, run: RunConfig | None = None) -> str:
-    """The `rql finetune` command that made a fine-tuned checkpoint from its source (``meta.lineage``).
-
-    The run's settings that differ from the defaults come as --set when the run is known; the agent
-    is the source's (a fine-tune's agent overrides, if any, are not recorded apart from it).
-    """
-    lineage = meta.lineage or {}
-    source = lineage.get("repo_id") or lineage.get("ref", "SOURCE")
-    if lineage.get("repo_id") and lineage.get("commit"):
-        source = f"{source}@{lineage['commit']}"
-    parts = ["rql", "finetune", "--checkpoint", str(source)]
-    if lineage.get("method") == "online":
-        parts += ["--online-steps", str(lineage.get("online_steps", meta.step))]
-        parts += ["--utd", str(lineage["utd"])] if lineage.get("utd", 1) != 1 else []
-        parts += ["--balanced"] if lineage.get("balanced") else []
-        parts += [] if lineage.get("offline_data", True) else ["--no-offline-data"]
-    else:
-        parts += ["--dataset", meta.dataset, "--steps", str(lineage.get("steps") or meta.step)]
-    if run is not None:
-        defaults = RunConfig().flat()
-        skip = frozenset({"steps", "device"})
-        parts += _set_options_off_preset({k: v for k, v in run.flat().items() if k not in meta.config.to_dict()},
-                                         defaults, skip)
-    return " ".join(shlex.quote(part) for part in parts)
-
-
-def _trained_values(meta: CheckpointMeta, run: RunConfig | None) -> dict[str, Any]:
-    """Every field that made these weights, by name: the agent's, then the run's (as far as known)."""
-    if run is not None:
-        return {**run.flat(), **meta.config.to_dict()}
-    known = {"steps": meta.step, **({"seed": meta.seed} if meta.seed is not None else {})}
-    return {**meta.config.to_dict(), **known}
-
-
-def _set_options_off_preset(
-    values: dict[str, Any], preset: dict[str, Any], skip: frozenset[str] = frozenset()
-) -> list[str]:
-    """``--set NAME=VALUE`` tokens for each field of ``values`` (but those in ``skip``) that is not ``preset``'s."""
-    parts: list[str] = []
-    for name, value in values.items():
-        if name != "device" and name not in skip and preset.get(name) != value:  # the device is the machine's
-            parts += ["--set", f"{name}={json.dumps(value, separators=(',', ':'))}"]
-    return parts
-
-
-def _set_fields(command: str) -> set[str]:
-    """Names of the config fields a `rql train` command sets with --set NAME=VALUE."""
-    tokens = shlex.split(command)
-    return {tokens[i + 1].split("=", 1)[0] for i, token in enumerate(tokens[:-1]) if token == "--set"}
-
-
-def restate_preset_values(command: str, sibling_command: str, meta: CheckpointMeta) -> str:
-    """Keep an old `rql train` command exact after a preset changed, given a sibling run's command of
-    the same day and that sibling's config (``meta``).
-
-    Both commands left to the preset every field they do not --set, so a field neither sets held the
-    then preset's value, which is the sibling's value in ``meta``. Where today's preset differs from it,
-    the field is added to ``command`` as --set NAME=VALUE. (A near-BC control's command, say, beside
-    its agent's: the bundle keeps the agent's config, not the control's.)"""
-    preset = _preset(meta)
-    if not preset:  # a name this rql does not know: no preset to have changed
-        return command
-    stated = frozenset(_set_fields(command) | _set_fields(sibling_command))
-    agent = meta.config.to_dict()  # the run fields of an old command are its own: they stay as written
-    return " ".join([command, *(shlex.quote(part) for part in _set_options_off_preset(agent, preset, stated))])
-
-
-def _preset(meta: CheckpointMeta) -> dict[str, Any]:
-    """Every field's value under today's preset for the checkpoint's dataset ({} for a name we do not know)."""
-    try:
-        return make_config(meta.dataset).flat()
-    except RQLError:
-        return {}
-
-
 def _config_table(meta: CheckpointMeta) -> list[str]:
-    preset = _preset(meta)
+    preset = preset_values(meta)
     rows = ["| field | value | preset | meaning |", "|---|---|---|---|"]
     for name, value in meta.config.to_dict().items():
         default = preset.get(name)
@@ -228,13 +137,13 @@ def _config_table(meta: CheckpointMeta) -> list[str]:
     return rows
 
 
-def card_metadata(meta: CheckpointMeta, report: EvaluationReport | None, model_name: str) -> Any:
+def card_metadata(meta: CheckpointMeta, report: EvaluationReport | None, model_name: str) -> ModelCardData:
     """``huggingface_hub.ModelCardData``: library, tags, and one success rate and mean return per task."""
     from huggingface_hub import EvalResult, ModelCardData
 
     eval_results = []
     for result in report.tasks if report else []:
-        common = dict(
+        common: dict[str, Any] = dict(
             task_type="reinforcement-learning", task_name="Offline reinforcement learning",
             dataset_type=result.dataset_name or meta.dataset,
             dataset_name=result.env_id or meta.env_id,
@@ -295,7 +204,8 @@ def _dataset_words(meta: CheckpointMeta) -> str:
 def _reproduce_hint(meta: CheckpointMeta) -> str:
     external = _external(meta)
     if external is None:
-        return "Reproduce the run (add `--dataset-dir DIR` where the dataset files are; `rql data generate` makes them):"
+        return ("Reproduce the run (add `--dataset-dir DIR` where the dataset files are; "
+                "`rql data generate` makes them):")
     if external.source == "minari":
         return f"Reproduce the run (`rql data download minari:{external.ident}` fetches the dataset):"
     return "Reproduce the run (add `--dataset-path FILE.npz`, the data it was trained on):"
@@ -384,7 +294,7 @@ def build_model_card(
     revision: str | None = None,
     evidence: dict[str, Any] | None = None,
     run: RunConfig | None = None,
-) -> Any:
+) -> ModelCard:
     """The README.md of a pushed checkpoint as a ``huggingface_hub.ModelCard``.
 
     Args:

@@ -7,6 +7,8 @@ of the same name, and nothing touches the network unless the first three find no
 
 ``load_checkpoint`` is the entry point every command uses (eval, rollout, push, finetune): it
 resolves once, downloads at most once, and builds and loads the agent once, on the device asked for.
+The loading and Hub modules (torch, huggingface_hub) are imported inside the functions that use them:
+resolving a local REF is a path check that runs before any work.
 """
 
 from __future__ import annotations

@@ -57,7 +57,9 @@ def check_new_run_folder(run_dir: Path) -> None:
     if (run_dir / VELOCITY_FILE).exists():
         raise RQLError(f"--out {run_dir} is a checkpoint folder; a new run would overwrite it. Choose another --out.")
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise RQLError(f"--out {run_dir} already exists and is not empty; a new run never writes into it. Choose another --out.")
+        raise RQLError(
+            f"--out {run_dir} already exists and is not empty; a new run never writes into it. Choose another --out."
+        )
     ancestor = run_dir if run_dir.is_dir() else next(p for p in run_dir.absolute().parents if p.exists())
     try:
         if not ancestor.is_dir():
@@ -65,7 +67,9 @@ def check_new_run_folder(run_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as error:
-        raise RQLError(f"Cannot write the run folder {run_dir}: {error.strerror or error}. Choose another --out.") from None
+        raise RQLError(
+            f"Cannot write the run folder {run_dir}: {error.strerror or error}. Choose another --out."
+        ) from None
 
 
 def check_resumable(run_dir: Path) -> None:

@@ -27,7 +27,7 @@ class RunLock:
         self._created_folder = False
         self._held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         if self.run_dir.is_dir():
             self._acquire()
         return self
@@ -41,16 +41,16 @@ class RunLock:
         self._acquire()
 
     def _acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        host = socket.gethostname()
         for _ in range(2):
             try:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                self._refuse_unless_stale(me["host"])
+                self._refuse_unless_stale(host)
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(handle, "w") as out:
-                json.dump(me, out)
+                json.dump({"pid": os.getpid(), "host": host}, out)
             self._held = True
             return
         raise RQLError(f"Could not lock {self.run_dir}: another process keeps taking {self.path}.")

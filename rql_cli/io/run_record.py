@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
 from rql_cli.io.atomic import write_json_atomic
 from rql_cli.io.run_layout import LEGACY_RUN_FILE, RUN_FILE, is_run_dir
+
+if TYPE_CHECKING:  # named for the reader: importing them here would load torch for every run-folder check
+    from rql_cli.core.rql import RQLAgent
+    from rql_cli.io.checkpoint import CheckpointMeta
 
 RUN_FORMAT = 3
 
@@ -95,8 +99,8 @@ class RunOrigin:
     folder: Path
     lineage: dict[str, Any]
     settings: dict[str, Any]
-    agent: Any
-    meta: Any
+    agent: RQLAgent
+    meta: CheckpointMeta
 
 
 def write_run_record(run_dir: Path, record: RunRecord) -> Path:

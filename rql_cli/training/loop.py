@@ -62,7 +62,7 @@ class LossWindow:
             index, term = (int(i) for i in torch.nonzero(bad)[0])
             raise NonFiniteLossError(first_step + index, LOGGED_TERMS[term], float(rows[index, term]), last_checkpoint)
         now = time.perf_counter()
-        row: dict[str, float] = dict(zip(LOGGED_TERMS, rows.mean(dim=0).tolist()))
+        row: dict[str, float] = dict(zip(LOGGED_TERMS, rows.mean(dim=0).tolist(), strict=True))
         row.update(step=step, steps_per_second=len(rows) / max(now - self._started, 1e-9))
         self._started = now
         return row
@@ -128,9 +128,11 @@ def run_loop(session: RunSession, observer: TrainObserver) -> TrainOutcome:
     observer.on_start(session.start_info())
     outcome = TrainOutcome(run_dir=session.run_dir, step=session.position, last_checkpoint=session.last_checkpoint)
     window = LossWindow()
+    runtime = session.runtime
+    assert runtime is not None, "open_session sets up the runtime"
     while session.position < source.total and not stop.requested:
         source.advance(session, window, observer)
-        session.runtime.poll()
+        runtime.poll()
         position = session.position
         due = due_work(position, source.total, config.log_interval, config.eval_interval, config.save_interval,
                        stop.requested)

@@ -18,16 +18,16 @@ from rql_cli.config import RunConfig
 from rql_cli.core.batch import ChunkBatch
 from rql_cli.core.rql import RQLAgent
 from rql_cli.data.dataset import OfflineDataset
-from rql_cli.data.shards import ShardSwap
+from rql_cli.data.shards import ShardRotation, ShardSwap
 from rql_cli.data.sources import DataSpec
 from rql_cli.device import make_generator
 from rql_cli.envs.external import env_spec_json
-from rql_cli.envs.make import make_eval_env
+from rql_cli.envs.make import env_dims, make_eval_env
 from rql_cli.errors import DatasetError
 from rql_cli.io.curves import plot_curves
 from rql_cli.io.run_logs import CsvLog
 from rql_cli.io.run_record import RunOrigin
-from rql_cli.names import ExternalName, TaskName, parse_task_name
+from rql_cli.names import ExternalName, ParsedName, parse_task_name
 from rql_cli.training.loop import LOGGED_TERMS, LossWindow, run
 from rql_cli.training.observer import TrainObserver, TrainOutcome
 from rql_cli.training.session import BatchSource, RunSession, latest_checkpoint_meta
@@ -160,7 +160,7 @@ class _ShardLog:
         self.waiting = []
 
 
-def _shard_stats(rotation: Any) -> dict[str, Any]:
+def _shard_stats(rotation: ShardRotation) -> dict[str, Any]:
     """What the start message says about a shard folder: how many shards, how often they change."""
     if len(rotation.shards) == 1:
         return {}
@@ -168,11 +168,11 @@ def _shard_stats(rotation: Any) -> dict[str, Any]:
             "shard_prefetch": rotation.prefetch}
 
 
-def check_dataset_fits_env(dataset: OfflineDataset, task_name: TaskName) -> None:
+def check_dataset_fits_env(dataset: OfflineDataset, task_name: ParsedName) -> None:
     """Refuse, before the first gradient step, a dataset whose sizes differ from its environment's."""
     env = make_eval_env(task_name)
     try:
-        env_obs, env_act = int(env.observation_space.shape[-1]), int(env.action_space.shape[-1])
+        env_obs, env_act = env_dims(env)
     finally:
         env.close()
     if (env_obs, env_act) != (dataset.obs_dim, dataset.action_dim):

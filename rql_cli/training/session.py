@@ -11,7 +11,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,11 +49,14 @@ from rql_cli.io.run_record import (
     read_run_record,
     write_run_record,
 )
-from rql_cli.names import TaskName
+from rql_cli.names import ParsedName
 from rql_cli.results import EvalResult
 from rql_cli.training.observer import TrainObserver
 from rql_cli.training.runtime import Runtime, set_up_runtime
 from rql_cli.training.signals import StopNow, StopSignals
+
+if TYPE_CHECKING:
+    from rql_cli.training.loop import LossWindow  # loop.py imports this module
 
 
 class BatchSource:
@@ -74,7 +77,7 @@ class BatchSource:
     data: DataSpec
     env_id: str
     """The singletask env the rewards are for (a checkpoint's ``env_id``)."""
-    task_name: TaskName
+    task_name: ParsedName
     obs_dim: int
     action_dim: int
     total: int
@@ -113,7 +116,7 @@ class BatchSource:
     def start(self, session: RunSession) -> None:
         """Last step of opening the run, once the agent and its generators are ready."""
 
-    def advance(self, session: RunSession, window: Any, observer: TrainObserver) -> None:
+    def advance(self, session: RunSession, window: LossWindow, observer: TrainObserver) -> None:
         """Take one of the run's steps: gradient updates whose metrics go into ``window``."""
         raise NotImplementedError
 

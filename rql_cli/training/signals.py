@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
 from typing import Any
+
+Handler = Callable[[int, FrameType | None], Any] | int | None
+"""What ``signal.signal`` installs and returns: a function, ``SIG_DFL``/``SIG_IGN``, or None."""
 
 
 class StopNow(KeyboardInterrupt):
@@ -30,7 +33,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[int, Handler] = {}
         self._raise_now = False
 
     @property
