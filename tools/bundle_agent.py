@@ -56,6 +56,25 @@ def wall_time_s(run: Path) -> float | None:
     return total + times[-1]
 
 
+def measure_control(args: argparse.Namespace) -> dict:
+    """The control run's evidence: measured here on the same episodes as the agent."""
+    control_loaded, control = measure(str(args.control), args.episodes, args.control_task)
+    task = control.tasks[0]
+    return dict(name=args.control_name,
+                command=reproduce_command(control_loaded.meta, read_run_record(args.control).config),
+                success_rate=task.success_rate, success_ci95=list(task.success_ci95),
+                episodes=task.episodes, step=control_loaded.meta.step)
+
+
+def kept_control(folder: Path) -> dict:
+    """The control measured for the bundled agent in ``folder``, which the new run replaces (read before
+    anything there is overwritten)."""
+    control = (read_evidence(folder) or {}).get("control")
+    if not control:
+        raise SystemExit(f"--keep-control: {folder} has no control in its {EVIDENCE_FILE}")
+    return dict(control)
+
+
 def goal_of(args: argparse.Namespace) -> dict | None:
     if args.goal_rate is None:
         return None
@@ -129,6 +148,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="the finished run to bundle (with --card-only: refresh its training time)")
     parser.add_argument("--control", type=Path, help="the near-BC run of the same length (not with --card-only)")
+    parser.add_argument("--keep-control", action="store_true",
+                        help="instead of --control: keep the control measured for the agent this run replaces "
+                        "(its evidence.json), for a rerun of the same task, data, networks and steps")
     parser.add_argument("--control-name", default="near-BC control (alpha 1000, same data and steps)")
     parser.add_argument("--control-task", type=int, default=None,
                         help="evaluate the control on this task (a near-BC run trained with another task's "
@@ -159,11 +181,12 @@ def main() -> None:
         rewrite_card(args.root / args.name, goal_of(args))
         refresh_family(args.root, args.name)
         return
-    if not (args.run and args.control and args.recipe):
-        parser.error("--run, --control and --recipe are needed to bundle a run (only --card-only does without)")
+    if not (args.run and (args.control or args.keep_control) and args.recipe):
+        parser.error("--run, --control (or --keep-control) and --recipe are needed to bundle a run "
+                     "(only --card-only does without)")
 
     loaded, report = measure(str(args.run), args.episodes)
-    control_loaded, control = measure(str(args.control), args.episodes, args.control_task)
+    control_evidence = kept_control(args.root / args.name) if args.keep_control else measure_control(args)
     meta = loaded.meta
     out = args.root / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -172,16 +195,12 @@ def main() -> None:
     report.checkpoint = out.name  # the bundled name `rql eval --checkpoint` takes, not a path on this machine
     write_metrics(out, report)
     shutil.copyfile(args.run / "curves.png", out / "curves.png")
-    control_task = control.tasks[0]
     evidence = dict(
         dataset_recipe=args.recipe,
         train_command=reproduce_command(meta, read_run_record(args.run).config),
         train_wall_time_s=wall_time_s(args.run),
         machine=args.machine,
-        control=dict(name=args.control_name,
-                     command=reproduce_command(control_loaded.meta, read_run_record(args.control).config),
-                     success_rate=control_task.success_rate, success_ci95=list(control_task.success_ci95),
-                     episodes=control_task.episodes, step=control_loaded.meta.step),
+        control=control_evidence,
         paper=dict(success_rate=args.paper_rate, source=args.paper_source),
         goal=goal_of(args),
     )
@@ -193,8 +212,9 @@ def main() -> None:
     card.save(out / "README.md")
     refresh_family(args.root, args.name)
     first = report.tasks[0]
+    size_mb = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     print(f"{args.name}: {100 * first.success_rate:.1f}% over {first.episodes} episodes; control "
-          f"{100 * control_task.success_rate:.1f}%; {sum(p.stat().st_size for p in out.iterdir()) / 2**20:.1f} MB")
+          f"{100 * control_evidence['success_rate']:.1f}%; {size_mb:.1f} MB")
 
 
 if __name__ == "__main__":
