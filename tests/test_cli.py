@@ -79,6 +79,12 @@ def test_unknown_dataset_name_suggests_the_closest(tmp_path):
     assert_clean_error(result, "cube-single-play-v0", "rql list")
 
 
+def test_error_messages_print_square_brackets_as_written(tmp_path):
+    """An error is text, not rich markup: the resolver's "USER/NAME[@REVISION]" keeps its brackets."""
+    result = run("eval", "--checkpoint", "no-such-agent-here", "--episodes", "1")
+    assert_clean_error(result, "USER/NAME[@REVISION]")
+
+
 def test_missing_dataset_file_says_where_we_looked_and_how_to_make_it(tmp_path):
     result = run("train", "--dataset", "cube-double-play-v0", "--dataset-dir", str(tmp_path))
     assert_clean_error(result, str(tmp_path / "cube-double-play-v0.npz"), "rql data generate cube-double-play-v0")

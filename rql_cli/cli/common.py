@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import click
 import typer
+from rich.markup import escape
 
 from rql_cli.cli.display import err_console
 from rql_cli.config import FIELD_HELP, RANGES, field_default, parse_set_option
@@ -55,7 +56,8 @@ def exit_with(error: RQLError) -> NoReturn:
     """Print ``error`` as one paragraph and exit with code 1; with --debug, raise it for its traceback."""
     if debug_enabled():
         raise error
-    err_console.print(f"[bold red]Error:[/] {error}", highlight=False)
+    # the message is text, not markup: "USER/NAME[@REVISION]" must print as written
+    err_console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False)
     raise typer.Exit(1) from None
 
 
