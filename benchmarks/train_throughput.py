@@ -37,7 +37,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # The paper's default network and batch with cube's chunking.
     "paper": dict(actor_hidden_dims=[512] * 4, value_hidden_dims=[512] * 4, ensemble_size=10,
                   flow_steps=10, horizon=5, batch_size=256),
-    # What we train on 2 CPU cores (rql_cli.config.CPU_NETWORKS).
+    # What we train on 2 CPU cores (rql_cli.presets.CPU_NETWORKS).
     "small-cpu": dict(actor_hidden_dims=[256] * 3, value_hidden_dims=[256] * 3, ensemble_size=4,
                       flow_steps=10, horizon=5, batch_size=256),
 }
