@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -51,6 +48,31 @@ def test_help_lists_every_command_without_importing_torch():
     for command in ("train", "eval", "finetune", "rollout", "push", "pull", "data", "list"):
         assert command in out
     assert "NO_TORCH" in out
+
+
+def test_version_is_instant_and_verbose_names_what_a_bug_report_needs():
+    from importlib import metadata
+
+    import rql_cli
+
+    out = fresh_python(
+        "import sys; from typer.testing import CliRunner; from rql_cli.cli.app import app; "
+        "r = CliRunner().invoke(app, ['-V']); print(r.output, r.exit_code); "
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')"
+    ).stdout
+    assert out.splitlines()[0] == f"rql {rql_cli.__version__}" and "NO_TORCH" in out
+    assert metadata.version("rql-cli") == rql_cli.__version__  # the package and the command agree
+
+    verbose = run("--version", "--verbose")
+    assert verbose.exit_code == 0
+    lines = dict(line.split(": ", 1) for line in verbose.output.splitlines()[1:])
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+    assert lines["torch"] == f"{torch.__version__} ({build})"
+    for package in ("numpy", "gymnasium", "mujoco", "ogbench", "minari", "huggingface_hub", "safetensors"):
+        assert lines[package] == metadata.version(package), package
+
+    alone = run("--verbose", "list")
+    assert alone.exit_code == 2 and "Invalid value for --verbose" in alone.output
 
 
 def test_help_prose_flows_at_the_terminal_width_and_examples_keep_their_lines(monkeypatch):

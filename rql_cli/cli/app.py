@@ -23,6 +23,7 @@ from rql_cli.cli.hub_commands import pull, push
 from rql_cli.cli.list_command import list_command
 from rql_cli.cli.rollout_command import rollout
 from rql_cli.cli.train_command import config_fields_epilog, train
+from rql_cli.cli.version_option import version_lines
 
 app = typer.Typer(
     name="rql",
@@ -40,15 +41,28 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main_options(
     ctx: typer.Context,
     debug: bool = typer.Option(
         False, "--debug", help="Show full tracebacks instead of one-paragraph error messages."
     ),
+    version: bool = typer.Option(False, "--version", "-V", help="Print rql's version and exit."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="With --version: also Python, torch (and its CUDA build) and the libraries "
+        "that shape results, for a bug report."
+    ),
 ) -> None:
     """Keep --debug in this invocation's root context (``rql_cli.cli.common.debug_enabled`` reads it)."""
     ctx.obj = {"debug": debug}
+    if version:
+        for line in version_lines(verbose):
+            typer.echo(line)
+        raise typer.Exit()
+    if verbose:
+        raise typer.BadParameter("it only adds to --version: `rql --version --verbose`.", param_hint="--verbose")
+    if ctx.invoked_subcommand is None:  # `rql --debug` alone, say: what a bare `rql` shows
+        typer.echo(ctx.get_help())
 
 
 app.command(epilog=config_fields_epilog())(train)
