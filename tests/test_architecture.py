@@ -27,8 +27,9 @@ ALLOWED = {
     "rollout": {"config", "core", "device", "envs", "errors", "io", "names", "results"},
     "export": {"config", "core", "device", "envs", "errors", "io", "names", "results"},
     "training": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "names", "results"},
-    "cli": {"config", "core", "data", "device", "envs", "errors", "evaluation", "export", "io", "minari_store",
-            "names", "presets", "results", "rollout", "training"},
+    "doctor": {"data", "device", "envs", "errors", "io", "minari_store", "training"},
+    "cli": {"config", "core", "data", "device", "doctor", "envs", "errors", "evaluation", "export", "io",
+            "minari_store", "names", "package", "presets", "results", "rollout", "training"},
     "__main__": {"cli"},
 }
 

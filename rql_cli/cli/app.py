@@ -16,6 +16,7 @@ import typer
 from rql_cli.cli.data_commands import data_app
 from rql_cli.cli.demo_command import demo
 from rql_cli.cli.display import err_console
+from rql_cli.cli.doctor_command import doctor
 from rql_cli.cli.eval_command import eval_command
 from rql_cli.cli.export_command import export_command
 from rql_cli.cli.finetune_command import finetune
@@ -36,7 +37,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -75,6 +76,7 @@ app.add_typer(data_app, name="data")
 app.command("list")(list_command)
 app.command()(demo)
 app.command("export")(export_command)
+app.command()(doctor)
 
 
 def _prose_unwrapped(text: str) -> str:
