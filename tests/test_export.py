@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_checks import assert_refused, invoke
 
-from rql_cli.cli.app import app
 from rql_cli.export.policy import TOLERANCE
 
 pytest.importorskip("onnxruntime", reason="the export tests need the [export] extra (in the test extra)")
@@ -32,20 +31,6 @@ DICT_DATASET = "minari:test/exportdict/random-v0"
 DICT_LOW, DICT_HIGH = [-2.0, 0.0], [2.0, 5.0]
 PT2_TOLERANCE = 1e-6
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_refused(result, *fragments: str) -> None:
-    """Exit code 1 from one clean message holding the fragments; no traceback."""
-    text = " ".join(result.output.split())
-    assert result.exit_code == 1, text
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in text
-    for fragment in fragments:
-        assert fragment in text, (fragment, text)
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,27 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_checks import assert_refused, invoke
 
-from rql_cli.cli.app import app
 from rql_cli.cli.common import check_output_path
 from rql_cli.errors import RQLError
 
 linux_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_refused(result, *fragments: str) -> None:
-    """Exit code 1 from a clean message that holds the fragments (no exception but the exit)."""
-    text = " ".join(result.output.split())
-    assert result.exit_code == 1, text
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in text
-    for fragment in fragments:
-        assert fragment in text, (fragment, text)
 
 
 def listing(root: Path) -> list[str]:
