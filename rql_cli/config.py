@@ -217,6 +217,12 @@ class RunConfig(_Fields):
         0,
         "CPU threads for the maths: 0 adapts to the cores other processes leave free; N fixes N.",
     )
+    group_update: str = _field(
+        "auto",
+        "How a --seeds group updates its seeds: 'stacked' (one vmapped step for all seeds, each kernel N times "
+        "larger), 'sequential' (each seed's own step in turn, bit for bit the single run), 'auto' (stacked on "
+        "CUDA, sequential on CPU, where stacking measured no faster).",
+    )
 
     @classmethod
     def of(cls, **fields: Any) -> RunConfig:
@@ -264,6 +270,8 @@ class RunConfig(_Fields):
         self._check_ranges()
         _refuse_failed([
             (self.compile in COMPILE_CHOICES, f"compile must be one of {', '.join(COMPILE_CHOICES)}", self.compile),
+            (self.group_update in GROUP_UPDATE_CHOICES,
+             f"group_update must be one of {', '.join(GROUP_UPDATE_CHOICES)}", self.group_update),
         ])
 
 
@@ -295,6 +303,9 @@ them) and where the data lives (the sampler's saved generator state belongs to t
 
 COMPILE_CHOICES = ("auto", "off", "on", "graphs")
 """Values of the ``compile`` field (``rql_cli.runtime.compile_mode`` says what each runs)."""
+
+GROUP_UPDATE_CHOICES = ("auto", "stacked", "sequential")
+"""Values of the ``group_update`` field (``rql_cli.training.group`` says what each runs)."""
 
 MAX_HIDDEN_LAYERS = 64
 MAX_HIDDEN_WIDTH = 65_536

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from rql_cli.config import RunConfig
 from rql_cli.core.rql import RQLAgent
@@ -11,10 +16,11 @@ from rql_cli.device import make_generator
 from rql_cli.envs import policy  # through the module: a test replaces chunk_policy to watch it
 from rql_cli.envs.evaluate import evaluate
 from rql_cli.io.checkpoint import check_checkpoint_dims
+from rql_cli.io.group_record import read_group_record, seed_dir
 from rql_cli.io.metrics import EvaluationReport
-from rql_cli.io.resolve import LoadedCheckpoint
+from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
 from rql_cli.names import ParsedName, parse_task_name
-from rql_cli.results import EpisodeCallback, EvalResult
+from rql_cli.results import EpisodeCallback, EvalResult, mean_over_seeds
 
 TaskCallback = Callable[[int], None]
 """on_task_start(task number 1..5), before each task's episodes."""
@@ -74,3 +80,49 @@ def evaluate_agent(
         policy.chunk_policy(agent, generator), task_name, None, episodes=config.eval_episodes,
         num_envs=config.eval_envs, seed=config.seed, on_episode=on_episode,
     )
+
+
+@dataclass
+class GroupEvaluation:
+    """``rql eval`` of a seed group (``rql train --seeds``): each seed's report and the mean over seeds.
+
+    Attributes:
+        folder: the group folder.
+        reports: each seed's report, by seed, in the group's order.
+        stopped: seeds stopped by a non-finite loss during training (measured at their last good checkpoint).
+    """
+
+    folder: Path
+    reports: dict[int, EvaluationReport]
+    stopped: set[int] = field(default_factory=set)
+
+    def across_seeds(self) -> list[dict[str, Any]]:
+        """Per task: ``{'task', 'mean_success_rate', 'ci95', 'interval', 'seeds'}`` over the seeds."""
+        first = next(iter(self.reports.values()))
+        rows = []
+        for index, result in enumerate(first.tasks):
+            mean, interval = mean_over_seeds([r.tasks[index].success_rate for r in self.reports.values()])
+            rows.append({"task": result.task, "mean_success_rate": mean, "ci95": interval,
+                         "interval": "Student t over seeds", "seeds": len(self.reports)})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` payload."""
+        return {"group": str(self.folder), "seeds": {str(s): r.to_dict() for s, r in self.reports.items()},
+                "stopped": sorted(self.stopped), "across_seeds": self.across_seeds()}
+
+
+def evaluate_group(
+    folder: Path, device: torch.device, *, best: bool, seed_started: Callable[[int], None] | None = None,
+    **evaluate_options: Any,
+) -> GroupEvaluation:
+    """Evaluate the latest (or ``best``) checkpoint of every seed of the group in ``folder`` with
+    ``evaluate_checkpoint``'s options, each seed's episodes drawn alike (the same env seeds)."""
+    record = read_group_record(folder)
+    reports = {}
+    for seed in record.seeds:
+        if seed_started:
+            seed_started(seed)
+        loaded = load_checkpoint(str(seed_dir(folder, seed)), device, best=best)
+        reports[seed] = evaluate_checkpoint(loaded, **evaluate_options)
+    return GroupEvaluation(folder=Path(folder), reports=reports, stopped=set(record.stopped))

@@ -161,3 +161,17 @@ class EvalResult:
 
 
 _INTERVALS = ("success_ci95", "return_ci95", "normalized_score_ci95")
+
+
+def mean_over_seeds(rates: list[float]) -> tuple[float, tuple[float, float] | None]:
+    """The mean of per-seed rates and its 95% interval over seeds: Student's t with n - 1 degrees of
+    freedom on the seeds' own rates (the spread between seeds, not the episodes' binomial noise);
+    None for one seed. The bounds are clipped to [0, 1]."""
+    mean = sum(rates) / len(rates)
+    if len(rates) < 2:
+        return mean, None
+    from scipy import stats
+
+    spread = stats.sem(rates)
+    half = float(stats.t.ppf(0.975, len(rates) - 1) * spread) if spread > 0 else 0.0
+    return mean, (max(0.0, mean - half), min(1.0, mean + half))

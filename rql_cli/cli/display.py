@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,6 +29,7 @@ from rql_cli.results import Episode, EpisodeProgress, EvalResult
 from rql_cli.training.observer import TrainObserver, TrainOutcome
 
 if TYPE_CHECKING:
+    from rql_cli.evaluation import GroupEvaluation
     from rql_cli.io.metrics import EvaluationReport
 
 console = Console(soft_wrap=True)  # never break paths or commands a user will copy
@@ -169,6 +171,10 @@ class TrainDisplay(TrainObserver):
                 f"{info['device']}; run folder {info['run_dir']}"
             )
             console.print(runtime_text(info.get("runtime")))
+            if info.get("seeds"):
+                seeds = info["seeds"]
+                console.print(f"{len(seeds)} seeds ({', '.join(map(str, seeds))}) in one process, "
+                              f"{info['group_update']} update; parameters and it/s are per seed.")
             if info["start_step"]:
                 console.print(f"Resuming at step {info['start_step']:,}.")
         self.task = self.progress.add_task(
@@ -194,16 +200,32 @@ class TrainDisplay(TrainObserver):
 
     def on_eval(self, step: int, result: EvalResult) -> None:
         """Drop the evaluation bar and print its result."""
+        self._end_eval(result)
+        if not self.quiet:
+            self.progress.console.print(
+                f"step {step:,}: success {success_text(result)}, mean return {result.mean_return:.1f}"
+            )
+
+    def _end_eval(self, result: EvalResult) -> None:
+        """Drop the evaluation bar; keep the result's success for the progress line."""
         if self.eval_task is not None:
             self.progress.remove_task(self.eval_task)
             self.eval_task = None
         self.last_success = pct(result.success_rate) if result.success_reported else (
             f"score {result.normalized_score:.1f}" if result.normalized_score is not None
             else f"return {result.mean_return:.0f}")
+
+    def on_seed_eval(self, seed: int, step: int, result: EvalResult) -> None:
+        """One seed's evaluation in a group: as ``on_eval``, naming the seed."""
+        self._end_eval(result)
         if not self.quiet:
             self.progress.console.print(
-                f"step {step:,}: success {success_text(result)}, mean return {result.mean_return:.1f}"
+                f"seed {seed}, step {step:,}: success {success_text(result)}, mean return {result.mean_return:.1f}"
             )
+
+    def on_seed_stopped(self, seed: int, message: str) -> None:
+        """Say which seed stopped and why; the others go on."""
+        self.progress.console.print(f"[yellow]Seed {seed} stopped:[/] {escape(message)} The other seeds go on.")
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """Print where the checkpoint went."""
@@ -280,6 +302,25 @@ def eval_table(report: EvaluationReport, lineage: dict[str, Any] | None = None) 
         table.add_row(*row)
     if len(report.tasks) > 1:
         table.add_row("mean", pct(report.mean_success_rate), *[""] * (len(columns) - 2))
+    return table
+
+
+def group_eval_table(evaluation: GroupEvaluation) -> Table:
+    """One row per seed and task of a group's evaluation, then the mean over seeds with its interval."""
+    table = Table(title=f"{evaluation.folder.name}: {len(evaluation.reports)} seeds", box=box.SIMPLE_HEAD,
+                  caption="seed rows: Wilson 95% interval over episodes; mean: Student t 95% interval over seeds")
+    for column in ("seed", "task", "step", "success", "95% CI", "mean return", "episodes"):
+        table.add_column(column, justify="right", no_wrap="CI" in column)
+    for seed, report in evaluation.reports.items():
+        note = " (stopped)" if seed in evaluation.stopped else ""
+        for result in report.tasks:
+            low, high = result.success_ci95 or _UNKNOWN_INTERVAL
+            table.add_row(f"{seed}{note}", str(result.task), f"{report.step:,}", pct(result.success_rate),
+                          f"[{pct(low)}, {pct(high)}]", f"{result.mean_return:.1f}", str(result.episodes))
+    for row in evaluation.across_seeds():
+        low, high = row["ci95"] or _UNKNOWN_INTERVAL
+        table.add_row(f"mean of {row['seeds']}", str(row["task"]), "", pct(row["mean_success_rate"]),
+                      f"[{pct(low)}, {pct(high)}]" if row["ci95"] else "-", "", "", style="bold")
     return table
 
 

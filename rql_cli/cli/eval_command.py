@@ -8,15 +8,20 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from rql_cli.cli.common import CHECKPOINT_HELP, check_options, check_output_path, handles_errors, ranged, seed_option
-from rql_cli.cli.display import console, eval_table, make_progress, pct
+from rql_cli.cli.display import console, eval_table, group_eval_table, make_progress, pct
 from rql_cli.errors import RQLError
+from rql_cli.io.group_record import is_group_dir
 from rql_cli.io.metrics import METRICS_FILE, write_metrics
 from rql_cli.io.resolve import load_checkpoint, reference_source
 from rql_cli.names import TASKS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_tasks(text: str | None) -> list[int | None]:
@@ -60,6 +65,9 @@ def eval_command(
     tasks = parse_tasks(task)
     if json_path is not None:
         check_output_path(json_path, "--json", example="report.json")
+    if is_group_dir(Path(checkpoint)):
+        return _eval_group(Path(checkpoint), resolve_device(device), save=save, best=best, json_path=json_path,
+                           quiet=quiet, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs)
     exported = exported_policy_file(checkpoint, save=save, best=best, json_path=json_path)  # None: not an export
     if save and exported is None and reference_source(checkpoint) == "hub":
         raise RQLError(
@@ -87,3 +95,27 @@ def eval_command(
         console.print(f"Report written to {json_path}")
     if save:
         console.print(f"Saved into {write_metrics(loaded.folder, report)}")
+
+
+def _eval_group(folder: Path, device: torch.device, *, save: bool, best: bool, json_path: Path | None, quiet: bool,
+                **options: Any) -> None:
+    """``rql eval`` of a seed group: every seed in turn, then a table of seeds and their mean."""
+    from rql_cli.evaluation import evaluate_group
+
+    if save:
+        raise RQLError("--save writes one checkpoint's metrics.json; evaluate a seed's folder (OUT/seed_S) to save "
+                       "its result.")
+    with make_progress(quiet) as progress:
+        bar = progress.add_task("eval", total=options["episodes"], rate="", info="")
+        evaluation = evaluate_group(
+            folder, device, best=best,
+            seed_started=lambda seed: progress.update(bar, completed=0, description=f"eval seed {seed}"),
+            on_episode=lambda shown: progress.update(bar, completed=shown.done,
+                                                     info=f"success {pct(shown.success_rate)}"),
+            **options,
+        )
+    console.print(group_eval_table(evaluation))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        console.print(f"Report written to {json_path}")

@@ -8,64 +8,25 @@ checkpoint; losses stay on the device between log rows (``LossWindow``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from rql_cli.config import RunConfig
 from rql_cli.device import resolve_device
-from rql_cli.errors import NonFiniteLossError
 from rql_cli.io.run_lock import RunLock
 from rql_cli.io.run_record import RunOrigin
+from rql_cli.results import EvalResult
+from rql_cli.training.loss_window import LOGGED_TERMS, LOSS_TERMS, LossWindow
 from rql_cli.training.observer import TrainObserver, TrainOutcome
-from rql_cli.training.session import BatchSource, RunSession, check_resume, open_session
+from rql_cli.training.runtime import Runtime
+from rql_cli.training.session import BatchSource, check_resume, open_session
 from rql_cli.training.signals import StopSignals
 
-LOSS_TERMS = ("value", "bc", "policy", "total")
-"""Loss terms in the order a NaN check names them: the first bad term is reported."""
-
-LOGGED_TERMS = (*LOSS_TERMS, "value_mean", "target_mean")
-"""What ``RQLAgent.update`` returns per step and metrics.csv keeps (besides step and timing)."""
-
-
-class LossWindow:
-    """Per-step metrics kept on the device until they are needed, then checked and averaged.
-
-    ``add`` takes the dict ``RQLAgent.update`` returns without a host sync; ``flush`` copies the
-    window to the host once, raises NonFiniteLossError naming the first bad step and term, and
-    returns the window's mean row with its speed.
-    """
-
-    def __init__(self) -> None:
-        self._rows: list[torch.Tensor] = []
-        self._started = time.perf_counter()
-
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Keep one step's scalars (``LOGGED_TERMS``), still on the device."""
-        self._rows.append(torch.stack([metrics[k] for k in LOGGED_TERMS]))
-
-    def flush(self, step: int, last_checkpoint: Path | None) -> dict[str, float] | None:
-        """Check and average the window ending at ``step``; None when it is empty.
-
-        Returns ``{term: mean, ..., 'step': step, 'steps_per_second': ...}``.
-        """
-        if not self._rows:
-            return None
-        rows = torch.stack(self._rows).double().cpu()
-        first_step = step - len(self._rows) + 1
-        self._rows.clear()
-        bad = ~torch.isfinite(rows)
-        if bad.any():
-            index, term = (int(i) for i in torch.nonzero(bad)[0])
-            raise NonFiniteLossError(first_step + index, LOGGED_TERMS[term], float(rows[index, term]), last_checkpoint)
-        now = time.perf_counter()
-        row: dict[str, float] = dict(zip(LOGGED_TERMS, rows.mean(dim=0).tolist(), strict=True))
-        row.update(step=step, steps_per_second=len(rows) / max(now - self._started, 1e-9))
-        self._started = now
-        return row
+__all__ = ["LOGGED_TERMS", "LOSS_TERMS", "LossWindow", "LoopSession", "run", "run_loop"]
 
 
 @dataclass(frozen=True)
@@ -122,19 +83,42 @@ def run(
             source.close()
 
 
-def run_loop(session: RunSession, observer: TrainObserver) -> TrainOutcome:
-    """Step until the source's total, logging, evaluating and saving when due; stop on a signal."""
-    source, config, stop = session.source, session.config, session.stop
+class LoopSession(Protocol):
+    """What the loop drives: one run (``session.RunSession``) or a group of seeds (``group.GroupSession``)."""
+
+    config: RunConfig
+    run_dir: Path
+    stop: StopSignals
+    runtime: Runtime | None
+    last_checkpoint: Path | None
+    saved_at: int | None
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    def new_window(self) -> LossWindow: ...
+    def advance(self, window: LossWindow, observer: TrainObserver) -> None: ...
+    def log(self, row: dict[str, float] | None, observer: TrainObserver) -> None: ...
+    def evaluate_and_save(self, observer: TrainObserver) -> EvalResult | None: ...
+    def save(self, observer: TrainObserver) -> Path: ...
+    def resume_command(self) -> str: ...
+    def start_info(self) -> dict[str, Any]: ...
+
+
+def run_loop(session: LoopSession, observer: TrainObserver) -> TrainOutcome:
+    """Step until the run's total, logging, evaluating and saving when due; stop on a signal."""
+    config, stop, total = session.config, session.stop, session.total
     observer.on_start(session.start_info())
     outcome = TrainOutcome(run_dir=session.run_dir, step=session.position, last_checkpoint=session.last_checkpoint)
-    window = LossWindow()
+    window = session.new_window()
     runtime = session.runtime
     assert runtime is not None, "open_session sets up the runtime"
-    while session.position < source.total and not stop.requested:
-        source.advance(session, window, observer)
+    while session.position < total and not stop.requested:
+        session.advance(window, observer)
         runtime.poll()
         position = session.position
-        due = due_work(position, source.total, config.log_interval, config.eval_interval, config.save_interval,
+        due = due_work(position, total, config.log_interval, config.eval_interval, config.save_interval,
                        stop.requested)
         if due.flush:
             row = window.flush(position, session.last_checkpoint)  # raises on a NaN loss

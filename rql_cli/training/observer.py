@@ -32,6 +32,14 @@ class TrainObserver:
     def on_eval(self, step: int, result: EvalResult) -> None:
         """After a periodic evaluation."""
 
+    def on_seed_eval(self, seed: int, step: int, result: EvalResult) -> None:
+        """After the periodic evaluation of one seed of a group (``--seeds``); by default ``on_eval``."""
+        self.on_eval(step, result)
+
+    def on_seed_stopped(self, seed: int, message: str) -> None:
+        """A seed of a group stopped on a non-finite loss (``message`` names its last good checkpoint);
+        the other seeds go on."""
+
     def on_checkpoint(self, step: int, path: Path) -> None:
         """After a checkpoint folder was written."""
 

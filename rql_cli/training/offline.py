@@ -118,10 +118,13 @@ class OfflineSource(BatchSource):
 
     def advance(self, session: RunSession, window: LossWindow, observer: TrainObserver) -> None:
         agent = session.agent
-        batch = self.rotation.sampler(agent.step).sample(self.batch_size, session.generators["sample"])
-        if self.sample_device != agent.device:
-            batch = batch.to(agent.device)
-        window.add(agent.update(batch, session.generators["noise"]))
+        window.add(agent.update(self.batch(agent.step, session.generators["sample"], agent.device),
+                                session.generators["noise"]))
+
+    def batch(self, step: int, generator: torch.Generator, device: torch.device) -> ChunkBatch:
+        """The batch of gradient step ``step`` drawn with ``generator`` (a run's 'sample'), on ``device``."""
+        batch = self.rotation.sampler(step).sample(self.batch_size, generator)
+        return batch.to(device) if self.sample_device != device else batch
 
     def start_info(self, agent: RQLAgent) -> dict[str, Any]:
         return {"dataset": self.statistics}

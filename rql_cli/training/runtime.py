@@ -26,13 +26,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from rql_cli.config import RunConfig
 from rql_cli.core.batch import ChunkBatch
-from rql_cli.core.rql import RQLAgent
 from rql_cli.device import usable_cores
 from rql_cli.errors import RQLError
 from rql_cli.training.signals import StopNow, StopSignals
@@ -190,6 +189,15 @@ def compile_mode(choice: str, device: torch.device, steps_to_run: int) -> str | 
     return None
 
 
+class Compilable(Protocol):
+    """What ``prepare_update`` compiles: an ``RQLAgent``, or a seed group's update (``core.seed_stack``)."""
+
+    device: torch.device
+
+    def compile_update(self, mode: str | None = ...) -> None: ...
+    def warm_up(self, batch: ChunkBatch) -> None: ...
+
+
 @dataclass
 class CompileReport:
     """What the update runs as: ``mode`` (None = eager), the seconds the compile took, and why."""
@@ -203,7 +211,7 @@ class CompileReport:
         return asdict(self)
 
 
-def prepare_update(agent: RQLAgent, choice: str, steps_to_run: int, example_batch: ChunkBatch) -> CompileReport:
+def prepare_update(agent: Compilable, choice: str, steps_to_run: int, example_batch: ChunkBatch) -> CompileReport:
     """Compile ``agent``'s update if ``choice`` says so, paying the compile now on ``example_batch``.
 
     The warm-up runs the loss forward and backward once on the example (no optimiser step, no
@@ -256,7 +264,7 @@ class Runtime:
 
 
 def set_up_runtime(
-    agent: RQLAgent, config: RunConfig, steps_to_run: int, example_batch: ChunkBatch | None,
+    agent: Compilable, config: RunConfig, steps_to_run: int, example_batch: ChunkBatch | None,
     stop: StopSignals | None = None,
 ) -> Runtime:
     """Thread pools for ``config.threads``, then the update compiled for ``config.compile``.

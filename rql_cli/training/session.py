@@ -11,7 +11,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -51,12 +51,10 @@ from rql_cli.io.run_record import (
 )
 from rql_cli.names import ParsedName
 from rql_cli.results import EvalResult
+from rql_cli.training.loss_window import LossWindow
 from rql_cli.training.observer import TrainObserver
 from rql_cli.training.runtime import Runtime, set_up_runtime
 from rql_cli.training.signals import StopNow, StopSignals
-
-if TYPE_CHECKING:
-    from rql_cli.training.loop import LossWindow  # loop.py imports this module
 
 
 class BatchSource:
@@ -164,6 +162,19 @@ class RunSession:
     def position(self) -> int:
         """The run's own step count now (gradient steps offline, environment steps online)."""
         return self.source.position(self.agent)
+
+    @property
+    def total(self) -> int:
+        """The run's length in its own steps."""
+        return self.source.total
+
+    def new_window(self) -> LossWindow:
+        """The window that keeps this run's per-step losses until a log row or a check needs them."""
+        return LossWindow()
+
+    def advance(self, window: LossWindow, observer: TrainObserver) -> None:
+        """Take one of the run's steps (the source's)."""
+        self.source.advance(self, window, observer)
 
     def wall_time(self) -> float:
         """Training seconds of the run: since this session started, plus the sessions before a resume."""
@@ -279,6 +290,20 @@ def open_session(
     lock makes the folder (a new run's) and holds it. ``previous`` is the record of a run to resume;
     ``origin`` the checkpoint a new fine-tuning run starts from.
     """
+    session = build_session(config, source, lock, stop, device=device, previous=previous, origin=origin)
+    agent = session.agent
+    runtime = set_up_runtime(agent, config, source.updates_left(agent), source.example_batch(agent), stop)
+    start_session(session, runtime, previous, origin)
+    return session
+
+
+def build_session(
+    config: RunConfig, source: BatchSource, lock: RunLock, stop: StopSignals, *,
+    device: torch.device, previous: RunRecord | None, origin: RunOrigin | None, source_logs: bool = True,
+) -> RunSession:
+    """``open_session`` up to the compile: the agent (restored or started from ``origin``), the run
+    folder, its logs and generators. A seed group opens the source's own logs once, not per seed
+    (``source_logs=False``)."""
     run_dir = lock.run_dir
     torch.manual_seed(config.seed)  # network initialisation
     check_agent_fits(config.agent, source.obs_dim, source.action_dim, device)
@@ -294,7 +319,7 @@ def open_session(
     check_disk(config, agent, run_dir, total=source.total, extra_bytes=source.extra_bytes)
     logs = {"metrics": CsvLog(run_dir / "metrics.csv", source.metric_columns),
             "eval": CsvLog(run_dir / "eval.csv", EVAL_COLUMNS),
-            **source.open_logs(run_dir)}
+            **(source.open_logs(run_dir) if source_logs else {})}
     generators = {name: make_generator(source.sample_device if name == "sample" else device, config.seed + offset)
                   for offset, name in enumerate(source.generator_names)}
     session = RunSession(config=config, run_dir=run_dir, agent=agent, meta=meta, source=source,
@@ -303,10 +328,14 @@ def open_session(
         _restore(session)
     elif origin is not None:
         start_from_checkpoint(agent, origin)
-    session.runtime = set_up_runtime(agent, config, source.updates_left(agent), source.example_batch(agent), stop)
-    _write_record(session, previous, origin)
-    source.start(session)
     return session
+
+
+def start_session(session: RunSession, runtime: Runtime, previous: RunRecord | None, origin: RunOrigin | None) -> None:
+    """Last step of opening a run: its runtime, its record (train_config.json), the source's start."""
+    session.runtime = runtime
+    _write_record(session, previous, origin)
+    session.source.start(session)
 
 
 def _restore(session: RunSession) -> None:

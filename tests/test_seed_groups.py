@@ -1,0 +1,275 @@
+"""`rql train --seeds`: N seeds in one process, each exactly the run `--seed s` alone would make.
+
+Tolerance: the stacked update (vmap) sums the same products in another order inside its batched
+matmuls, so its numbers may differ from a single run's in the last bits of fp32. We hold losses and
+weights to an absolute 1e-5 (weights here are O(0.1)) and logged losses, which metrics.csv keeps to 6
+significant digits, to 2e-5 relative; measured over 200 steps of these tiny networks the largest gap
+in the logged losses was one flip of the last printed digit. The sequential update is the single run's own
+code and is held to exact equality.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cli_checks import assert_refused, invoke
+from conftest import TINY_NAME
+
+from rql_cli.cli.common import parse_seeds
+from rql_cli.config import RQLConfig, RunConfig
+from rql_cli.core.batch import ChunkBatch
+from rql_cli.core.rql import RQLAgent
+from rql_cli.core.seed_stack import StackedSeeds
+from rql_cli.errors import RQLError
+from rql_cli.io.checkpoint import load_agent, load_tensors
+from rql_cli.io.group_record import read_group_record, seed_dir
+from rql_cli.training.group import GroupSession, train_group
+from rql_cli.training.observer import TrainObserver
+from rql_cli.training.offline import DataSpec, train
+
+TOLERANCE = 1e-5
+SMALL = dict(actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=2, flow_steps=4, horizon=5,
+             batch_size=8, eval_episodes=0, device="cpu", compile="off", log_interval=1)
+
+
+def config(**changes) -> RunConfig:
+    return RunConfig.of(**{**SMALL, **changes})
+
+
+def losses(run_dir: Path) -> list[list[float]]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [[float(row[k]) for k in ("value", "bc", "policy", "total")] for row in csv.DictReader(handle)]
+
+
+def latest(run_dir: Path) -> Path:
+    return sorted((run_dir / "checkpoints").iterdir())[-1]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for name in ("velocity", "value"):
+        tensors.update({f"{name}.{k}": v for k, v in load_tensors(latest(run_dir) / f"{name}.safetensors").items()})
+    return tensors
+
+
+def train_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(latest(run_dir) / "train_state.safetensors")
+
+
+@pytest.fixture(scope="module")
+def data(tiny_dataset_dir) -> DataSpec:
+    return DataSpec(name=TINY_NAME, dataset_dir=str(tiny_dataset_dir))
+
+
+@pytest.fixture(scope="module")
+def alone(data, tmp_path_factory) -> dict[int, Path]:
+    """Seeds 0 and 2 trained alone for 200 steps."""
+    root = tmp_path_factory.mktemp("alone")
+    for seed in (0, 2):
+        train(config(steps=200, seed=seed), data, root / f"seed{seed}")
+    return {0: root / "seed0", 2: root / "seed2"}
+
+
+@pytest.mark.parametrize("update", ["stacked", "sequential"])
+def test_each_seed_of_a_group_is_the_run_it_would_be_alone(update, alone, data, tmp_path):
+    group = tmp_path / "group"
+    outcome = train_group(config(steps=200, group_update=update), data, group, [2, 0])
+    assert outcome.step == 200 and not outcome.interrupted
+    assert read_group_record(group).update == update
+    for seed, single in alone.items():
+        member = seed_dir(group, seed)
+        # The same generators in the same states: every batch index and noise draw was the same.
+        ours, theirs = train_state(member), train_state(single)
+        for name in ("rng.sample", "rng.noise", "step"):
+            assert torch.equal(ours[name], theirs[name]), name
+        ours_losses, theirs_losses = torch.tensor(losses(member)), torch.tensor(losses(single))
+        assert ours_losses.shape == (200, 4)
+        ours_weights, theirs_weights = weights(member), weights(single)
+        if update == "sequential":
+            assert torch.equal(ours_losses, theirs_losses)
+            assert all(torch.equal(ours_weights[k], theirs_weights[k]) for k in theirs_weights)
+        else:
+            # metrics.csv keeps 6 significant digits: a last-digit flip is up to 1e-5 relative
+            assert torch.allclose(ours_losses, theirs_losses, rtol=2e-5, atol=TOLERANCE)
+            assert max((ours_weights[k] - theirs_weights[k]).abs().max() for k in theirs_weights) < TOLERANCE
+        # Each seed's folder is an ordinary run folder that loads alone.
+        agent, meta = load_agent(latest(member))
+        assert meta.seed == seed and meta.step == 200
+
+
+@pytest.mark.parametrize("points", ["interpolated", "reversed"])
+def test_one_stacked_update_equals_each_agents_own(points):
+    agent_config = RQLConfig(actor_hidden_dims=[16, 16], value_hidden_dims=[16, 16], ensemble_size=3,
+                             batch_size=6, horizon=3, flow_steps=4, policy_loss_points=points)
+
+    def make(seed: int) -> RQLAgent:
+        torch.manual_seed(seed)
+        return RQLAgent(agent_config, obs_dim=5, action_dim=2, device=torch.device("cpu"))
+
+    def batch(seed: int) -> ChunkBatch:
+        g = torch.Generator().manual_seed(seed)
+        return ChunkBatch(torch.randn(6, 5, generator=g), torch.rand(6, 3, 2, generator=g) * 2 - 1,
+                          torch.rand(6, 3, generator=g), torch.ones(6, 3), (torch.rand(6, 3, generator=g) > 0.8).float(),
+                          torch.randn(6, 5, generator=g))
+
+    seeds = [4, 5, 6]
+    singles, members = [make(s) for s in seeds], [make(s) for s in seeds]
+    stack = StackedSeeds(members)
+    for step in range(3):
+        expected = [a.update(batch(10 * step + s), torch.Generator().manual_seed(s)) for a, s in zip(singles, seeds)]
+        got = stack.update([batch(10 * step + s) for s in seeds], [torch.Generator().manual_seed(s) for s in seeds])
+        for index, row in enumerate(expected):
+            for term, value in row.items():
+                assert abs(float(got[term][index]) - float(value)) < TOLERANCE, (step, term)
+    for single, member in zip(singles, members):
+        assert member.step == single.step == 3
+        for (name, ours), (_, theirs) in zip(member.named_parameters(), single.named_parameters()):
+            assert (ours - theirs).abs().max() < TOLERANCE, name
+        ours_state, theirs_state = member.optimizer.state_dict()["state"], single.optimizer.state_dict()["state"]
+        for index, state in theirs_state.items():
+            assert float(ours_state[index]["step"]) == float(state["step"])
+            assert (ours_state[index]["exp_avg_sq"] - state["exp_avg_sq"]).abs().max() < TOLERANCE
+
+
+class _StopAt(TrainObserver):
+    """Sends this process SIGTERM when the loop logs ``step``, as `kill` would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_group_resumed_after_sigterm_continues_every_seed_exactly(data, tmp_path):
+    run = config(steps=60, group_update="stacked", save_interval=0)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train_group(run, data, whole, [0, 1])
+    stopped = train_group(run, data, cut, [0, 1], observer=_StopAt(25))
+    assert stopped.interrupted and stopped.step == 25 and stopped.resume_command == f"rql train --resume {cut}"
+    for seed in (0, 1):
+        assert latest(seed_dir(cut, seed)).name == "step_00000025"  # SIGTERM saved every seed
+    resumed = train_group(run, data, cut, [0, 1], resume=True)
+    assert resumed.step == 60 and not resumed.interrupted
+    for seed in (0, 1):
+        assert losses(seed_dir(cut, seed)) == losses(seed_dir(whole, seed))
+        ours, theirs = weights(seed_dir(cut, seed)), weights(seed_dir(whole, seed))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+        assert torch.equal(train_state(seed_dir(cut, seed))["optimizer.0.exp_avg"],
+                           train_state(seed_dir(whole, seed))["optimizer.0.exp_avg"])
+
+
+def test_a_nan_in_one_seed_stops_that_seed_only(data, tmp_path, monkeypatch):
+    original = GroupSession.advance
+
+    def advance_then_poison(self, window, observer):
+        original(self, window, observer)
+        if self.position == 30:  # plant a NaN in seed 1's weights after step 30 (checkpoint at 20)
+            with torch.no_grad():
+                self.members[1].agent.velocity.mlp.out.weight.fill_(float("nan"))
+
+    monkeypatch.setattr(GroupSession, "advance", advance_then_poison)
+    stops: list[tuple[int, str]] = []
+
+    class Watch(TrainObserver):
+        def on_seed_stopped(self, seed: int, message: str) -> None:
+            stops.append((seed, message))
+
+    group = tmp_path / "group"
+    outcome = train_group(config(steps=50, save_interval=20, group_update="stacked"), data, group, [0, 1, 2],
+                          observer=Watch())
+    assert outcome.step == 50 and not outcome.interrupted
+    assert [seed for seed, _ in stops] == [1] and "step 31" in stops[0][1]
+    stopped = read_group_record(group).stopped
+    assert list(stopped) == [1] and stopped[1]["step"] == 31
+    assert stopped[1]["checkpoint"].endswith("step_00000020") and stopped[1]["checkpoint"] in stops[0][1]
+    for seed, step in ((0, 50), (1, 20), (2, 50)):
+        agent, meta = load_agent(latest(seed_dir(group, seed)))
+        assert meta.step == step and all(torch.isfinite(p).all() for p in agent.parameters())
+    assert len(losses(seed_dir(group, 1))) == 30  # its log ends with its last good window
+    # A resume continues the seeds that were training; the stopped one stays as it was.
+    assert train_group(config(steps=60, save_interval=20, group_update="stacked"), data, group, [0, 1, 2],
+                       resume=True).step == 60
+    assert latest(seed_dir(group, 1)).name == "step_00000020" and latest(seed_dir(group, 2)).name == "step_00000060"
+
+
+@pytest.fixture(scope="module")
+def cli_group(tiny_dataset_dir, tmp_path_factory) -> Path:
+    """`rql train --seeds 3,5` for 4 steps through the CLI."""
+    group = tmp_path_factory.mktemp("cli") / "group"
+    result = invoke("train", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--seeds", "3,5",
+                    "--steps", "4", "--eval-episodes", "0", "--device", "cpu", "--out", str(group), "--quiet",
+                    *[f"--set={k}={json.dumps(v)}" for k, v in SMALL.items() if k not in ("device", "eval_episodes")])
+    assert result.exit_code == 0, result.output
+    return group
+
+
+def test_rql_eval_of_a_group_reports_each_seed_and_the_mean_over_seeds(cli_group, tmp_path):
+    report = tmp_path / "report.json"
+    result = invoke("eval", "--checkpoint", str(cli_group), "--episodes", "2", "--device", "cpu", "--json",
+                    str(report))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "mean of 2" in text and "Student t 95% interval over seeds" in text and "Wilson" in text
+    payload = json.loads(report.read_text())
+    assert set(payload["seeds"]) == {"3", "5"}
+    rates = [payload["seeds"][s]["tasks"][0]["success_rate"] for s in ("3", "5")]
+    assert payload["across_seeds"][0]["mean_success_rate"] == pytest.approx(sum(rates) / 2)
+
+
+def test_a_group_seed_folder_is_an_ordinary_run_for_eval_and_rollout(cli_group, tmp_path):
+    member = seed_dir(cli_group, 5)
+    assert invoke("eval", "--checkpoint", str(member), "--episodes", "1", "--device", "cpu").exit_code == 0
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    done = subprocess.run([sys.executable, "-m", "rql_cli", "rollout", "--checkpoint", str(member), "--episodes", "1",
+                           "--max-steps", "5", "--device", "cpu"], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_group_seed_folder_pushes_to_the_hub(cli_group, hub, tmp_path):
+    from hub_server import hub_env
+
+    done = subprocess.run([sys.executable, "-m", "rql_cli", "push", str(seed_dir(cli_group, 3)), "--repo-id",
+                           "alice/seed3", "--no-video"], env=hub_env(hub, tmp_path / "hf", token=hub.token),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "config.json" in hub.state.files("alice/seed3")
+
+
+def test_rql_train_resume_of_a_group_folder_continues_the_group(cli_group, tmp_path):
+    import shutil
+
+    group = tmp_path / "group"
+    shutil.copytree(cli_group, group)
+    result = invoke("train", "--resume", str(group), "--steps", "6", "--quiet")
+    assert result.exit_code == 0, result.output
+    for seed in (3, 5):
+        assert latest(seed_dir(group, seed)).name == "step_00000006"
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("0-3", [0, 1, 2, 3]), ("0,3,5", [0, 3, 5]), ("0-1, 8", [0, 1, 8]),
+                                             ("7", [7])])
+def test_seed_lists_parse(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(("text", "message"), [("3-1", "runs backwards"), ("a", "neither"), ("0,0", "twice"),
+                                               ("0-999", "more than 256"), ("", "neither")])
+def test_bad_seed_lists_are_refused(text, message):
+    with pytest.raises(RQLError, match=message):
+        parse_seeds(text)
+
+
+def test_seeds_beside_seed_is_refused_before_any_work(tmp_path):
+    assert_refused(invoke("train", "--dataset", TINY_NAME, "--seeds", "0-1", "--seed", "3", "--out", str(tmp_path / "x")),
+                   "--seeds starts a group", "drop --seed")
+    assert not (tmp_path / "x").exists()
