@@ -67,14 +67,32 @@ def update_flops(config: dict[str, Any]) -> float:
 # ------------------------------------------------------------------------------------------------
 # One measurement (runs in a child process, against whichever rql_cli is first on the path)
 # ------------------------------------------------------------------------------------------------
-def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: int, profile: bool) -> dict:
+def synthetic_dataset(device: Any) -> Any:
+    """100,000 random transitions of cube-single's shapes in episodes of 1000, on ``device``."""
     import numpy as np
+
+    from rql_cli.data.dataset import OfflineDataset
+
+    rng = np.random.default_rng(0)
+    n, length = 100_000, 1000
+    terminals = np.zeros(n, dtype=np.float32)
+    terminals[length - 1 :: length] = 1
+    return OfflineDataset.from_arrays(dict(
+        observations=rng.standard_normal((n, OBS_DIM), dtype=np.float32),
+        next_observations=rng.standard_normal((n, OBS_DIM), dtype=np.float32),
+        actions=rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+        rewards=-(rng.random(n) < 0.98).astype(np.float32),
+        masks=np.ones(n, dtype=np.float32), terminals=terminals,
+    ), device=device)
+
+
+def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: int, profile: bool) -> dict:
     import torch
 
     import rql_cli
     from rql_cli import config as config_module
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.data.dataset import ChunkSampler, OfflineDataset
+    from rql_cli.data.dataset import ChunkSampler
     from rql_cli.device import make_generator, resolve_device
 
     device = resolve_device(device_name)
@@ -83,17 +101,7 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
     else:  # older trees: one config object holding both
         config = config_module.RQLConfig(**CONFIGS[config_name], device=str(device))
         threads_requested = config.threads
-    rng = np.random.default_rng(0)
-    n, length = 100_000, 1000
-    terminals = np.zeros(n, dtype=np.float32)
-    terminals[length - 1 :: length] = 1
-    dataset = OfflineDataset.from_arrays(dict(
-        observations=rng.standard_normal((n, OBS_DIM), dtype=np.float32),
-        next_observations=rng.standard_normal((n, OBS_DIM), dtype=np.float32),
-        actions=rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
-        rewards=-(rng.random(n) < 0.98).astype(np.float32),
-        masks=np.ones(n, dtype=np.float32), terminals=terminals,
-    ), device=device)
+    dataset = synthetic_dataset(device)
     sampler = ChunkSampler(dataset, config.horizon)
     torch.manual_seed(0)
     agent = RQLAgent(config, dataset.obs_dim, dataset.action_dim, device)

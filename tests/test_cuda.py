@@ -97,6 +97,31 @@ def test_compiled_and_graphed_updates_follow_the_eager_one_on_cuda(mode):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_a_stacked_seed_group_follows_each_agent_alone_on_cuda(mode):
+    from rql_cli.core.seed_stack import StackedSeeds
+
+    device = torch.device("cuda")
+    sampler = ChunkSampler(dataset(device), H)
+    singles, members = [], []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        singles.append(RQLAgent(config(), OBS, ACT, device))
+        members.append(copy.deepcopy(singles[-1]))
+    stack = StackedSeeds(members)
+    stack.compile_update(mode)
+    stack.warm_up(sampler.sample(32, make_generator(device, 7)))
+    for step in range(4):
+        batches = [sampler.sample(32, make_generator(device, 10 * step + s)) for s in range(3)]
+        expected = [a.update(b, make_generator(device, 100 + s)) for s, (a, b) in enumerate(zip(singles, batches))]
+        got = stack.update(batches, [make_generator(device, 100 + s) for s in range(3)])
+        for index, row in enumerate(expected):
+            torch.testing.assert_close(got["total"][index].clone(), row["total"], rtol=1e-4, atol=1e-5)
+    for single, member in zip(singles, members):
+        for a, b in zip(single.state_dict().values(), member.state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
 def test_a_cuda_checkpoint_round_trips_with_its_train_state(tmp_path):
     device = torch.device("cuda")
     agent = RQLAgent(config(), OBS, ACT, device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,15 +152,15 @@ class _StopAt(TrainObserver):
 
 
 def test_a_group_resumed_after_sigterm_continues_every_seed_exactly(data, tmp_path):
-    run = config(steps=60, group_update="stacked", save_interval=0)
+    run = config(steps=30, group_update="stacked", save_interval=0)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train_group(run, data, whole, [0, 1])
-    stopped = train_group(run, data, cut, [0, 1], observer=_StopAt(25))
-    assert stopped.interrupted and stopped.step == 25 and stopped.resume_command == f"rql train --resume {cut}"
+    stopped = train_group(run, data, cut, [0, 1], observer=_StopAt(12))
+    assert stopped.interrupted and stopped.step == 12 and stopped.resume_command == f"rql train --resume {cut}"
     for seed in (0, 1):
-        assert latest(seed_dir(cut, seed)).name == "step_00000025"  # SIGTERM saved every seed
+        assert latest(seed_dir(cut, seed)).name == "step_00000012"  # SIGTERM saved every seed
     resumed = train_group(run, data, cut, [0, 1], resume=True)
-    assert resumed.step == 60 and not resumed.interrupted
+    assert resumed.step == 30 and not resumed.interrupted
     for seed in (0, 1):
         assert losses(seed_dir(cut, seed)) == losses(seed_dir(whole, seed))
         ours, theirs = weights(seed_dir(cut, seed)), weights(seed_dir(whole, seed))
@@ -246,8 +247,6 @@ def test_a_group_seed_folder_pushes_to_the_hub(cli_group, hub, tmp_path):
 
 
 def test_rql_train_resume_of_a_group_folder_continues_the_group(cli_group, tmp_path):
-    import shutil
-
     group = tmp_path / "group"
     shutil.copytree(cli_group, group)
     result = invoke("train", "--resume", str(group), "--steps", "6", "--quiet")
