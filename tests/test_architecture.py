@@ -28,8 +28,9 @@ ALLOWED = {
     "export": {"config", "core", "device", "envs", "errors", "io", "names", "results"},
     "training": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "names", "results"},
     "doctor": {"data", "device", "envs", "errors", "io", "minari_store", "training"},
+    "report": {"errors", "io", "names", "results"},
     "cli": {"config", "core", "data", "device", "doctor", "envs", "errors", "evaluation", "export", "io",
-            "minari_store", "names", "package", "presets", "results", "rollout", "training"},
+            "minari_store", "names", "package", "presets", "report", "results", "rollout", "training"},
     "__main__": {"cli"},
 }
 
