@@ -217,6 +217,11 @@ class RunConfig(_Fields):
         0,
         "CPU threads for the maths: 0 adapts to the cores other processes leave free; N fixes N.",
     )
+    log_to: str = _field(
+        "",
+        "Loggers besides metrics.csv, eval.csv and curves.png, comma separated: 'tensorboard' (RUN/tensorboard/, "
+        "extra rql-cli[tensorboard]), 'wandb' (offline unless WANDB_MODE says otherwise, extra rql-cli[wandb]).",
+    )
     group_update: str = _field(
         "auto",
         "How a --seeds group updates its seeds: 'stacked' (one vmapped step for all seeds, each kernel N times "
@@ -264,12 +269,19 @@ class RunConfig(_Fields):
         new.validate()
         return new
 
+    @property
+    def loggers(self) -> list[str]:
+        """The loggers of ``log_to``, in order."""
+        return [name.strip() for name in self.log_to.split(",") if name.strip()]
+
     def validate(self) -> None:
         """Raise ConfigError for values no run could use."""
         self.agent.validate()
         self._check_ranges()
         _refuse_failed([
             (self.compile in COMPILE_CHOICES, f"compile must be one of {', '.join(COMPILE_CHOICES)}", self.compile),
+            (all(name in LOGGER_CHOICES for name in self.loggers),
+             f"log_to takes {', '.join(LOGGER_CHOICES)}, comma separated", self.log_to),
             (self.group_update in GROUP_UPDATE_CHOICES,
              f"group_update must be one of {', '.join(GROUP_UPDATE_CHOICES)}", self.group_update),
         ])
@@ -304,6 +316,8 @@ them) and where the data lives (the sampler's saved generator state belongs to t
 COMPILE_CHOICES = ("auto", "off", "on", "graphs")
 """Values of the ``compile`` field (``rql_cli.runtime.compile_mode`` says what each runs)."""
 
+LOGGER_CHOICES = ("tensorboard", "wandb")
+"""Loggers ``log_to`` names (``rql_cli.training.loggers`` writes them)."""
 GROUP_UPDATE_CHOICES = ("auto", "stacked", "sequential")
 """Values of the ``group_update`` field (``rql_cli.training.group`` says what each runs)."""
 

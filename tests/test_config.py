@@ -175,7 +175,8 @@ def test_the_agent_config_is_what_defines_the_agent_and_the_run_config_how_a_run
     }
     assert set(RUN_FIELDS) == {
         "steps", "eval_interval", "eval_episodes", "eval_envs", "log_interval", "keep_checkpoints", "save_interval",
-        "seed", "device", "dataset_on_device", "shard_swap_every", "shard_prefetch", "compile", "threads", "group_update",
+        "seed", "device", "dataset_on_device", "shard_swap_every", "shard_prefetch", "compile", "threads", "log_to",
+        "group_update",
     }
     assert FIXED_ON_RESUME == {*AGENT_FIELDS, "dataset_on_device"}
     # --set reaches both, and a flat dict of both comes back whole

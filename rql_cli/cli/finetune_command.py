@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from rql_cli.training.online import FinetuneSettings
 
 
+DEFAULT_OUT = "runs/finetune-NAME-TIMESTAMP"
+
+
 @handles_errors
 def finetune(
     checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help=CHECKPOINT_HELP),
@@ -66,9 +69,8 @@ def finetune(
     eval_episodes: int | None = config_option("eval_episodes"),
     seed: int | None = config_option("seed"),
     device: str | None = config_option("device"),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="New run folder.", show_default="runs/finetune-NAME-TIMESTAMP"
-    ),
+    log_to: str | None = config_option("log_to", "--log"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="New run folder.", show_default=DEFAULT_OUT),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the fine-tuning run in this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
 ) -> None:
@@ -87,7 +89,8 @@ def finetune(
 
     check_options({"--utd": utd, "--online-steps": online_steps if online_steps > 0 else None})
     settings = FinetuneSettings(online_steps=online_steps, utd=utd, balanced=balanced, offline_data=not no_offline_data)
-    flags = dict(steps=steps, eval_interval=eval_interval, eval_episodes=eval_episodes, seed=seed, device=device)
+    flags = dict(steps=steps, eval_interval=eval_interval, eval_episodes=eval_episodes, seed=seed, device=device,
+                 log_to=log_to)
     overrides = overrides_of(set_, flags)
     if resume is not None:
         _refuse_options_on_resume(checkpoint, dataset, dataset_dir, dataset_path, online_steps)

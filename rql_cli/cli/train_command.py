@@ -31,6 +31,7 @@ SEEDS_HELP = (
     "Train one agent per seed in one process, e.g. 0-7 or 0,3,5: OUT/seed_S is each seed's ordinary run folder "
     "(as --seed S alone would make it), OUT/group.json the group's record. --resume OUT continues the group."
 )
+DEFAULT_OUT = "runs/DATASET-seedS-TIMESTAMP"
 RUN_FLAGS = ("steps", "eval_interval", "eval_episodes", "eval_envs", "seed", "device")
 """Config fields that have a flag of their own besides --set."""
 
@@ -86,12 +87,9 @@ def train(
     seeds: str | None = typer.Option(None, "--seeds", help=SEEDS_HELP),
     device: str | None = config_option("device"),
     shard_swap_every: int | None = config_option("shard_swap_every"),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run folder.", show_default="runs/DATASET-seedS-TIMESTAMP"
-    ),
-    resume: Path | None = typer.Option(
-        None, "--resume", help="Continue the run in this folder from its latest checkpoint."
-    ),
+    log_to: str | None = config_option("log_to", "--log"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder.", show_default=DEFAULT_OUT),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run (or seed group) in this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
 ) -> None:
     """Train an RQL agent offline, with the paper's preset for the dataset's task.
@@ -100,7 +98,7 @@ def train(
     (four seeds in one process: --seeds 0-3)
     """
     flags = dict(zip(RUN_FLAGS, (steps, eval_interval, eval_episodes, eval_envs, seed, device), strict=True))
-    overrides = overrides_of(set_, {**flags, "shard_swap_every": shard_swap_every})
+    overrides = overrides_of(set_, {**flags, "shard_swap_every": shard_swap_every, "log_to": log_to})
     group = _group_seeds(seeds, seed, resume)
     if resume is not None:
         _refuse_setup_on_resume(dataset, dataset_dir, dataset_path, preset, env, task is not None)

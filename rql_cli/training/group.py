@@ -72,6 +72,8 @@ def train_group(
         stack.callback(source.close)
         members = {s: build_session(configs[s], source, locks[s], stop, device=device, previous=previous[s],
                                     origin=None, source_logs=False) for s in active}
+        for member in members.values():
+            stack.callback(member.close)
         source.open_logs(group_dir)
         update = make_seed_update(config.group_update, [m.agent for m in members.values()])
         record = record or GroupRecord(seeds=list(seeds), dataset=source.dataset_name, env_id=source.env_id,

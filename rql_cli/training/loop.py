@@ -78,7 +78,10 @@ def run(
             source = open_source(device)
         try:
             session = open_session(config, source, lock, stop, device=device, previous=previous, origin=origin)
-            return run_loop(session, observer or TrainObserver())
+            try:
+                return run_loop(session, observer or TrainObserver())
+            finally:
+                session.close()
         finally:
             source.close()
 

@@ -51,6 +51,7 @@ from rql_cli.io.run_record import (
 )
 from rql_cli.names import ParsedName
 from rql_cli.results import EvalResult
+from rql_cli.training.loggers import RunLogger, open_loggers
 from rql_cli.training.loss_window import LossWindow
 from rql_cli.training.observer import TrainObserver
 from rql_cli.training.runtime import Runtime, set_up_runtime
@@ -157,6 +158,13 @@ class RunSession:
     saved_at: int | None = None
     """The run's step of the newest checkpoint written or resumed from."""
     started: float = field(default_factory=time.perf_counter)
+    loggers: list[RunLogger] = field(default_factory=list)
+    """TensorBoard, W&B: what ``log_to`` asks for besides the CSVs."""
+
+    def close(self) -> None:
+        """Flush and close the run's loggers."""
+        for logger in self.loggers:
+            logger.close()
 
     @property
     def position(self) -> int:
@@ -204,6 +212,8 @@ class RunSession:
             return
         full = {"steps_per_second": 0.0, **(row or {}), **extra, "step": self.position, "wall_time": self.wall_time()}
         self.logs["metrics"].append(full)
+        for logger in self.loggers:
+            logger.log_metrics(self.position, full)
         if row is not None:
             observer.on_log(self.position, full)
 
@@ -229,6 +239,8 @@ class RunSession:
                     raise self._evaluation_failed(error, self.save(observer)) from error
         if result is not None:
             self.logs["eval"].append(eval_row(position, result, self.wall_time()))
+            for logger in self.loggers:
+                logger.log_eval(position, result)
             observer.on_eval(position, result)
             report = EvaluationReport(
                 checkpoint=str(checkpoint_dir(self.run_dir, position)), dataset=self.meta.dataset,
@@ -323,7 +335,7 @@ def build_session(
     generators = {name: make_generator(source.sample_device if name == "sample" else device, config.seed + offset)
                   for offset, name in enumerate(source.generator_names)}
     session = RunSession(config=config, run_dir=run_dir, agent=agent, meta=meta, source=source,
-                         generators=generators, logs=logs, stop=stop)
+                         generators=generators, logs=logs, stop=stop, loggers=open_loggers(config.loggers, run_dir))
     if previous is not None:
         _restore(session)
     elif origin is not None:
@@ -398,6 +410,8 @@ def _write_record(
         event["changes"] = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
     record.history = [*record.history, event]
     write_run_record(session.run_dir, record)
+    for logger in session.loggers:
+        logger.log_record(record.to_dict())
 
 
 def latest_checkpoint_meta(run_dir: Path, files: tuple[str, ...] = ()) -> CheckpointMeta:
