@@ -471,3 +471,33 @@ def _comma_list(text: str) -> Any:
         return [json.loads(part) for part in text.strip("[]").split(",") if part.strip()]
     except json.JSONDecodeError:
         return text
+
+
+MAX_GROUP_SEEDS = 256
+"""Most seeds one ``--seeds`` group takes (each holds its own networks, Adam moments and run folder)."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """The seeds of a ``--seeds`` list: '0-7', '0,3,5' or '0-3,8', in order and without repeats.
+
+    ConfigError, naming the bad part, for anything else, a descending range, a seed out of the
+    config's range, a repeated seed or more than ``MAX_GROUP_SEEDS``.
+    """
+    low, high = RANGES["seed"]
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ConfigError(f"--seeds takes seeds and ranges such as 0-7 or 0,3,5; '{part}' is neither.")
+        start, end = int(first), int(last) if dash else int(first)
+        if end < start:
+            raise ConfigError(f"--seeds range {part} runs backwards; write {end}-{start}.")
+        if len(seeds) + end - start + 1 > MAX_GROUP_SEEDS:
+            raise ConfigError(f"--seeds {text} names more than {MAX_GROUP_SEEDS} seeds; split it into groups.")
+        seeds.extend(range(start, end + 1))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds {text} names seed {repeated[0]} twice.")
+    if seeds[-1] > high or min(seeds) < low:
+        raise ConfigError(f"--seeds must lie in [{low:,}, {high:,}], got {text}.")
+    return seeds

@@ -24,8 +24,8 @@ import torch
 from cli_checks import assert_refused, invoke
 from conftest import TINY_NAME
 
-from rql_cli.cli.common import parse_seeds
-from rql_cli.config import RQLConfig, RunConfig
+
+from rql_cli.config import RQLConfig, RunConfig, parse_seeds
 from rql_cli.core.batch import ChunkBatch
 from rql_cli.core.rql import RQLAgent
 from rql_cli.core.seed_stack import StackedSeeds

@@ -24,6 +24,7 @@ from rql_cli.cli.hub_commands import pull, push
 from rql_cli.cli.list_command import list_command
 from rql_cli.cli.report_command import report
 from rql_cli.cli.rollout_command import rollout
+from rql_cli.cli.sweep_command import sweep
 from rql_cli.cli.train_command import config_fields_epilog, train
 from rql_cli.cli.version_option import version_lines
 
@@ -78,6 +79,7 @@ app.command("list")(list_command)
 app.command()(demo)
 app.command("export")(export_command)
 app.command()(doctor)
+app.command()(sweep)
 app.command()(report)
 
 

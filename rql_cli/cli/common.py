@@ -161,32 +161,3 @@ def check_output_path(path: Path, flag: str, *, folder: bool = False, example: s
     if path.is_file() and not os.access(path, os.W_OK):
         raise RQLError(f"{flag} {path} exists and is read-only. Choose another {flag}.")
 
-
-MAX_GROUP_SEEDS = 256
-"""Most seeds one ``--seeds`` group takes (each holds its own networks, Adam moments and run folder)."""
-
-
-def parse_seeds(text: str) -> list[int]:
-    """The seeds of a ``--seeds`` list: '0-7', '0,3,5' or '0-3,8', in order and without repeats.
-
-    RQLError, naming the bad part, for anything else, a descending range, a seed out of the
-    config's range, a repeated seed or more than ``MAX_GROUP_SEEDS``.
-    """
-    low, high = RANGES["seed"]
-    seeds: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        first, dash, last = part.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
-            raise RQLError(f"--seeds takes seeds and ranges such as 0-7 or 0,3,5; '{part}' is neither.")
-        start, end = int(first), int(last) if dash else int(first)
-        if end < start:
-            raise RQLError(f"--seeds range {part} runs backwards; write {end}-{start}.")
-        if len(seeds) + end - start + 1 > MAX_GROUP_SEEDS:
-            raise RQLError(f"--seeds {text} names more than {MAX_GROUP_SEEDS} seeds; split it into groups.")
-        seeds.extend(range(start, end + 1))
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise RQLError(f"--seeds {text} names seed {repeated[0]} twice.")
-    if seeds[-1] > high or min(seeds) < low:
-        raise RQLError(f"--seeds must lie in [{low:,}, {high:,}], got {text}.")
-    return seeds

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 import rql_cli.minari_store as minari_store
-from rql_cli.cli.common import DEFAULT_DATA_DIR, config_option, handles_errors, overrides_of, parse_seeds
+from rql_cli.cli.common import DEFAULT_DATA_DIR, config_option, handles_errors, overrides_of
 from rql_cli.cli.display import TrainDisplay, print_outcome, stopped_before_training
-from rql_cli.config import FIELD_HELP, OFFICIAL_NAMES, RunConfig
+from rql_cli.config import FIELD_HELP, OFFICIAL_NAMES, RunConfig, parse_seeds
 from rql_cli.errors import RQLError
 from rql_cli.io.group_record import is_group_dir, read_group_record, seed_dir
 from rql_cli.io.run_layout import check_new_run_folder, check_resumable, is_run_dir

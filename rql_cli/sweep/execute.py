@@ -1,0 +1,165 @@
+"""Running a sweep's plan: where each run stands, one run, and the two ways to run them all.
+
+Every run goes through ``training.offline.train`` into its own folder, so a finished run is one whose
+latest checkpoint reached its steps, an interrupted one resumes from its latest checkpoint, and a run
+cut short before its first checkpoint starts again. ``run_local`` trains the runs one after another
+in this process; ``run_on_ray`` hands them to Ray (a local Ray sized to this machine, or a cluster),
+``threads`` CPU threads and ``gpus`` of a GPU each. On a cluster the workers must see the sweep folder
+and the data at the same paths (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rql_cli.data.sources import DataSpec
+from rql_cli.errors import RQLError
+from rql_cli.io.run_checkpoints import latest_resumable
+from rql_cli.io.run_layout import is_run_dir
+from rql_cli.io.run_record import read_run_record
+from rql_cli.sweep.plan import PlannedRun
+from rql_cli.training.offline import train
+from rql_cli.training.session import latest_checkpoint_meta
+
+STATES = ("new", "partial", "running", "done", "failed", "interrupted")
+
+
+@dataclass
+class RunState:
+    """Where one run of a sweep stands: ``state`` (one of STATES), its step of ``total``, its last success."""
+
+    name: str
+    state: str
+    step: int
+    total: int
+    success: float | None = None
+    steps_per_second: float | None = None
+    message: str = ""
+
+
+def _resumable(folder: Path) -> bool:
+    if not is_run_dir(folder):
+        return False
+    try:
+        latest_resumable(folder, ())
+    except RQLError:
+        return False
+    return True
+
+
+def state_of(run: PlannedRun, sweep_dir: Path) -> RunState:
+    """Read the run's folder: new (nothing saved), partial (a checkpoint short of its steps) or done."""
+    folder, total = Path(sweep_dir) / run.name, run.config().steps
+    if not _resumable(folder):
+        return RunState(run.name, "new", 0, total)
+    step = latest_checkpoint_meta(folder).step
+    success, speed = _last_rows(folder)
+    return RunState(run.name, "done" if step >= total else "partial", step, total, success, speed)
+
+
+def _last_rows(folder: Path) -> tuple[float | None, float | None]:
+    """(the last evaluation's success, the last logged steps/s) of a run folder."""
+    values: list[float | None] = []
+    for name, column in (("eval.csv", "success_rate"), ("metrics.csv", "steps_per_second")):
+        try:
+            with open(folder / name, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            values.append(float(rows[-1][column]) if rows and rows[-1].get(column) else None)
+        except (OSError, ValueError):
+            values.append(None)
+    return values[0], values[1]
+
+
+def train_one(run: dict[str, Any], sweep_dir: str, dataset_dir: str | None, threads: int) -> dict[str, Any]:
+    """Train (or resume) one planned run in ``SWEEP/<name>``; what a Ray task or the local loop calls."""
+    planned = PlannedRun(**run)
+    folder = Path(sweep_dir) / planned.name
+    config = planned.config().replace(threads=threads)
+    resume = _resumable(folder)
+    if resume:
+        record = read_run_record(folder)
+        data = DataSpec(name=record.dataset, **record.data)
+    else:
+        if folder.exists():  # a start cut short before its first checkpoint: nothing to keep
+            shutil.rmtree(folder)
+        data = DataSpec(name=planned.dataset, dataset_dir=dataset_dir, task=planned.task)
+    outcome = train(config, data, folder, resume=resume)
+    return {"name": planned.name, "step": outcome.step, "interrupted": outcome.interrupted}
+
+
+Progress = Callable[[list[RunState]], None]
+
+
+def run_local(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None, threads: int,
+              on_progress: Progress) -> list[RunState]:
+    """Train the unfinished runs one after another in this process; stop at the first interrupted one."""
+    states = {r.name: state_of(r, sweep_dir) for r in runs}
+    for run in runs:
+        if states[run.name].state == "done":
+            continue
+        states[run.name].state = "running"
+        on_progress(list(states.values()))
+        result = train_one(asdict(run), str(sweep_dir), dataset_dir, threads)
+        states[run.name] = state_of(run, sweep_dir)
+        if result["interrupted"]:
+            states[run.name].state = "interrupted"
+            break
+        on_progress(list(states.values()))
+    return list(states.values())
+
+
+def run_on_ray(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None, *, threads: int, gpus: float,
+               address: str | None, on_progress: Progress, poll_seconds: float = 2.0) -> list[RunState]:
+    """Train the unfinished runs as Ray tasks; refresh the states from the run folders while they train.
+
+    Ctrl-C stops the tasks still running at once (each resumes from its latest checkpoint next time),
+    shuts down a Ray this call started, and re-raises.
+    """
+    ray = _ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(train_one)
+    states = {r.name: state_of(r, sweep_dir) for r in runs}
+    pending = {remote.remote(asdict(r), str(sweep_dir), dataset_dir, threads): r for r in runs
+               if states[r.name].state != "done"}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_seconds)
+            for ref in ready:
+                run = pending.pop(ref)
+                states[run.name] = state_of(run, sweep_dir)
+                try:
+                    ray.get(ref)
+                except Exception as error:  # the run's own error, raised in its worker
+                    states[run.name].state, states[run.name].message = "failed", str(error).splitlines()[-1]
+            for run in pending.values():
+                current = state_of(run, sweep_dir)
+                current.state = "running" if (Path(sweep_dir) / run.name).exists() else current.state
+                states[run.name] = current
+            on_progress(list(states.values()))
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)  # a worker kill: the run's latest checkpoint stands, its lock is stale
+        if started_here:
+            ray.shutdown()
+        raise
+    return list(states.values())
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RQLError('Sweeping on Ray needs Ray: pip install "rql-cli[sweep]" (or run here one run after another '
+                       "with --executor local).") from None
+    return ray

@@ -1,0 +1,98 @@
+"""`rql sweep`: the plan's expansion and refusals, and a tiny sweep on a real local Ray, interrupted and
+continued without redoing its finished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_checks import assert_refused, invoke
+from conftest import TINY_NAME
+
+from rql_cli.sweep.plan import SweepSpec, expand, parse_grid_option, parse_tasks
+
+SMALL = ["--set", "actor_hidden_dims=[32,32]", "--set", "value_hidden_dims=[32,32]", "--set", "horizon=5",
+         "--set", "batch_size=8", "--set", "flow_steps=4", "--device", "cpu"]
+
+
+def test_the_plan_expands_datasets_tasks_grids_and_seeds():
+    spec = SweepSpec(datasets=[TINY_NAME], seeds=[0, 3], tasks=parse_tasks("1-2,5"),
+                     grid=dict([parse_grid_option("alpha=3,10"), parse_grid_option("value_hidden_dims=[64],[32,32]")]),
+                     fixed={"steps": 50})
+    runs = expand(spec)
+    assert len(runs) == 3 * 2 * 2 * 2
+    names = {r.name for r in runs}
+    assert len(names) == len(runs)
+    assert "cube-single-play-v0_task5_alpha=10.0_value_hidden_dims=32x32_seed3" in names
+    run = next(r for r in runs if r.name == "cube-single-play-v0_task2_alpha=3.0_value_hidden_dims=64_seed0")
+    config = run.config()
+    assert (config.agent.alpha, config.agent.value_hidden_dims, config.seed, config.steps) == (3.0, [64], 0, 50)
+    assert parse_grid_option("value_hidden_dims=256,256") == ("value_hidden_dims", [[256, 256]])  # one list
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--set", "alhpa=3,10"], ["alhpa", "alpha"]),
+    (["--task", "3-1"], ["--task range 3-1 is empty"]),
+    (["--seeds", "2-0"], ["runs backwards"]),
+    (["--set", "expectile=0.7,1.5"], ["expectile"]),
+])
+def test_bad_specs_are_refused_with_one_message_before_anything_runs(args, fragments, tmp_path):
+    out = tmp_path / "sweep"
+    assert_refused(invoke("sweep", "--dataset", TINY_NAME, "--out", str(out), *args), *fragments)
+    assert not out.exists()
+
+
+def test_an_out_folder_holding_another_sweeps_plan_is_refused(tmp_path):
+    out = tmp_path / "sweep"
+    result = invoke("sweep", "--dataset", TINY_NAME, "--seeds", "0-1", "--out", str(out), "--plan-only")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "sweep.json").read_text())
+    assert [r["name"] for r in plan["runs"]] == ["cube-single-play-v0_seed0", "cube-single-play-v0_seed1"]
+    assert_refused(invoke("sweep", "--dataset", TINY_NAME, "--seeds", "0-2", "--out", str(out), "--plan-only"),
+                   "holds another sweep's plan", f"rql sweep --resume {out}")
+
+
+def rql(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "rql_cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    return (run_dir / "checkpoints" / f"step_{steps:08d}").is_dir()
+
+
+def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_dir, tmp_path):
+    pytest.importorskip("ray")
+    out, steps = tmp_path / "sweep", 300
+    args = ["sweep", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--task", "1-2", "--seeds",
+            "0-1", "--steps", str(steps), "--eval-interval", str(steps), "--eval-episodes", "1",
+            "--set", "save_interval=100", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
+    first = rql(*args)
+    names = [f"cube-single-play-v0_task{t}_seed{s}" for t in (1, 2) for s in (0, 1)]
+    deadline = time.monotonic() + 240
+    while not any(finished(out / n, steps) for n in names) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGINT)
+    output, _ = first.communicate(timeout=120)
+    done_first = [n for n in names if finished(out / n, steps)]
+    assert done_first and len(done_first) < len(names), output
+    assert first.returncode == 130 and "Interrupted" in output, output
+    stamps = {n: (out / n / "checkpoints" / f"step_{steps:08d}" / "velocity.safetensors").stat().st_mtime_ns
+              for n in done_first}
+
+    second = rql(*args)
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    assert "4 of 4 runs done" in output
+    assert all(finished(out / n, steps) for n in names)
+    for name, stamp in stamps.items():  # finished runs were not trained again
+        assert (out / name / "checkpoints" / f"step_{steps:08d}" / "velocity.safetensors").stat().st_mtime_ns == stamp
+    report = invoke("report", str(out), "--no-figure", "--reps", "200")
+    assert report.exit_code == 0 and "task1" in report.output
