@@ -51,3 +51,21 @@ def test_progress_prints_plain_lines_when_stdout_is_not_a_terminal(capsys):
         progress.update(task, completed=10, rate="3.0 it/s", info="V 0.1")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "train: 4/10 3.0 it/s V 0.1" and lines[-1] == "train: 10/10 3.0 it/s V 0.1"
+
+
+def test_status_lines_wrap_at_words_on_a_terminal_and_stay_whole_off_one():
+    import io
+
+    from rql_cli.cli.display import make_console
+
+    line = ("Training on cube-single-play-singletask-task2-v0: 1,000,000 transitions in 1000 episodes; 645,403 "
+            "parameters; device cpu; run folder runs/cube-single-play-v0-seed0-20261203-101010")
+    words = set(line.split())
+    terminal = make_console(file=io.StringIO(), force_terminal=True, width=110, color_system=None)
+    terminal.print(line)
+    lines = terminal.file.getvalue().splitlines()
+    assert len(lines) == 2 and all(len(text) <= 110 for text in lines)
+    assert all(set(text.split()) <= words for text in lines)  # no word cut in two
+    piped = make_console(file=io.StringIO(), force_terminal=False, width=110)
+    piped.print(line)
+    assert piped.file.getvalue() == line + "\n"

@@ -32,8 +32,15 @@ if TYPE_CHECKING:
     from rql_cli.evaluation import GroupEvaluation
     from rql_cli.io.metrics import EvaluationReport
 
-console = Console(soft_wrap=True)  # never break paths or commands a user will copy
-err_console = Console(stderr=True, soft_wrap=True)
+def make_console(stderr: bool = False, **options: Any) -> Console:
+    """On a terminal, lines wrap at words to its width; off one (logs, pipes) they stay whole, so a path
+    or a command a user will copy is never broken."""
+    terminal = Console(stderr=stderr, **options).is_terminal
+    return Console(stderr=stderr, soft_wrap=not terminal, **options)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 class _Progress(Progress):
