@@ -12,13 +12,12 @@ No heavy imports: the CLI checks folders with these before torch loads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rql_cli.errors import RQLError
-from rql_cli.io.atomic import write_json_atomic
+from rql_cli.io.atomic import read_json, write_json_atomic
 
 GROUP_FILE = "group.json"
 GROUP_FORMAT = 1
@@ -92,8 +91,5 @@ def read_group_record(group_dir: Path) -> GroupRecord:
     path = Path(group_dir) / GROUP_FILE
     if not path.is_file():
         raise RQLError(f"{group_dir} is not a seed group: it has no {GROUP_FILE}.")
-    try:
-        payload = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RQLError(f"{path} is not valid JSON: {error}.") from None
+    payload = read_json(path)
     return GroupRecord.from_dict(payload, source=str(path))

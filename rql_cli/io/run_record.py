@@ -5,14 +5,13 @@ The reader also takes format 2's flat config and format 1's ``config.json``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
-from rql_cli.io.atomic import write_json_atomic
+from rql_cli.io.atomic import read_json, write_json_atomic
 from rql_cli.io.run_layout import LEGACY_RUN_FILE, RUN_FILE, is_run_dir
 
 if TYPE_CHECKING:  # named for the reader: importing them here would load torch for every run-folder check
@@ -119,10 +118,7 @@ def read_run_record(run_dir: Path) -> RunRecord:
         path = run_dir / LEGACY_RUN_FILE
     if not path.is_file():
         raise RQLError(f"{run_dir} is not a run folder: it has no {RUN_FILE}.")
-    try:
-        payload = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RQLError(f"{path} is not valid JSON: {error}.") from None
+    payload = read_json(path)
     return RunRecord.from_dict(payload, source=str(path))
 
 

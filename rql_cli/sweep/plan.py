@@ -17,7 +17,7 @@ from typing import Any
 
 from rql_cli.config import ConfigError, RunConfig, canonical_field_name, field_names, parse_seeds, parse_set_option
 from rql_cli.errors import RQLError
-from rql_cli.io.atomic import write_json_atomic
+from rql_cli.io.atomic import read_json, write_json_atomic
 from rql_cli.names import parse_task_name
 from rql_cli.presets import make_config
 
@@ -151,10 +151,7 @@ def write_plan(sweep_dir: Path, spec: SweepSpec, runs: list[PlannedRun]) -> Path
 
 def read_plan_payload(sweep_dir: Path) -> dict[str, Any]:
     path = Path(sweep_dir) / PLAN_FILE
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RQLError(f"{path} cannot be read as a sweep plan: {error}") from None
+    payload = read_json(path)
     if not isinstance(payload, dict) or "spec" not in payload:
         raise RQLError(f"{path} is not a sweep plan.")
     return payload
