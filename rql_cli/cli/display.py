@@ -29,7 +29,6 @@ from rql_cli.results import Episode, EpisodeProgress, EvalResult
 from rql_cli.training.observer import TrainObserver, TrainOutcome
 
 if TYPE_CHECKING:
-    from rql_cli.evaluation import GroupEvaluation
     from rql_cli.io.metrics import EvaluationReport
 
 def make_console(stderr: bool = False, **options: Any) -> Console:
@@ -89,7 +88,7 @@ def make_progress(quiet: bool = False) -> Progress:
     )
 
 
-_UNKNOWN_INTERVAL = (float("nan"), float("nan"))
+UNKNOWN_INTERVAL = (float("nan"), float("nan"))
 """Shown (as nan) for an interval an older or hand-written metrics.json did not record."""
 
 
@@ -106,7 +105,7 @@ def success_text(result: EvalResult) -> str:
             low, high = result.normalized_score_ci95
             return f"n/a (normalised score {score:.1f} [{low:.1f}, {high:.1f}] over {result.episodes} episodes)"
         return f"n/a (mean return {result.mean_return:.1f} over {result.episodes} episodes)"
-    low, high = result.success_ci95 or _UNKNOWN_INTERVAL
+    low, high = result.success_ci95 or UNKNOWN_INTERVAL
     text = f"{pct(result.success_rate)} [{pct(low)}, {pct(high)}] over {result.episodes} episodes"
     if result.normalized_score is not None:
         text += f", normalised score {result.normalized_score:.1f}"
@@ -291,8 +290,8 @@ def eval_table(report: EvaluationReport, lineage: dict[str, Any] | None = None) 
     for column in columns:
         table.add_column(column, justify="right", no_wrap="CI" in column)
     for result in report.tasks:
-        low, high = result.success_ci95 or _UNKNOWN_INTERVAL
-        rlow, rhigh = result.return_ci95 or _UNKNOWN_INTERVAL
+        low, high = result.success_ci95 or UNKNOWN_INTERVAL
+        rlow, rhigh = result.return_ci95 or UNKNOWN_INTERVAL
         reported = result.success_reported
         row = [
             str(result.task),
@@ -309,25 +308,6 @@ def eval_table(report: EvaluationReport, lineage: dict[str, Any] | None = None) 
         table.add_row(*row)
     if len(report.tasks) > 1:
         table.add_row("mean", pct(report.mean_success_rate), *[""] * (len(columns) - 2))
-    return table
-
-
-def group_eval_table(evaluation: GroupEvaluation) -> Table:
-    """One row per seed and task of a group's evaluation, then the mean over seeds with its interval."""
-    table = Table(title=f"{evaluation.folder.name}: {len(evaluation.reports)} seeds", box=box.SIMPLE_HEAD,
-                  caption="seed rows: Wilson 95% interval over episodes; mean: Student t 95% interval over seeds")
-    for column in ("seed", "task", "step", "success", "95% CI", "mean return", "episodes"):
-        table.add_column(column, justify="right", no_wrap="CI" in column)
-    for seed, report in evaluation.reports.items():
-        note = " (stopped)" if seed in evaluation.stopped else ""
-        for result in report.tasks:
-            low, high = result.success_ci95 or _UNKNOWN_INTERVAL
-            table.add_row(f"{seed}{note}", str(result.task), f"{report.step:,}", pct(result.success_rate),
-                          f"[{pct(low)}, {pct(high)}]", f"{result.mean_return:.1f}", str(result.episodes))
-    for row in evaluation.across_seeds():
-        low, high = row["ci95"] or _UNKNOWN_INTERVAL
-        table.add_row(f"mean of {row['seeds']}", str(row["task"]), "", pct(row["mean_success_rate"]),
-                      f"[{pct(low)}, {pct(high)}]" if row["ci95"] else "-", "", "", style="bold")
     return table
 
 

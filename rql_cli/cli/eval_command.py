@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich import box
+from rich.table import Table
 
 from rql_cli.cli.common import CHECKPOINT_HELP, check_options, check_output_path, handles_errors, ranged, seed_option
-from rql_cli.cli.display import console, eval_table, group_eval_table, make_progress, pct
+from rql_cli.cli.display import UNKNOWN_INTERVAL, console, eval_table, make_progress, pct
 from rql_cli.errors import RQLError
 from rql_cli.io.group_record import is_group_dir
 from rql_cli.io.metrics import METRICS_FILE, write_metrics
@@ -22,6 +24,8 @@ from rql_cli.names import TASKS
 
 if TYPE_CHECKING:
     import torch
+
+    from rql_cli.evaluation import GroupEvaluation
 
 
 def parse_tasks(text: str | None) -> list[int | None]:
@@ -119,3 +123,22 @@ def _eval_group(folder: Path, device: torch.device, *, save: bool, best: bool, j
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
         console.print(f"Report written to {json_path}")
+
+
+def group_eval_table(evaluation: GroupEvaluation) -> Table:
+    """One row per seed and task of a group's evaluation, then the mean over seeds with its interval."""
+    table = Table(title=f"{evaluation.folder.name}: {len(evaluation.reports)} seeds", box=box.SIMPLE_HEAD,
+                  caption="seed rows: Wilson 95% interval over episodes; mean: Student t 95% interval over seeds")
+    for column in ("seed", "task", "step", "success", "95% CI", "mean return", "episodes"):
+        table.add_column(column, justify="right", no_wrap="CI" in column)
+    for seed, report in evaluation.reports.items():
+        note = " (stopped)" if seed in evaluation.stopped else ""
+        for result in report.tasks:
+            low, high = result.success_ci95 or UNKNOWN_INTERVAL
+            table.add_row(f"{seed}{note}", str(result.task), f"{report.step:,}", pct(result.success_rate),
+                          f"[{pct(low)}, {pct(high)}]", f"{result.mean_return:.1f}", str(result.episodes))
+    for row in evaluation.across_seeds():
+        low, high = row["ci95"] or UNKNOWN_INTERVAL
+        table.add_row(f"mean of {row['seeds']}", str(row["task"]), "", pct(row["mean_success_rate"]),
+                      f"[{pct(low)}, {pct(high)}]" if row["ci95"] else "-", "", "", style="bold")
+    return table

@@ -37,7 +37,7 @@ def report(
     ),
     no_figure: bool = typer.Option(False, "--no-figure", help="Draw no figure."),
     reps: int = typer.Option(5000, "--reps", min=100, max=1_000_000, help="Bootstrap replicates."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap draws (the same seed, the same intervals)."),
+    seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap draws (same seed, same intervals)."),
 ) -> None:
     """Tabulate what runs reached: per task, mean success over seeds (Student t 95% interval); per group
     (environment family and each config field that differs), IQM and mean over runs and tasks with
