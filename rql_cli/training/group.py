@@ -175,12 +175,13 @@ class GroupSession:
         return self.run_dir
 
     def evaluate_and_save(self, observer: TrainObserver) -> EvalResult | None:
-        """Evaluate and save every training seed in turn (each with its own episodes' seeds)."""
-        results = {seed: member.evaluate_and_save(_SeedObserver(observer, seed))
-                   for seed, member in self.active.items()}
+        """Evaluate and save every training seed in turn (each with its own episodes' seeds); None, as
+        the group has no single result (``rql eval --checkpoint OUT`` gives each seed and the mean)."""
+        for seed, member in self.active.items():
+            member.evaluate_and_save(_SeedObserver(observer, seed))
         self.last_checkpoint, self.saved_at = self.run_dir, self.position
         observer.on_checkpoint(self.position, self.run_dir)
-        return next((r for r in results.values() if r is not None), None)
+        return None  # no one seed's result stands for the group: each was reported (on_seed_eval)
 
     def resume_command(self) -> str:
         return resume_command(self.run_dir)
@@ -217,7 +218,7 @@ class GroupLossWindow(LossWindow):
             self.group.pending[seed] = mean_row(rows[:, :, column], step, speed)
         if not self.group.active:
             raise errors[0] if errors else RQLError("Every seed of the group has stopped.")
-        kept = list(self.group.pending.values())
+        kept = [self.group.pending[s] for s in self.group.active if s in self.group.pending]
         row = {term: sum(r[term] for r in kept) / len(kept) for term in LOGGED_TERMS}
         return {**row, "step": step, "steps_per_second": speed, "seeds": len(kept)}
 
