@@ -29,7 +29,7 @@ ALLOWED = {
     "training": {"config", "core", "data", "device", "envs", "errors", "evaluation", "io", "names", "results"},
     "doctor": {"data", "device", "envs", "errors", "io", "minari_store", "training"},
     "report": {"errors", "io", "names", "results"},
-    "sweep": {"config", "data", "errors", "io", "names", "presets", "training"},
+    "sweep": {"config", "data", "errors", "io", "names", "presets", "results", "training"},
     "cli": {"config", "core", "data", "device", "doctor", "envs", "errors", "evaluation", "export", "io",
             "minari_store", "names", "package", "presets", "report", "results", "rollout", "sweep", "training"},
     "__main__": {"cli"},

@@ -96,3 +96,61 @@ def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_d
         assert (out / name / "checkpoints" / f"step_{steps:08d}" / "velocity.safetensors").stat().st_mtime_ns == stamp
     report = invoke("report", str(out), "--no-figure", "--reps", "200")
     assert report.exit_code == 0 and "task1" in report.output
+
+
+def test_asha_stops_runs_below_the_rungs_cutoff_and_records_them(tmp_path):
+    """Tune's own ASHAScheduler decides; ours writes each early stop to SWEEP/scheduler.json, which the
+    runs' states then read (a stopped run is finished for every executor)."""
+    pytest.importorskip("ray.tune")
+    from ray.tune.experiment import Trial
+
+    from rql_cli.sweep.asha import AshaSettings, _recording_asha
+    from rql_cli.sweep.execute import stopped_runs
+
+    names = ["a", "b", "c", "d"]
+    scheduler = _recording_asha(tmp_path, AshaSettings("success_rate", 10, 2), dict.fromkeys(names, 40))
+    trials = [Trial("__fake", config={"run": {"name": n}}, stub=True) for n in names]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    decisions = [scheduler.on_trial_result(None, t, {"step": 10, "success_rate": v})
+                 for t, v in zip(trials, [0.5, 0.1, 0.6, 0.2], strict=True)]
+    # the first run at a rung always goes on; later ones below the best half of those before them stop
+    assert decisions == ["CONTINUE", "STOP", "CONTINUE", "STOP"]
+    assert stopped_runs(tmp_path) == {"b": 10, "d": 10}
+    assert scheduler.on_trial_result(None, trials[0], {"step": 40, "success_rate": 0.0}) == "STOP"
+    assert stopped_runs(tmp_path) == {"b": 10, "d": 10}  # a run stopped at its last step finished: not recorded
+
+
+def test_asha_is_checked_before_anything_runs(tmp_path):
+    out = tmp_path / "sweep"
+    base = ["sweep", "--dataset", TINY_NAME, "--out", str(out), "--scheduler", "asha", "--plan-only"]
+    assert_refused(invoke(*base, "--asha-metric", "loss"), "--asha-metric", "success_rate")
+    assert_refused(invoke(*base, "--eval-interval", "1000", "--grace-steps", "10"), "--grace-steps 10",
+                   "first evaluation")
+    assert_refused(invoke(*base[:-1], "--executor", "local"), "Ray Tune", "--executor local")
+    assert not (out / "sweep.json").exists()
+
+
+def test_a_sweep_under_asha_runs_on_ray_tune_and_the_same_command_continues_it(tiny_dataset_dir, tmp_path):
+    """Two tiny runs as Tune trials under ASHA (their evaluations tie, so neither is stopped); Tune's
+    state is in SWEEP/tune, and the same command again trains nothing."""
+    pytest.importorskip("ray.tune")
+    out = tmp_path / "sweep"
+    args = ["sweep", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--task", "1", "--set",
+            "alpha=1,3", "--steps", "2", "--eval-interval", "1", "--eval-episodes", "1", "--set", "save_interval=1",
+            "--out", str(out), "--scheduler", "asha", "--grace-steps", "1", "--reduction-factor", "2", *SMALL]
+    first = rql(*args)
+    text, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, text
+    names = [f"cube-single-play-v0_task1_alpha={a}_seed0" for a in ("1.0", "3.0")]
+    assert all(finished(out / n, 2) for n in names), text
+    assert "2 of 2 runs done" in text and "ray tune" in text
+    assert "Configuration for experiment" not in text  # Tune's own console output stays out of the table
+    assert json.loads((out / "sweep.json").read_text())["spec"]["scheduler"] == {
+        "name": "asha", "metric": "success_rate", "grace_steps": 1, "reduction_factor": 2.0}
+    assert sorted(p.name for p in (out / "tune").iterdir() if p.is_dir()) == names
+    mtimes = {n: (out / n / "checkpoints" / "step_00000002" / "config.json").stat().st_mtime for n in names}
+    again = rql(*args)
+    text, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and "2 of 2 runs done" in text, text
+    assert mtimes == {n: (out / n / "checkpoints" / "step_00000002" / "config.json").stat().st_mtime for n in names}

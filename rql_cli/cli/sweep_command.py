@@ -46,6 +46,14 @@ def sweep(
     threads: int = typer.Option(1, "--threads-per-run", min=1, help="CPU threads (and Ray CPUs) of each run."),
     gpus: float = typer.Option(0.0, "--gpus-per-run", min=0.0, help="Fraction of a GPU per run on Ray (0.25: four "
                                "runs per GPU)."),
+    scheduler: str = typer.Option("none", "--scheduler", help="asha: stop runs whose periodic evaluations trail at "
+                                  "each rung (a hyperparameter search on Ray Tune); none: train every run to its end."),
+    asha_metric: str = typer.Option("success_rate", "--asha-metric", help="What ASHA ranks runs by: success_rate or "
+                                    "mean_return of their periodic evaluations."),
+    grace_steps: int = typer.Option(0, "--grace-steps", min=0, help="ASHA's first rung in gradient steps; later "
+                                    "rungs multiply it by --reduction-factor.", show_default="two --eval-interval"),
+    reduction_factor: float = typer.Option(3.0, "--reduction-factor", help="ASHA keeps the best 1/factor of the runs "
+                                           "at each rung."),
     plan_only: bool = typer.Option(False, "--plan-only", help="Write sweep.json and list the runs; train nothing."),
 ) -> None:
     """Train every dataset x task x grid point x seed, each an ordinary run folder named by its coordinates.
@@ -53,6 +61,9 @@ def sweep(
 
     Example: rql sweep --dataset cube-single-play-v0 --task 1-5 --seeds 0-3 --set alpha=3,10 --steps 200000
     --out sweeps/cube-single; then rql report sweeps/cube-single
+
+    A search that stops weak runs early (ASHA on Ray Tune): rql sweep --dataset cube-single-play-v0 --task 2
+    --set alpha=1,3,10,30 --set expectile=0.7,0.9 --steps 100000 --scheduler asha --out sweeps/search
     """
     from rql_cli.sweep.plan import expand, load_spec_file, read_plan, write_plan
 
@@ -66,12 +77,27 @@ def sweep(
         spec = load_spec_file(file) if file else _spec_of_flags(dataset, task, seeds, set_, dataset_dir)
         spec.fixed = {**spec.fixed, **fixed}
         runs = expand(spec)
+        spec.scheduler = _scheduler_of(scheduler, asha_metric, grace_steps, reduction_factor, runs)
+        _executor_for(executor, spec)  # refused before the plan is written
         write_plan(out, spec, runs)
     console.print(f"{len(runs)} runs in {out} (plan: {out / 'sweep.json'}).")
     if plan_only:
         console.print(runs_table([], [r.name for r in runs]))
         return
-    _execute(runs, out, spec, executor=executor, address=address, threads=threads, gpus=gpus)
+    _execute(runs, out, spec, executor=_executor_for(executor, spec), address=address, threads=threads, gpus=gpus)
+
+
+def _scheduler_of(name: str, metric: str, grace_steps: int, reduction_factor: float,
+                  runs: list[Any]) -> dict[str, Any] | None:
+    """The plan's scheduler from the flags, checked against the runs' evaluation interval (None: none)."""
+    if name == "none":
+        return None
+    if name != "asha":
+        raise RQLError(f"--scheduler takes asha or none, got '{name}'.")
+    from rql_cli.sweep.asha import AshaSettings
+
+    interval = min(r.config().eval_interval for r in runs)
+    return AshaSettings(metric, grace_steps, reduction_factor).check(interval).to_dict()
 
 
 def _spec_of_flags(datasets: list[str], task: str | None, seeds: str, set_: list[str],
@@ -95,17 +121,19 @@ def _execute(runs: list[Any], out: Path, spec: SweepSpec, *, executor: str, addr
              gpus: float) -> None:
     from rql_cli.sweep.execute import run_local, run_on_ray
 
-    if executor not in ("auto", "ray", "local"):
-        raise RQLError(f"--executor takes ray, local or auto, got '{executor}'.")
-    if executor == "auto":
-        executor = "ray" if _ray_installed() else "local"
     started = time.perf_counter()
     with Live(runs_table([], [r.name for r in runs]), console=console, refresh_per_second=2) as live:
         def show(states: list[RunState]) -> None:
             live.update(runs_table(states, []))
 
         try:
-            if executor == "ray":
+            if spec.scheduler:
+                from rql_cli.sweep.asha import AshaSettings, run_with_asha
+
+                settings = AshaSettings(**{k: v for k, v in spec.scheduler.items() if k != "name"})
+                states = run_with_asha(runs, out, spec.dataset_dir, settings=settings, threads=threads, gpus=gpus,
+                                       address=address, on_progress=show)
+            elif executor == "ray":
                 states = run_on_ray(runs, out, spec.dataset_dir, threads=threads, gpus=gpus, address=address,
                                     on_progress=show)
             else:
@@ -116,11 +144,23 @@ def _execute(runs: list[Any], out: Path, spec: SweepSpec, *, executor: str, addr
             raise typer.Exit(130) from None
         show(states)
     console.print()
-    done = sum(s.state == "done" for s in states)
-    console.print(f"{done} of {len(states)} runs done in {time.perf_counter() - started:,.0f} s ({executor}). "
+    done, stopped = sum(s.state == "done" for s in states), sum(s.state == "stopped" for s in states)
+    console.print(f"{done} of {len(states)} runs done" + (f", {stopped} stopped early by ASHA" if stopped else "")
+                  + f" in {time.perf_counter() - started:,.0f} s ({'ray tune' if spec.scheduler else executor}). "
                   f"Tabulate them with: rql report {out}")
-    if done < len(states):
+    if done + stopped < len(states):
         raise typer.Exit(1 if any(s.state == "failed" for s in states) else 130)
+
+
+def _executor_for(executor: str, spec: SweepSpec) -> str:
+    """ray or local, from --executor (auto: ray when installed, or when a scheduler needs Tune)."""
+    if executor not in ("auto", "ray", "local"):
+        raise RQLError(f"--executor takes ray, local or auto, got '{executor}'.")
+    if executor == "auto":
+        executor = "ray" if _ray_installed() or spec.scheduler else "local"
+    if spec.scheduler and executor == "local":
+        raise RQLError("--scheduler asha runs on Ray Tune: drop --executor local.")
+    return executor
 
 
 def _ray_installed() -> bool:

@@ -20,19 +20,24 @@ from typing import Any
 
 from rql_cli.data.sources import DataSpec
 from rql_cli.errors import RQLError
+from rql_cli.io.atomic import read_json
 from rql_cli.io.run_checkpoints import latest_resumable
 from rql_cli.io.run_layout import is_run_dir
 from rql_cli.io.run_record import read_run_record
 from rql_cli.sweep.plan import PlannedRun
+from rql_cli.training.observer import TrainObserver
 from rql_cli.training.offline import train
 from rql_cli.training.session import latest_checkpoint_meta
 
-STATES = ("new", "partial", "running", "done", "failed", "interrupted")
+STATES = ("new", "partial", "running", "done", "stopped", "failed", "interrupted")
+SCHEDULER_FILE = "scheduler.json"
+FINISHED = ("done", "stopped")
 
 
 @dataclass
 class RunState:
-    """Where one run of a sweep stands: ``state`` (one of STATES), its step of ``total``, its last success."""
+    """Where one run of a sweep stands: ``state`` (one of STATES; stopped: early, by a scheduler), its step of
+    ``total``, its last success."""
 
     name: str
     state: str
@@ -54,13 +59,25 @@ def _resumable(folder: Path) -> bool:
 
 
 def state_of(run: PlannedRun, sweep_dir: Path) -> RunState:
-    """Read the run's folder: new (nothing saved), partial (a checkpoint short of its steps) or done."""
+    """Read the run's folder: new (nothing saved), partial (a checkpoint short of its steps), done, or
+    stopped (named in SWEEP/scheduler.json)."""
     folder, total = Path(sweep_dir) / run.name, run.config().steps
     if not _resumable(folder):
         return RunState(run.name, "new", 0, total)
     step = latest_checkpoint_meta(folder).step
     success, speed = _last_rows(folder)
+    stopped_at = stopped_runs(sweep_dir).get(run.name)
+    if stopped_at is not None and step < total:
+        return RunState(run.name, "stopped", step, total, success, speed, f"by ASHA at step {stopped_at:,}")
     return RunState(run.name, "done" if step >= total else "partial", step, total, success, speed)
+
+
+def stopped_runs(sweep_dir: Path) -> dict[str, int]:
+    """Runs a scheduler stopped early (SWEEP/scheduler.json), by name, with the step each stopped at."""
+    path = Path(sweep_dir) / SCHEDULER_FILE
+    if not path.is_file():
+        return {}
+    return {str(k): int(v) for k, v in read_json(path).get("stopped", {}).items()}
 
 
 def _last_rows(folder: Path) -> tuple[float | None, float | None]:
@@ -76,8 +93,10 @@ def _last_rows(folder: Path) -> tuple[float | None, float | None]:
     return values[0], values[1]
 
 
-def train_one(run: dict[str, Any], sweep_dir: str, dataset_dir: str | None, threads: int) -> dict[str, Any]:
-    """Train (or resume) one planned run in ``SWEEP/<name>``; what a Ray task or the local loop calls."""
+def train_one(run: dict[str, Any], sweep_dir: str, dataset_dir: str | None, threads: int,
+              observer: TrainObserver | None = None) -> dict[str, Any]:
+    """Train (or resume) one planned run in ``SWEEP/<name>``; what a Ray task, a Tune trial or the local
+    loop calls."""
     planned = PlannedRun(**run)
     folder = Path(sweep_dir) / planned.name
     config = planned.config().replace(threads=threads)
@@ -89,7 +108,7 @@ def train_one(run: dict[str, Any], sweep_dir: str, dataset_dir: str | None, thre
         if folder.exists():  # a start cut short before its first checkpoint: nothing to keep
             shutil.rmtree(folder)
         data = DataSpec(name=planned.dataset, dataset_dir=dataset_dir, task=planned.task)
-    outcome = train(config, data, folder, resume=resume)
+    outcome = train(config, data, folder, resume=resume, observer=observer)
     return {"name": planned.name, "step": outcome.step, "interrupted": outcome.interrupted}
 
 
@@ -101,7 +120,7 @@ def run_local(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None, 
     """Train the unfinished runs one after another in this process; stop at the first interrupted one."""
     states = {r.name: state_of(r, sweep_dir) for r in runs}
     for run in runs:
-        if states[run.name].state == "done":
+        if states[run.name].state in FINISHED:
             continue
         states[run.name].state = "running"
         on_progress(list(states.values()))
@@ -122,16 +141,11 @@ def run_on_ray(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None,
     shuts down a Ray this call started, and re-raises.
     """
     ray = _ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+    started_here = start_ray(address)
     remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(train_one)
     states = {r.name: state_of(r, sweep_dir) for r in runs}
     pending = {remote.remote(asdict(r), str(sweep_dir), dataset_dir, threads): r for r in runs
-               if states[r.name].state != "done"}
+               if states[r.name].state not in FINISHED}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_seconds)
@@ -154,6 +168,19 @@ def run_on_ray(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None,
             ray.shutdown()
         raise
     return list(states.values())
+
+
+def start_ray(address: str | None) -> bool:
+    """Connect to the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray sized to this
+    machine's cores; True when this call started or joined it (False: Ray was already up)."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+    return True
 
 
 def _ray() -> Any:

@@ -27,7 +27,8 @@ PLAN_FORMAT = 1
 
 @dataclass
 class SweepSpec:
-    """What a sweep trains: every dataset x task x grid point x seed, with ``fixed`` overrides for all."""
+    """What a sweep trains: every dataset x task x grid point x seed, with ``fixed`` overrides for all, and
+    the ``scheduler`` that may stop runs early (``{'name': 'asha', ...}``; None: every run to its end)."""
 
     datasets: list[str]
     seeds: list[int]
@@ -35,6 +36,7 @@ class SweepSpec:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     dataset_dir: str | None = None
+    scheduler: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,8 +139,8 @@ def write_plan(sweep_dir: Path, spec: SweepSpec, runs: list[PlannedRun]) -> Path
     path = Path(sweep_dir) / PLAN_FILE
     payload = {"format_version": PLAN_FORMAT, "spec": spec.to_dict(), "runs": [asdict(r) for r in runs]}
     if path.is_file():
-        existing = read_plan_payload(sweep_dir)
-        if existing.get("spec") != json.loads(json.dumps(spec.to_dict())):
+        existing = SweepSpec(**read_plan_payload(sweep_dir)["spec"]).to_dict()  # plans before `scheduler` too
+        if existing != json.loads(json.dumps(spec.to_dict())):
             raise RQLError(
                 f"{sweep_dir} holds another sweep's plan ({PLAN_FILE}); continue it with `rql sweep --resume "
                 f"{sweep_dir}`, or choose another --out."
