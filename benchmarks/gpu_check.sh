@@ -15,7 +15,7 @@ PY
 echo "== tests marked cuda"
 # A failing test does not stop the check: the throughput table is worth having from the same lease.
 tests_status=0
-python -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py || tests_status=$?
+python -m pytest -m cuda -q -n 0 -p no:cacheprovider tests/test_cuda.py || tests_status=$?
 echo "== throughput, paper configuration (4x512, K=10, F=10, h=5, B=256)"
 python benchmarks/train_throughput.py --device cuda --config paper --modes eager,compiled,graphs \
     --steps 200 --warmup 10 --rounds 2 "$@"
