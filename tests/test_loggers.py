@@ -1,4 +1,4 @@
-"""`--log tensorboard`: event files that TensorBoard's own reader reads back with the logged numbers."""
+"""`--log tensorboard`: event files that TensorBoard's own reader reads back with the logged numbers and\nthe rollout video."""
 
 from __future__ import annotations
 
@@ -35,6 +35,22 @@ def test_tensorboard_holds_the_logged_scalars_at_the_logged_steps(tiny_dataset_d
         (evaluation,) = list(csv.DictReader(handle))
     assert logged["eval/success_rate"] == [(6, pytest.approx(float(evaluation["success_rate"])))]
     assert "run/train_config/text_summary" in events.Tags()["tensors"]
+
+    # a rendered rollout of the run's checkpoint goes into the same log, at the checkpoint's step
+    video = tmp_path / "rollout.mp4"
+    result = invoke("rollout", "--checkpoint", str(run), "--render", "--episodes", "1", "--max-steps", "7",
+                    "--size", "64x48", "--out", str(video), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "tensorboard log at step 6" in result.output
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    (image,) = events.Images("rollout/video")
+    import imageio.v3 as iio
+
+    frames = iio.imread(image.encoded_image_string, extension=".gif", index=None)
+    assert (image.step, image.width, image.height) == (6, 64, 48)
+    assert frames.shape[0] == iio.imread(video, index=None).shape[0] == 8  # the reset frame and one per step
 
 
 def test_an_unknown_logger_is_refused_before_any_work(tmp_path):

@@ -81,6 +81,20 @@ def rollout(
                 f"{report.render_fps:.1f} frames/s (step, policy, render, encode)."
             )
         console.print(f"Video written to {report.video}")
+        logged = _log_to_run(report)
+        if logged:
+            console.print(f"The video is in the run's {' and '.join(logged)} log at step {report.step:,}.")
+
+
+def _log_to_run(report: RolloutReport) -> list[str]:
+    """A video of a checkpoint in a run folder that logs to TensorBoard or W&B goes to those logs too."""
+    from rql_cli.io.run_layout import is_run_dir
+    from rql_cli.training.loggers import log_rollout_video
+
+    run_dir = Path(report.checkpoint).parent.parent  # RUN/checkpoints/step_N
+    if report.video is None or not is_run_dir(run_dir):
+        return []
+    return log_rollout_video(run_dir, report.step, Path(report.video), report.fps)
 
 
 class _RolloutProgress:

@@ -8,6 +8,7 @@ first step with the command that installs it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from rql_cli.results import EvalResult
 
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
+VIDEO_TAG = "rollout/video"
 
 
 class RunLogger(Protocol):
@@ -26,6 +28,7 @@ class RunLogger(Protocol):
     def log_record(self, record: dict[str, Any]) -> None: ...
     def log_metrics(self, step: int, row: dict[str, float]) -> None: ...
     def log_eval(self, step: int, result: EvalResult) -> None: ...
+    def log_video(self, step: int, video: Path, fps: float) -> None: ...
     def close(self) -> None: ...
 
 
@@ -70,6 +73,17 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
+    def log_video(self, step: int, video: Path, fps: float) -> None:
+        """A rendered rollout as an animated GIF under ``rollout/video`` (the Images tab plays it)."""
+        import imageio.v3 as iio
+        import torch
+
+        if importlib.util.find_spec("moviepy") is None:  # add_video only prints when moviepy is missing
+            raise RQLError('TensorBoard videos need moviepy 1.x: pip install "rql-cli[tensorboard]".')
+        frames = torch.from_numpy(iio.imread(video))  # (T, H, W, 3) uint8
+        self.writer.add_video(VIDEO_TAG, frames.permute(0, 3, 1, 2).unsqueeze(0), step, fps=fps)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -98,6 +112,11 @@ class WandbLogger:
     def log_eval(self, step: int, result: EvalResult) -> None:
         self.run.log(eval_scalars(result), step=step)
 
+    def log_video(self, step: int, video: Path, fps: float) -> None:
+        import wandb
+
+        self.run.log({VIDEO_TAG: wandb.Video(str(video), fps=fps, format=Path(video).suffix.lstrip("."))}, step=step)
+
     def close(self) -> None:
         self.run.finish()
 
@@ -111,3 +130,17 @@ def open_loggers(names: list[str], run_dir: Path) -> list[RunLogger]:
         else:
             loggers.append(WandbLogger(run_dir, Path(run_dir).name))
     return loggers
+
+
+def log_rollout_video(run_dir: Path, step: int, video: Path, fps: float) -> list[str]:
+    """Give a rollout video of the checkpoint at ``step`` to the loggers its run logs to (the run's
+    ``log_to``); the names of those that took it (none: [])."""
+    from rql_cli.io.run_record import read_run_record
+
+    names = read_run_record(run_dir).config.loggers
+    for logger in open_loggers(names, run_dir):
+        try:
+            logger.log_video(step, video, fps)
+        finally:
+            logger.close()
+    return names
