@@ -153,4 +153,5 @@ def test_a_sweep_under_asha_runs_on_ray_tune_and_the_same_command_continues_it(t
     again = rql(*args)
     text, _ = again.communicate(timeout=300)
     assert again.returncode == 0 and "2 of 2 runs done" in text, text
+    assert "Ray instance" not in text  # a finished sweep answers without starting Ray
     assert mtimes == {n: (out / n / "checkpoints" / "step_00000002" / "config.json").stat().st_mtime for n in names}

@@ -23,7 +23,16 @@ from typing import Any
 from rql_cli.errors import RQLError
 from rql_cli.io.atomic import write_json_atomic
 from rql_cli.results import EvalResult
-from rql_cli.sweep.execute import SCHEDULER_FILE, Progress, RunState, start_ray, state_of, stopped_runs, train_one
+from rql_cli.sweep.execute import (
+    FINISHED,
+    SCHEDULER_FILE,
+    Progress,
+    RunState,
+    start_ray,
+    state_of,
+    stopped_runs,
+    train_one,
+)
 from rql_cli.sweep.plan import PlannedRun
 from rql_cli.training.observer import TrainObserver
 
@@ -112,10 +121,12 @@ def run_with_asha(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | No
     Ctrl-C ends the search: Tune saves its state and stops the running trials (each run resumes from its
     latest checkpoint next time), and KeyboardInterrupt is raised here.
     """
+    sweep_dir = Path(sweep_dir).resolve()
+    pending = [r for r in runs if state_of(r, sweep_dir).state not in FINISHED]
+    if not pending:
+        return _states(runs, sweep_dir, {})  # nothing left: no Ray to start
     start_ray(address)
     tune = _tune()
-    sweep_dir = Path(sweep_dir).resolve()
-    pending = [r for r in runs if state_of(r, sweep_dir).state not in ("done", "stopped")]
     trainable = tune.with_resources(
         tune.with_parameters(_trial, sweep_dir=str(sweep_dir), dataset_dir=dataset_dir, threads=threads),
         {"cpu": threads, "gpu": gpus})
@@ -131,12 +142,11 @@ def run_with_asha(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | No
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0),
         )
     errors: dict[str, str] = {}
-    if pending:
-        with _Refresher(lambda: on_progress(_states(runs, sweep_dir, errors, live=True)), poll_seconds):
-            results = tuner.fit()
-        for result in results:
-            if result.error is not None:
-                errors[str(result.config["run"]["name"])] = str(result.error).strip().splitlines()[-1]
+    with _Refresher(lambda: on_progress(_states(runs, sweep_dir, errors, live=True)), poll_seconds):
+        results = tuner.fit()
+    for result in results:
+        if result.error is not None:
+            errors[str(result.config["run"]["name"])] = str(result.error).strip().splitlines()[-1]
     states = _states(runs, sweep_dir, errors)
     if any(s.state in ("new", "partial") for s in states):
         raise KeyboardInterrupt  # Tune caught Ctrl-C, saved its state and stopped the trials

@@ -140,10 +140,12 @@ def run_on_ray(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None,
     Ctrl-C stops the tasks still running at once (each resumes from its latest checkpoint next time),
     shuts down a Ray this call started, and re-raises.
     """
+    states = {r.name: state_of(r, sweep_dir) for r in runs}
+    if all(s.state in FINISHED for s in states.values()):
+        return list(states.values())  # nothing left: no Ray to start
     ray = _ray()
     started_here = start_ray(address)
     remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(train_one)
-    states = {r.name: state_of(r, sweep_dir) for r in runs}
     pending = {remote.remote(asdict(r), str(sweep_dir), dataset_dir, threads): r for r in runs
                if states[r.name].state not in FINISHED}
     try:
