@@ -15,15 +15,20 @@ TINY_NAME = "cube-single-play-v0"
 
 @pytest.fixture(scope="session", autouse=True)
 def one_inductor_cache_per_session(tmp_path_factory):
-    """One inductor cache for the whole run, under pytest's tmp: each graph the suite compiles (in this
-    process or in an `rql` it starts, which inherits the variable) is compiled once and then loaded,
-    and no cache left by earlier runs makes this run's timings differ from a clean machine's. A
+    """One inductor cache for the whole run, under pytest's tmp and shared by the xdist workers: each
+    graph the suite compiles (in a worker or in an `rql` it starts, which inherits the variable) is
+    compiled once and then loaded (inductor writes its cache entries atomically, so workers may share
+    it), and no cache left by earlier runs makes this run's timings differ from a clean machine's. A
     TORCHINDUCTOR_CACHE_DIR the caller set stands. test_interrupts.py's cold-compile test still gives
     its run an empty cache of its own."""
     if CALLERS_INDUCTOR_CACHE is not None:
         yield
         return
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor-cache"))
+    base = tmp_path_factory.getbasetemp()
+    run_base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: .../pytest-N/popen-gwK
+    cache = run_base / "inductor-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
     yield
     os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
