@@ -25,6 +25,7 @@ from rql_cli.io.run_checkpoints import latest_resumable
 from rql_cli.io.run_layout import is_run_dir
 from rql_cli.io.run_record import read_run_record
 from rql_cli.sweep.plan import PlannedRun
+from rql_cli.training.loggers import logger_group
 from rql_cli.training.observer import TrainObserver
 from rql_cli.training.offline import train
 from rql_cli.training.session import latest_checkpoint_meta
@@ -108,7 +109,8 @@ def train_one(run: dict[str, Any], sweep_dir: str, dataset_dir: str | None, thre
         if folder.exists():  # a start cut short before its first checkpoint: nothing to keep
             shutil.rmtree(folder)
         data = DataSpec(name=planned.dataset, dataset_dir=dataset_dir, task=planned.task)
-    outcome = train(config, data, folder, resume=resume, observer=observer)
+    with logger_group(Path(sweep_dir).resolve().name):  # the sweep's runs: one W&B group
+        outcome = train(config, data, folder, resume=resume, observer=observer)
     return {"name": planned.name, "step": outcome.step, "interrupted": outcome.interrupted}
 
 

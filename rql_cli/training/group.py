@@ -25,6 +25,7 @@ from rql_cli.errors import NonFiniteLossError, RQLError
 from rql_cli.io.group_record import GroupRecord, read_group_record, seed_dir, write_group_record
 from rql_cli.io.run_lock import RunLock
 from rql_cli.results import EpisodeProgress, EvalResult
+from rql_cli.training.loggers import logger_group
 from rql_cli.training.loop import LossWindow, run_loop
 from rql_cli.training.loss_window import LOGGED_TERMS, check_finite, mean_row
 from rql_cli.training.observer import TrainObserver, TrainOutcome
@@ -70,8 +71,9 @@ def train_group(
             start_step = _common_step(group_dir, active) if resume else 0
             source = OfflineSource(config, data, device, start_step=start_step, resume=resume)
         stack.callback(source.close)
-        members = {s: build_session(configs[s], source, locks[s], stop, device=device, previous=previous[s],
-                                    origin=None, source_logs=False) for s in active}
+        with logger_group(group_dir.resolve().name):  # the seeds: one W&B group
+            members = {s: build_session(configs[s], source, locks[s], stop, device=device, previous=previous[s],
+                                        origin=None, source_logs=False) for s in active}
         for member in members.values():
             stack.callback(member.close)
         source.open_logs(group_dir)

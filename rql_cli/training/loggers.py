@@ -11,6 +11,8 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,7 +92,9 @@ class TensorBoardLogger:
 
 class WandbLogger:
     """A Weights & Biases run in ``RUN/wandb/``, offline unless ``WANDB_MODE`` says otherwise (``wandb sync``
-    uploads it later); a resume continues the same W&B run (its id is the run folder's name and a hash)."""
+    uploads it later); a resume continues the same W&B run (its id is the run folder's name and a hash).
+    The seeds of a group (``rql train --seeds``) and the runs of a sweep share a W&B group named after
+    their folder (``logger_group``; a ``WANDB_RUN_GROUP`` the user set stands)."""
 
     def __init__(self, run_dir: Path, name: str):
         try:
@@ -100,8 +104,11 @@ class WandbLogger:
         (Path(run_dir) / WANDB_DIR).mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
         run_id = f"{Path(run_dir).name}-{digest}"
+        # create_new: each seed of a group is its own W&B run, open beside the others in one process
+        # (wandb's default hands the first run back to every later init).
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "rql"), name=name, id=run_id,
-                              resume="allow", dir=str(run_dir), mode=os.environ.get("WANDB_MODE", "offline"))
+                              resume="allow", dir=str(run_dir), mode=os.environ.get("WANDB_MODE", "offline"),
+                              reinit="create_new")
 
     def log_record(self, record: dict[str, Any]) -> None:
         self.run.config.update(record, allow_val_change=True)
@@ -119,6 +126,19 @@ class WandbLogger:
 
     def close(self) -> None:
         self.run.finish()
+
+
+@contextmanager
+def logger_group(name: str) -> Iterator[None]:
+    """Loggers opened inside share the group ``name`` (W&B's ``WANDB_RUN_GROUP``, which wandb.init reads);
+    one the user set stands. The variable is restored on leaving."""
+    before = os.environ.get("WANDB_RUN_GROUP")
+    os.environ["WANDB_RUN_GROUP"] = before or name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_RUN_GROUP", None)
 
 
 def open_loggers(names: list[str], run_dir: Path) -> list[RunLogger]:
