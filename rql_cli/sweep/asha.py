@@ -14,6 +14,7 @@ are judged against the results reported since.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -197,6 +198,7 @@ def _tune() -> Any:
     # Tune's newer console output (boxes, result paths) would break the runs table: its classic
     # reporter at verbosity 0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # its restore hints name Tune's API, not this command
     try:
         from ray import tune
     except ImportError:
