@@ -14,13 +14,13 @@ from rql_cli.config import RunConfig
 from rql_cli.core.rql import RQLAgent
 from rql_cli.device import make_generator
 from rql_cli.envs import policy  # through the module: a test replaces chunk_policy to watch it
-from rql_cli.envs.evaluate import evaluate
+from rql_cli.envs.evaluate import evaluate, evaluate_members
 from rql_cli.io.checkpoint import check_checkpoint_dims
 from rql_cli.io.group_record import read_group_record, seed_dir
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
 from rql_cli.names import ParsedName, parse_task_name
-from rql_cli.results import EpisodeCallback, EvalResult, mean_over_seeds
+from rql_cli.results import EpisodeCallback, EpisodeProgress, EvalResult, mean_over_seeds
 
 TaskCallback = Callable[[int], None]
 """on_task_start(task number 1..5), before each task's episodes."""
@@ -75,7 +75,7 @@ def evaluate_agent(
     shifts a training stream (a run with and without evaluations trains the same weights); episode
     i is reset with env seed ``config.seed + i``.
     """
-    generator = make_generator(agent.device, config.seed + 7919 * (step + 1))
+    generator = _periodic_generator(agent.device, config.seed, step)
     return evaluate(
         policy.chunk_policy(agent, generator), task_name, None, episodes=config.eval_episodes,
         num_envs=config.eval_envs, seed=config.seed, on_episode=on_episode,
@@ -113,16 +113,81 @@ class GroupEvaluation:
 
 
 def evaluate_group(
-    folder: Path, device: torch.device, *, best: bool, seed_started: Callable[[int], None] | None = None,
-    **evaluate_options: Any,
+    folder: Path, device: torch.device, *, best: bool, tasks: list[int | None], episodes: int = 50, seed: int = 0,
+    num_envs: int | None = None, task_name: str | None = None, on_task_start: TaskCallback | None = None,
+    on_episode: EpisodeCallback | None = None, together: bool | None = None,
 ) -> GroupEvaluation:
-    """Evaluate the latest (or ``best``) checkpoint of every seed of the group in ``folder`` with
-    ``evaluate_checkpoint``'s options, each seed's episodes drawn alike (the same env seeds)."""
+    """Evaluate the latest (or ``best``) checkpoint of every seed of the group in ``folder``.
+
+    Each seed's episodes and flow noise are those ``evaluate_checkpoint`` gives its checkpoint alone with
+    the same options (the same env seeds for every seed of the group). On a GPU the seeds' envs step
+    together and their policies act in one batched forward pass (``envs.policy.seed_policies``); on a
+    CPU together only where each env gets a core (``evaluate_members``). ``on_episode`` gets the progress
+    over all seeds' episodes of the current task. ``together`` overrides that choice.
+    """
     record = read_group_record(folder)
-    reports = {}
-    for seed in record.seeds:
-        if seed_started:
-            seed_started(seed)
-        loaded = load_checkpoint(str(seed_dir(folder, seed)), device, best=best)
-        reports[seed] = evaluate_checkpoint(loaded, **evaluate_options)
+    loaded = {s: load_checkpoint(str(seed_dir(folder, s)), device, best=best) for s in record.seeds}
+    first = next(iter(loaded.values()))
+    env_name = task_name or first.meta.task_name
+    reports = {s: EvaluationReport(checkpoint=str(c.folder), dataset=c.meta.dataset, step=c.meta.step,
+                                   device=str(c.agent.device)) for s, c in loaded.items()}
+    agents = [c.agent for c in loaded.values()]
+
+    def check_fit(obs_dim: int, action_dim: int, env: str) -> None:
+        for c in loaded.values():
+            check_checkpoint_dims(c.resolved.ref, c.meta, obs_dim, action_dim, "the environment", env)
+
+    for index, task in enumerate(tasks):
+        task_number = parse_task_name(env_name).resolve_task(task)
+        if on_task_start:
+            on_task_start(task_number)
+        tally = _CombinedProgress(len(agents) * episodes, on_episode)
+        generators = [make_generator(device, seed * 1000 + index) for _ in agents]
+        started = time.perf_counter()
+        on_gpu = device.type == "cuda"
+        results = evaluate_members(
+            policy.seed_policies(agents, generators, stacked=on_gpu), [seed] * len(agents), env_name, task,
+            episodes=episodes, num_envs=num_envs, together=True if on_gpu and together is None else together,
+            on_episode=tally.add,
+            check_fit=check_fit,
+        )
+        for s, result in zip(loaded, results, strict=True):
+            result.wall_seconds = time.perf_counter() - started
+            reports[s].tasks.append(result)
     return GroupEvaluation(folder=Path(folder), reports=reports, stopped=set(record.stopped))
+
+
+def evaluate_agents(
+    agents: list[RQLAgent], task_name: str | ParsedName, configs: list[RunConfig], step: int, *, stacked: bool,
+    on_episode: EpisodeCallback | None = None,
+) -> list[EvalResult]:
+    """The periodic evaluation of a group's seeds: member m gets the episodes and flow noise
+    ``evaluate_agent(agents[m], task_name, configs[m], step)`` gives it alone (``stacked``: one batched
+    forward pass for all seeds, equal up to float order, with every seed's envs together; else together
+    where each env gets a core); ``on_episode`` gets the progress over all members' episodes."""
+    episodes = configs[0].eval_episodes
+    tally = _CombinedProgress(len(agents) * episodes, on_episode)
+    generators = [_periodic_generator(a.device, c.seed, step) for a, c in zip(agents, configs, strict=True)]
+    return evaluate_members(
+        policy.seed_policies(agents, generators, stacked=stacked), [c.seed for c in configs], task_name, None,
+        episodes=episodes, num_envs=configs[0].eval_envs, together=True if stacked else None, on_episode=tally.add,
+    )
+
+
+def _periodic_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
+    """The flow-noise generator of a periodic evaluation at ``step`` of the run with ``seed``."""
+    return make_generator(device, seed + 7919 * (step + 1))
+
+
+class _CombinedProgress:
+    """Turns each member's episode progress into one progress over all members' episodes."""
+
+    def __init__(self, total: int, on_episode: EpisodeCallback | None):
+        self.total, self.on_episode = total, on_episode
+        self.done = self.successes = 0
+
+    def add(self, member: int, progress: EpisodeProgress) -> None:
+        self.done += 1
+        self.successes += int(progress.episode.success)
+        if self.on_episode is not None:
+            self.on_episode(EpisodeProgress(progress.episode, self.done, self.total, self.successes))

@@ -296,6 +296,62 @@ def test_parallel_envs_with_uneven_episodes_hand_out_each_episode_once(monkeypat
     assert sorted(starts) == [10.0, 11.0, 12.0, 13.0, 14.0]  # each episode asked once, from its own reset
 
 
+def _echo_env():
+    """Tiny env whose reward is the action's first entry: a return shows which policy acted. Episodes last
+    3 steps for even seeds and 5 for odd ones; the observation is (reset seed, step, ...)."""
+    import gymnasium
+
+    class EchoEnv(gymnasium.Env):
+        observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float64)
+        action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.seed, self.t = -1 if seed is None else seed, 0
+            return self._obs(), {}
+
+        def _obs(self):
+            return np.array([self.seed, self.t, *np.zeros(OBS_DIM - 2)], dtype=np.float64)
+
+        def step(self, action):
+            self.t += 1
+            return self._obs(), float(action[0]), False, self.t == (3 if self.seed % 2 == 0 else 5), {"success": False}
+
+    return EchoEnv()
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_members_evaluated_together_or_in_turn_each_run_their_own_episodes(monkeypatch, together):
+    from rql_cli.envs.evaluate import evaluate_members
+
+    monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: _echo_env())
+    asked: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}
+
+    def member_policy(member: int):
+        def act(obs):  # member m acts (m + 1) / 10 in chunks of 2
+            asked[member].extend((float(o[0]), float(o[1])) for o in obs)
+            return np.full((len(obs), 2, ACTION_DIM), (member + 1) / 10)
+        return act
+
+    policies = [member_policy(m) for m in range(3)]
+    ended: list[tuple[int, int]] = []
+    results = evaluate_members(
+        lambda rows: {m: policies[m](obs) for m, obs in rows.items()}, [10, 21, 30], CUBE, episodes=3, num_envs=2,
+        together=together, on_episode=lambda member, progress: ended.append((member, progress.episode.seed)),
+    )
+    seen_together = {m: sorted(rows) for m, rows in asked.items()}
+    for member, (result, seed) in enumerate(zip(results, [10, 21, 30], strict=True)):
+        assert result.seeds == [seed, seed + 1, seed + 2]
+        assert result.lengths == [3 if s % 2 == 0 else 5 for s in result.seeds]
+        assert result.returns == pytest.approx([n * (member + 1) / 10 for n in result.lengths])
+        assert sorted(s for m, s in ended if m == member) == result.seeds
+        asked[member] = []
+        alone = evaluate(policies[member], CUBE, episodes=3, num_envs=2, seed=seed)
+        assert (alone.returns, alone.lengths, alone.policy_calls, alone.policy_rows) == (
+            result.returns, result.lengths, result.policy_calls, result.policy_rows)
+        assert sorted(asked[member]) == seen_together[member]  # the same rows: (seed, step) of every chunk asked
+
+
 def test_policy_returning_the_wrong_shape_is_reported(monkeypatch):
     monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: _scripted_env())
     with pytest.raises(ValueError, match=r"\(1, h, 5\)"):

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_checks import assert_refused, invoke
@@ -28,7 +29,7 @@ from conftest import TINY_NAME
 from rql_cli.config import RQLConfig, RunConfig, parse_seeds
 from rql_cli.core.batch import ChunkBatch
 from rql_cli.core.rql import RQLAgent
-from rql_cli.core.seed_stack import StackedSeeds
+from rql_cli.core.seed_stack import StackedActing, StackedSeeds
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint import load_agent, load_tensors
 from rql_cli.io.group_record import read_group_record, seed_dir
@@ -140,6 +141,41 @@ def test_one_stacked_update_equals_each_agents_own(points):
             assert (ours_state[index]["exp_avg_sq"] - state["exp_avg_sq"]).abs().max() < TOLERANCE
 
 
+def test_stacked_acting_draws_each_seeds_noise_and_gives_its_own_chunks():
+    agent_config = RQLConfig(actor_hidden_dims=[16, 16], value_hidden_dims=[16], ensemble_size=2, horizon=3,
+                             flow_steps=4)
+    agents = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        agents.append(RQLAgent(agent_config, obs_dim=5, action_dim=2, device=torch.device("cpu")))
+    observations = {0: torch.randn(3, 5), 2: torch.randn(1, 5)}  # seed index 1 needs no chunk this call
+    generators = [torch.Generator().manual_seed(10 + m) for m in range(3)]
+    own_generators = [torch.Generator().manual_seed(10 + m) for m in range(3)]
+    chunks = StackedActing(agents).act(observations, generators)
+    assert set(chunks) == {0, 2}
+    for member, obs in observations.items():
+        alone = agents[member].act(obs, own_generators[member])
+        assert chunks[member].shape == alone.shape == (obs.shape[0], 3, 2)
+        assert (chunks[member] - alone).abs().max() < TOLERANCE
+    for ours, theirs in zip(generators, own_generators):  # each drew exactly what its own act drew
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_a_groups_periodic_evaluation_gives_each_seed_its_episodes_alone(data, tmp_path):
+    from rql_cli.evaluation import evaluate_agent
+    from rql_cli.io.resolve import load_checkpoint
+
+    settings = dict(steps=4, eval_interval=4, eval_episodes=2, save_interval=4)  # one env each: 2 workers in all
+    train_group(config(**settings), data, tmp_path / "group", [2, 0])
+    for seed in (0, 2):
+        with open(seed_dir(tmp_path / "group", seed) / "eval.csv") as handle:
+            [row] = list(csv.DictReader(handle))
+        loaded = load_checkpoint(str(seed_dir(tmp_path / "group", seed)))  # the weights the evaluation saw
+        alone = evaluate_agent(loaded.agent, loaded.meta.task_name, config(seed=seed, **settings), 4)
+        assert (float(row["success_rate"]), float(row["mean_return"])) == pytest.approx(
+            (alone.success_rate, alone.mean_return), rel=1e-6), seed
+
+
 class _StopAt(TrainObserver):
     """Sends this process SIGTERM when the loop logs ``step``, as `kill` would."""
 
@@ -225,6 +261,46 @@ def test_rql_eval_of_a_group_reports_each_seed_and_the_mean_over_seeds(cli_group
     assert set(payload["seeds"]) == {"3", "5"}
     rates = [payload["seeds"][s]["tasks"][0]["success_rate"] for s in ("3", "5")]
     assert payload["across_seeds"][0]["mean_success_rate"] == pytest.approx(sum(rates) / 2)
+
+
+def test_rql_eval_of_a_group_gives_each_seed_the_episodes_of_its_own_eval(cli_group, monkeypatch):
+    """All seeds' envs together: each seed's policy sees the observations it sees alone (which depend on
+    every action it took before), and the episodes end alike."""
+    from rql_cli.envs import policy
+    from rql_cli.evaluation import evaluate_checkpoint, evaluate_group
+    from rql_cli.io.resolve import load_checkpoint
+
+    seen: dict[str, list] = {"together": [[], []], "alone": []}
+    seed_policies, chunk_policy = policy.seed_policies, policy.chunk_policy
+
+    def watched_seed_policies(*args, **kwargs):
+        inner = seed_policies(*args, **kwargs)
+        def policies(rows):
+            for member, obs in rows.items():
+                seen["together"][member].append(obs.copy())
+            return inner(rows)
+        return policies
+
+    def watched_chunk_policy(*args, **kwargs):
+        inner = chunk_policy(*args, **kwargs)
+        def act(obs):
+            seen["alone"].append(obs.copy())
+            return inner(obs)
+        return act
+
+    monkeypatch.setattr(policy, "seed_policies", watched_seed_policies)
+    monkeypatch.setattr(policy, "chunk_policy", watched_chunk_policy)
+    options = dict(tasks=[None], episodes=3, seed=4, num_envs=2)  # 3 episodes on 2 envs per seed
+    together = evaluate_group(cli_group, torch.device("cpu"), best=False, together=True, **options)
+    for member, seed in enumerate((3, 5)):
+        seen["alone"] = []
+        alone = evaluate_checkpoint(load_checkpoint(str(seed_dir(cli_group, seed))), **options)
+        ours, theirs = together.reports[seed].tasks[0], alone.tasks[0]
+        assert (ours.seeds, ours.successes, ours.returns, ours.lengths, ours.policy_rows) == (
+            theirs.seeds, theirs.successes, theirs.returns, theirs.lengths, theirs.policy_rows)
+        assert len(seen["together"][member]) == len(seen["alone"]) == ours.policy_calls > 0
+        for got, expected in zip(seen["together"][member], seen["alone"], strict=True):
+            assert np.array_equal(got, expected), seed
 
 
 def test_a_group_seed_folder_is_an_ordinary_run_for_eval_and_rollout(cli_group, tmp_path):

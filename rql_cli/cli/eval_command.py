@@ -103,17 +103,19 @@ def eval_command(
 
 def _eval_group(folder: Path, device: torch.device, *, save: bool, best: bool, json_path: Path | None, quiet: bool,
                 **options: Any) -> None:
-    """``rql eval`` of a seed group: every seed in turn, then a table of seeds and their mean."""
+    """``rql eval`` of a seed group: every seed at once, then a table of seeds and their mean."""
     from rql_cli.evaluation import evaluate_group
+    from rql_cli.io.group_record import read_group_record
 
     if save:
         raise RQLError("--save writes one checkpoint's metrics.json; evaluate a seed's folder (OUT/seed_S) to save "
                        "its result.")
+    seeds = len(read_group_record(folder).seeds)
     with make_progress(quiet) as progress:
-        bar = progress.add_task("eval", total=options["episodes"], rate="", info="")
+        bar = progress.add_task("eval", total=options["episodes"] * seeds, rate="", info="")
         evaluation = evaluate_group(
             folder, device, best=best,
-            seed_started=lambda seed: progress.update(bar, completed=0, description=f"eval seed {seed}"),
+            on_task_start=lambda number: progress.update(bar, completed=0, description=f"eval task {number}"),
             on_episode=lambda shown: progress.update(bar, completed=shown.done,
                                                      info=f"success {pct(shown.success_rate)}"),
             **options,

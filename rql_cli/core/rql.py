@@ -141,12 +141,12 @@ class RQLAgent(nn.Module):
 
     def _draw_value_noise(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         depth = sample_reversal_depth(batch_size, self.config.flow_steps, generator, self.device)
-        return depth, self._noise(batch_size, generator)
+        return depth, self.chunk_noise(batch_size, generator)
 
     def _draw_policy_noise(
         self, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        noise = self._noise(batch_size, generator)
+        noise = self.chunk_noise(batch_size, generator)
         flow_time = torch.rand(batch_size, 1, generator=generator, device=self.device)
         depth = None
         if self.config.policy_loss_points == "reversed":
@@ -306,9 +306,10 @@ class RQLAgent(nn.Module):
         Evaluation uses the EMA velocity field; online data collection uses the online one.
         """
         field = self.velocity_target if use_ema else self.velocity
-        noise = self._noise(obs.shape[0], generator)
+        noise = self.chunk_noise(obs.shape[0], generator)
         chunk = euler_generate(field, obs, noise, self.config.flow_steps)
         return chunk.clamp(-1.0, 1.0).view(obs.shape[0], self.config.horizon, self.action_dim)
 
-    def _noise(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    def chunk_noise(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Flow noise x^0 ~ N(0, I), (batch_size, h * A), drawn from ``generator`` as ``act`` draws it."""
         return torch.randn(batch_size, self.chunk_dim, generator=generator, device=self.device)

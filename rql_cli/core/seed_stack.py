@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from rql_cli.core.batch import ChunkBatch
+from rql_cli.core.flow import euler_generate
 from rql_cli.core.rql import RQLAgent, StepNoise
 
 BATCH_FIELDS = tuple(f.name for f in fields(ChunkBatch))
@@ -194,6 +195,49 @@ class SequentialSeeds:
 
 
 SeedUpdate = StackedSeeds | SequentialSeeds
+
+
+class StackedActing:
+    """N agents' EMA velocity fields acting as one: a single vmapped Euler integration for all seeds.
+
+    The weights are stacked once (a copy: build one per evaluation). Each seed's flow noise is drawn
+    from its own generator exactly as ``RQLAgent.act`` draws it, so the chunks equal each seed's own
+    ``act`` up to the order of float sums inside the batched matmuls.
+    """
+
+    def __init__(self, agents: Sequence[RQLAgent]):
+        self.agents = list(agents)
+        template = self.agents[0]
+        self.field = template.velocity_target
+        self.params = {name: torch.stack([agent.velocity_target.get_parameter(name).detach() for agent in self.agents])
+                       for name, _ in self.field.named_parameters()}
+        self._generate = torch.func.vmap(self._one_seed)
+
+    def _one_seed(self, params: dict[str, torch.Tensor], obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        def velocity(o: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(self.field, params, (o, x, t))
+
+        return euler_generate(velocity, obs, noise, self.agents[0].config.flow_steps)
+
+    @torch.no_grad()
+    def act(
+        self, observations: dict[int, torch.Tensor], generators: Sequence[torch.Generator]
+    ) -> dict[int, torch.Tensor]:
+        """Chunks (n_m, h, A) in [-1, 1] for the observations (n_m, obs_dim) of each seed index m given.
+
+        Seeds not in ``observations`` draw no noise; the others' rows are padded to the longest with
+        zeros (their chunks are dropped), so the batched call has one shape per row count.
+        """
+        template = self.agents[0]
+        rows = max(obs.shape[0] for obs in observations.values())
+        obs_batch = torch.zeros(len(self.agents), rows, template.obs_dim, device=template.device)
+        noise_batch = torch.zeros(len(self.agents), rows, template.chunk_dim, device=template.device)
+        for member, obs in observations.items():
+            obs_batch[member, : obs.shape[0]] = obs
+            noise_batch[member, : obs.shape[0]] = self.agents[member].chunk_noise(obs.shape[0], generators[member])
+        chunks = self._generate(self.params, obs_batch, noise_batch).clamp(-1.0, 1.0)
+        return {member: chunks[member, : obs.shape[0]].view(obs.shape[0], template.config.horizon, template.action_dim)
+                for member, obs in observations.items()}
 
 
 def _target_name(online_name: str) -> str:

@@ -16,7 +16,7 @@ import math
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +138,14 @@ def _single_policy_thread(env_count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+MemberPolicies = Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]]
+"""Several policies asked at once (``evaluate_members``): ``{member: obs (n, obs_dim) float32}`` for the
+members whose envs need chunks now (n >= 1) -> ``{member: chunks (n, h, A)}`` for the same members."""
+
+MemberEpisodeCallback = Callable[[int, EpisodeProgress], None]
+"""on_episode(member, progress): after each finished episode of that member."""
+
+
 def evaluate(
     policy_fn: PolicyFn,
     task_name: str | ParsedName,
@@ -172,32 +180,98 @@ def evaluate(
     Returns:
         EvalResult. Success is the final step's ``info['success']``; return is the sum of rewards.
     """
-    env_count = _checked_env_count(episodes, num_envs, max_episode_steps)
-    parsed = parse_task_name(task_name)
-    task_number = parsed.resolve_task(task)
+    [result] = evaluate_members(
+        lambda rows: {0: policy_fn(rows[0])}, [seed], task_name, task, episodes=episodes, num_envs=num_envs,
+        together=True, on_episode=None if on_episode is None else lambda _member, progress: on_episode(progress),
+        max_episode_steps=max_episode_steps, check_fit=check_fit,
+    )
+    return result
 
+
+def evaluate_members(
+    policies: MemberPolicies,
+    seeds: Sequence[int],
+    task_name: str | ParsedName,
+    task: int | None = None,
+    *,
+    episodes: int = 50,
+    num_envs: int | None = None,
+    together: bool | None = None,
+    on_episode: MemberEpisodeCallback | None = None,
+    max_episode_steps: int | None = None,
+    check_fit: Callable[[int, int, str], None] | None = None,
+) -> list[EvalResult]:
+    """``evaluate`` for several policies (members: the seeds of a group), each exactly as alone.
+
+    Member m runs its ``episodes`` episodes on its own ``num_envs`` envs, reset with seeds
+    ``seeds[m] + i``, exactly as ``evaluate`` would run it alone: its policy is asked for the same rows
+    at the same steps, so its flow noise is drawn alike. ``together``: every member's envs step as one
+    vector env, and each step asks ``policies`` once for all members that need chunks (a stacked policy
+    then acts for every seed in one batched forward pass); False: one member after another. None:
+    together when every env of all members gets a core of its own (each env then runs in a worker
+    process; more workers than cores were measured slower than one member after another, see
+    docs/experiments.md).
+
+    Returns:
+        One EvalResult per member, in ``seeds``' order (together: ``wall_time_s`` and ``startup_time_s``
+        are the shared run's).
+    """
+    from rql_cli.device import usable_cores
+
+    per_member = _checked_env_count(episodes, num_envs, max_episode_steps)
+    if not seeds:
+        raise ValueError("evaluate_members needs at least one member.")
+    if together is None:
+        together = per_member * len(seeds) <= usable_cores()
+    groups = [list(range(len(seeds)))] if together else [[m] for m in range(len(seeds))]
+    results: list[EvalResult] = []
+    for members in groups:
+
+        def asked(rows: dict[int, np.ndarray], members: list[int] = members) -> dict[int, np.ndarray]:
+            chunks = policies({members[i]: obs for i, obs in rows.items()})
+            return {i: chunks[members[i]] for i in rows}
+
+        def ended(i: int, progress: EpisodeProgress, members: list[int] = members) -> None:
+            if on_episode is not None:
+                on_episode(members[i], progress)
+
+        results += _run_members(asked, [seeds[m] for m in members], parse_task_name(task_name), task_name, task,
+                                episodes, per_member, ended, max_episode_steps, check_fit)
+        check_fit = None  # once is enough: every member runs in the same env
+    return results
+
+
+def _run_members(
+    policies: MemberPolicies, seeds: list[int], parsed: ParsedName, task_name: str | ParsedName, task: int | None,
+    episodes: int, per_member: int, on_episode: MemberEpisodeCallback, max_episode_steps: int | None,
+    check_fit: Callable[[int, int, str], None] | None,
+) -> list[EvalResult]:
+    """Run every member of ``seeds`` in one vector env of ``per_member`` envs each (see ``evaluate_members``)."""
+    task_number = parsed.resolve_task(task)
     started = time.perf_counter()
-    vector_env = _make_vector_env(parsed, task_number, max_episode_steps, env_count)
+    vector_env = _make_vector_env(parsed, task_number, max_episode_steps, per_member * len(seeds))
     failed = True
     try:
         if check_fit is not None:
             # The error names the env as the caller did (a TaskName: its resolved singletask name).
             shown = task_name if isinstance(task_name, str) else parsed.env_id(task_number)
             check_fit(*_vector_env_dims(vector_env), shown)
-        tally = _EpisodeTally(episodes, seed, env_count, on_episode)
-        first_seeds: list[int | None] = [*tally.seeds[:env_count]]
+        tallies = [_EpisodeTally(episodes, seed, per_member, functools.partial(on_episode, member))
+                   for member, seed in enumerate(seeds)]
+        first_seeds: list[int | None] = [s for tally in tallies for s in tally.seeds[:per_member]]
         observations, _ = vector_env.reset(seed=first_seeds)
         startup_time = time.perf_counter() - started
-        with _single_policy_thread(env_count):
-            policy_calls, policy_rows = _run_until_counted(vector_env, policy_fn, observations, tally)
+        with _single_policy_thread(per_member * len(seeds)):
+            _run_until_counted(vector_env, policies, observations, tallies)
         failed = False
     finally:
         _close_vector_env(vector_env, terminate=failed)
-    return _eval_result(
-        tally, parsed, task_number, time_limit=max_episode_steps or episode_limit(parsed), num_envs=env_count,
-        wall_time=time.perf_counter() - started, startup_time=startup_time,
-        policy_calls=policy_calls, policy_rows=policy_rows,
-    )
+    wall_time = time.perf_counter() - started
+    return [
+        _eval_result(tally, parsed, task_number, time_limit=max_episode_steps or episode_limit(parsed),
+                     num_envs=per_member, wall_time=wall_time, startup_time=startup_time)
+        for tally in tallies
+    ]
 
 
 def _checked_env_count(episodes: int, num_envs: int | None, max_episode_steps: int | None) -> int:
@@ -253,6 +327,7 @@ class _EpisodeTally:
         slot_episode: (E,) int, the episode env ``i`` runs, or -1 once it has nothing left to run
             (it keeps stepping with zero actions, since a vector env steps all envs together, but
             nothing it does is counted).
+        policy_calls, policy_rows: how often the policy was asked for chunks, and for how many rows.
     """
 
     def __init__(self, episodes: int, seed: int, env_count: int, on_episode: EpisodeCallback | None):
@@ -265,6 +340,7 @@ class _EpisodeTally:
         self.finished = self.solved = 0
         self.success_reported = False
         self.on_episode = on_episode
+        self.policy_calls = self.policy_rows = 0
 
     @property
     def active(self) -> np.ndarray:
@@ -310,36 +386,59 @@ class _EpisodeTally:
 
 
 def _run_until_counted(
-    vector_env: VectorEnv, policy_fn: PolicyFn, observations: np.ndarray, tally: _EpisodeTally
-) -> tuple[int, int]:
-    """Step all envs until every episode is counted; returns (policy calls, policy rows).
+    vector_env: VectorEnv, policies: MemberPolicies, observations: np.ndarray, tallies: list[_EpisodeTally]
+) -> None:
+    """Step all envs until every member's episodes are counted.
 
-    observations: (E, obs_dim), the envs' first observations after their reset.
+    Member m owns envs ``m * E .. m * E + E - 1`` of ``vector_env`` (E = each tally's env count).
+    observations: (M * E, obs_dim), the envs' first observations after their reset.
     """
     space = as_box(vector_env.single_action_space, "The env's action space")
-    queue = ChunkQueue(len(tally.slot_episode), space.shape[0])
-    policy_calls = policy_rows = 0
-    while tally.active.any():
-        rows = queue.refill(policy_fn, observations, tally.active)
-        policy_calls += int(rows > 0)
-        policy_rows += rows
-        actions = np.clip(queue.pop_actions(tally.active), space.low, space.high)
+    per_member = len(tallies[0].slot_episode)
+    queue = ChunkQueue(per_member * len(tallies), space.shape[0])
+    while True:
+        active = np.concatenate([tally.active for tally in tallies])
+        if not active.any():
+            return
+        _refill(queue, policies, observations, active, tallies)
+        actions = np.clip(queue.pop_actions(active), space.low, space.high)
         observations, rewards, terminated, truncated, infos = vector_env.step(actions)
         done = np.logical_or(terminated, truncated)
         reset_seeds: list[int | None] = [None] * len(done)
-        for i in tally.record_step(rewards, done, infos):
-            queue.clear(i)
-            reset_seeds[i] = tally.hand_out(i)
-        if done.any() and tally.active.any():
+        for member, tally in enumerate(tallies):
+            own = slice(member * per_member, (member + 1) * per_member)
+            member_infos = {key: value[own] for key, value in infos.items()}
+            for i in tally.record_step(rewards[own], done[own], member_infos):
+                queue.clear(own.start + i)
+                reset_seeds[own.start + i] = tally.hand_out(i)
+        if done.any() and any(tally.active.any() for tally in tallies):
             # Every finished env is reset, idle ones included (seed None continues their RNG):
             # with autoreset disabled a finished env must not be stepped again.
             observations, _ = vector_env.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
-    return policy_calls, policy_rows
+
+
+def _refill(
+    queue: ChunkQueue, policies: MemberPolicies, observations: np.ndarray, active: np.ndarray,
+    tallies: list[_EpisodeTally],
+) -> None:
+    """Ask ``policies`` once for the chunks of every env that needs one, grouped by member."""
+    needy = np.asarray(queue.needs(active), dtype=np.int64)
+    if needy.size == 0:
+        return
+    per_member = len(tallies[0].slot_episode)
+    owners = needy // per_member
+    rows = {int(m): np.ascontiguousarray(observations[needy[owners == m]], dtype=np.float32)
+            for m in np.unique(owners)}
+    chunks = policies(rows)
+    for member, member_rows in rows.items():
+        queue.fill(needy[owners == member].tolist(), chunks[member])
+        tallies[member].policy_calls += 1
+        tallies[member].policy_rows += len(member_rows)
 
 
 def _eval_result(
     tally: _EpisodeTally, parsed: ParsedName, task: int, *, time_limit: int, num_envs: int,
-    wall_time: float, startup_time: float, policy_calls: int, policy_rows: int,
+    wall_time: float, startup_time: float,
 ) -> EvalResult:  # fmt: skip
     """The EvalResult of a finished tally; times in seconds."""
     versions = env_versions(parsed)
@@ -370,8 +469,8 @@ def _eval_result(
         wall_time_s=wall_time,
         startup_time_s=startup_time,
         env_steps=int(tally.lengths.sum()),
-        policy_calls=policy_calls,
-        policy_rows=policy_rows,
+        policy_calls=tally.policy_calls,
+        policy_rows=tally.policy_rows,
         versions=versions,
         success_reported=tally.success_reported,
         normalized_score=normalized,

@@ -1,12 +1,16 @@
-"""Turning an agent into the numpy policy function the evaluators call."""
+"""Turning agents into the numpy policy functions the evaluators call."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from rql_cli.core.rql import RQLAgent
+from rql_cli.core.seed_stack import StackedActing
 from rql_cli.envs.chunks import PolicyFn
+from rql_cli.envs.evaluate import MemberPolicies
 
 
 def chunk_policy(agent: RQLAgent, generator: torch.Generator, use_ema: bool = True) -> PolicyFn:
@@ -24,3 +28,27 @@ def chunk_policy(agent: RQLAgent, generator: torch.Generator, use_ema: bool = Tr
         return agent.act(batch, generator, use_ema=use_ema).cpu().numpy()
 
     return policy
+
+
+def seed_policies(agents: Sequence[RQLAgent], generators: Sequence[torch.Generator], stacked: bool) -> MemberPolicies:
+    """Several agents (a group's seeds) as the policies ``evaluate_members`` asks together, EMA fields.
+
+    Args:
+        agents: agents of one config on one device; member m is ``agents[m]``.
+        generators: member m's flow noise comes from ``generators[m]``, drawn as ``chunk_policy`` draws it.
+        stacked: one batched forward pass for every member that needs chunks (``StackedActing``: on a
+            GPU, N seeds for about the kernels of one); False: each agent's own ``act`` in turn, the
+            numbers of ``chunk_policy`` exactly (on a CPU, where the matmuls already fill the cores).
+    """
+    device = agents[0].device
+    acting = StackedActing(agents) if stacked else None
+
+    def policies(rows: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        observations = {m: torch.as_tensor(obs, device=device) for m, obs in rows.items()}
+        if acting is not None:
+            chunks = acting.act(observations, generators)
+        else:
+            chunks = {m: agents[m].act(obs, generators[m]) for m, obs in observations.items()}
+        return {m: chunk.cpu().numpy() for m, chunk in chunks.items()}
+
+    return policies

@@ -22,6 +22,7 @@ from rql_cli.core.seed_stack import SeedUpdate, SequentialSeeds, StackedSeeds
 from rql_cli.data.sources import DataSpec
 from rql_cli.device import resolve_device
 from rql_cli.errors import NonFiniteLossError, RQLError
+from rql_cli.evaluation import evaluate_agents
 from rql_cli.io.group_record import GroupRecord, read_group_record, seed_dir, write_group_record
 from rql_cli.io.run_lock import RunLock
 from rql_cli.results import EpisodeProgress, EvalResult
@@ -35,6 +36,7 @@ from rql_cli.training.session import (
     RunSession,
     build_session,
     check_resume,
+    guarded_evaluation,
     latest_checkpoint_meta,
     resume_command,
     start_session,
@@ -177,13 +179,24 @@ class GroupSession:
         return self.run_dir
 
     def evaluate_and_save(self, observer: TrainObserver) -> EvalResult | None:
-        """Evaluate and save every training seed in turn (each with its own episodes' seeds); None, as
-        the group has no single result (``rql eval --checkpoint OUT`` gives each seed and the mean)."""
-        for seed, member in self.active.items():
-            member.evaluate_and_save(_SeedObserver(observer, seed))
+        """Evaluate every training seed at once (each with its own episodes and noise, as alone), record
+        and save each; None, as the group has no single result (``on_seed_eval`` reported each seed's)."""
+        active = self.active
+        results: list[EvalResult] | None = None
+        if self.config.eval_episodes > 0:
+            observer.on_eval_start(self.position, self.config.eval_episodes * len(active))
+            results = guarded_evaluation(
+                lambda: evaluate_agents(
+                    [m.agent for m in active.values()], self.source.task_name, [m.config for m in active.values()],
+                    self.position, stacked=isinstance(self.update, StackedSeeds), on_episode=observer.on_eval_episode,
+                ),
+                self.stop, lambda: self.save(observer), self.resume_command(),
+            )
+        for index, (seed, member) in enumerate(active.items()):
+            member.record_and_save(None if results is None else results[index], _SeedObserver(observer, seed))
         self.last_checkpoint, self.saved_at = self.run_dir, self.position
         observer.on_checkpoint(self.position, self.run_dir)
-        return None  # no one seed's result stands for the group: each was reported (on_seed_eval)
+        return None
 
     def resume_command(self) -> str:
         return resume_command(self.run_dir)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -224,38 +225,31 @@ class RunSession:
         worker processes): the checkpoint of this step matters more. Any other failure saves the
         step's checkpoint first and names the command that continues.
         """
-        config, agent, position = self.config, self.agent, self.position
-        result, report = None, None
-        if config.eval_episodes > 0:
-            observer.on_eval_start(position, config.eval_episodes)
-            try:
-                with self.stop.interruptible():
-                    result = evaluate_agent(agent, self.source.task_name, config, position,
-                                            on_episode=observer.on_eval_episode)
-            except StopNow:
-                pass
-            except Exception as error:
-                if not self.stop.requested:
-                    raise self._evaluation_failed(error, self.save(observer)) from error
+        result = None
+        if self.config.eval_episodes > 0:
+            observer.on_eval_start(self.position, self.config.eval_episodes)
+            result = guarded_evaluation(
+                lambda: evaluate_agent(self.agent, self.source.task_name, self.config, self.position,
+                                       on_episode=observer.on_eval_episode),
+                self.stop, lambda: self.save(observer), self.resume_command(),
+            )
+        return self.record_and_save(result, observer)
+
+    def record_and_save(self, result: EvalResult | None, observer: TrainObserver) -> EvalResult | None:
+        """Write this step's evaluation (None: none was made) to the run's files and loggers, then save."""
+        report = None
         if result is not None:
-            self.logs["eval"].append(eval_row(position, result, self.wall_time()))
+            self.logs["eval"].append(eval_row(self.position, result, self.wall_time()))
             for logger in self.loggers:
-                logger.log_eval(position, result)
-            observer.on_eval(position, result)
+                logger.log_eval(self.position, result)
+            observer.on_eval(self.position, result)
             report = EvaluationReport(
-                checkpoint=str(checkpoint_dir(self.run_dir, position)), dataset=self.meta.dataset,
-                step=agent.step, device=str(agent.device), tasks=[result],
+                checkpoint=str(checkpoint_dir(self.run_dir, self.position)), dataset=self.meta.dataset,
+                step=self.agent.step, device=str(self.agent.device), tasks=[result],
             )
         self.save(observer, report)
         self.source.plot(self)
         return result
-
-    def _evaluation_failed(self, error: Exception, saved: Path) -> RQLError:
-        return RQLError(
-            f"The evaluation at this step failed ({type(error).__name__}: {error}); the checkpoint of the "
-            f"step is saved at {saved}. Fix the cause, then continue with `{self.resume_command()}` (or "
-            "evaluate less often with --eval-episodes 0)."
-        )
 
     def start_info(self) -> dict[str, Any]:
         """What an observer's ``on_start`` gets."""
@@ -266,6 +260,33 @@ class RunSession:
             parameters=sum(p.numel() for p in agent.parameters()) // 2,  # online networks only
             runtime=self.runtime.to_dict() if self.runtime else None, **self.source.start_info(agent),
         )
+
+
+T = TypeVar("T")
+
+
+def guarded_evaluation(
+    evaluation: Callable[[], T], stop: StopSignals, save: Callable[[], Path], resume: str
+) -> T | None:
+    """Run a periodic ``evaluation``; None when Ctrl-C or SIGTERM stopped it.
+
+    A signal stops it at once and drops it (it may also have broken its worker processes): the
+    checkpoint of this step matters more. Any other failure calls ``save`` (the step's checkpoint)
+    first and raises an RQLError naming where it went and the ``resume`` command.
+    """
+    try:
+        with stop.interruptible():
+            return evaluation()
+    except StopNow:
+        return None
+    except Exception as error:
+        if stop.requested:
+            return None
+        raise RQLError(
+            f"The evaluation at this step failed ({type(error).__name__}: {error}); the checkpoint of the "
+            f"step is saved at {save()}. Fix the cause, then continue with `{resume}` (or evaluate less "
+            "often with --eval-episodes 0)."
+        ) from error
 
 
 def resume_command(run_dir: Path, command: str = "rql train") -> str:
