@@ -11,6 +11,10 @@ shapes: obs 28, action 5, episodes of 1000 transitions); sampling and the update
     python benchmarks/train_throughput.py --load 1                 # beside one busy process
     python benchmarks/train_throughput.py --config small-cpu --profile   # where the time goes
     python benchmarks/train_throughput.py --device cuda --modes eager,compiled,graphs --config paper
+    python benchmarks/train_throughput.py --modes compiled,compiled@default,compiled@oneDNN   # CPU matmul routes
+
+A mode alone measures what ``rql train`` does by default (on a CPU: the matmul route it measures and
+caches, ``rql_cli.training.matmul_route``); ``MODE@default`` and ``MODE@oneDNN`` force one route.
 
 ``--compare REV`` checks REV out into a temporary git worktree and runs the same measurement with
 that tree's ``rql_cli`` first on the path (an older tree runs eager, with its own thread handling).
@@ -89,6 +93,8 @@ def synthetic_dataset(device: Any) -> Any:
 def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: int, profile: bool) -> dict:
     import torch
 
+    mode, _, forced_route = mode.partition("@")
+
     import rql_cli
     from rql_cli import config as config_module
     from rql_cli.core.rql import RQLAgent
@@ -122,10 +128,19 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
     else:
         threads, governor = configure_threads(threads_requested, device)
         poll = governor.poll if governor else poll
+        if (package / "training" / "matmul_route.py").is_file():
+            from rql_cli.training.matmul_route import ROUTE_PRECISION, choose_matmul_route
+
+            if forced_route:
+                torch.set_float32_matmul_precision(ROUTE_PRECISION[forced_route])
+                runtime_info["matmul"] = forced_route
+            else:
+                route = choose_matmul_route("highest", device, config, dataset.obs_dim, dataset.action_dim)
+                runtime_info["matmul"] = f"{route.route} ({route.how})"
         choice = {"eager": "off", "compiled": "on", "graphs": "graphs"}[mode]
         report = prepare_update(agent, choice, 10**9, sampler.sample(config.batch_size, make_generator(device, 9)))
         compile_seconds = report.seconds
-        runtime_info = dict(threads=threads.to_dict())
+        runtime_info["threads"] = threads.to_dict()
 
     def run(count: int) -> None:
         for _ in range(count):
@@ -266,9 +281,10 @@ def print_table(name: str, variants: list, results: dict) -> None:
         thread_text = (f"{threads.get('threads')} of {threads.get('usable_cores')}"
                        f"{' adaptive' if threads.get('adaptive') else ''}, {good[-1]['threads_at_end']} at end"
                        if threads else f"{good[-1]['threads_at_end']} (fixed)")
+        matmul = f"; matmuls {good[-1]['matmul']}" if good[-1].get("matmul") else ""
         print(f"  {label:14s} {mode:9s} {f'{median:.2f}{ratio} [{spread}]':34s} "
               f"{statistics.median(r['gflops'] for r in good):8.0f} {good[-1]['compile_seconds']:9.1f} "
-              f"{good[-1]['peak_mib']:8.0f}  {thread_text}")
+              f"{good[-1]['peak_mib']:8.0f}  {thread_text}{matmul}")
         if good[-1].get("profile"):
             print(good[-1]["profile"])
 

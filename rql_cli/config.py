@@ -217,6 +217,12 @@ class RunConfig(_Fields):
         0,
         "CPU threads for the maths: 0 adapts to the cores other processes leave free; N fixes N.",
     )
+    matmul_precision: str = _field(
+        "highest",
+        "fp32 matmul precision: 'highest' keeps full fp32 (on a CPU through the faster of MKL and oneDNN, "
+        "measured once per machine, oneDNN only if as accurate); 'high'/'medium' allow TF32 on GPUs and "
+        "bf16 on CPUs that have it.",
+    )
     log_to: str = _field(
         "",
         "Loggers besides metrics.csv, eval.csv and curves.png, comma separated: 'tensorboard' (RUN/tensorboard/, "
@@ -282,6 +288,8 @@ class RunConfig(_Fields):
             (self.compile in COMPILE_CHOICES, f"compile must be one of {', '.join(COMPILE_CHOICES)}", self.compile),
             (all(name in LOGGER_CHOICES for name in self.loggers),
              f"log_to takes {', '.join(LOGGER_CHOICES)}, comma separated", self.log_to),
+            (self.matmul_precision in MATMUL_PRECISION_CHOICES,
+             f"matmul_precision must be one of {', '.join(MATMUL_PRECISION_CHOICES)}", self.matmul_precision),
             (self.group_update in GROUP_UPDATE_CHOICES,
              f"group_update must be one of {', '.join(GROUP_UPDATE_CHOICES)}", self.group_update),
         ])
@@ -319,6 +327,7 @@ COMPILE_CHOICES = ("auto", "off", "on", "graphs")
 LOGGER_CHOICES = ("tensorboard", "wandb")
 """Loggers ``log_to`` names (``rql_cli.training.loggers`` writes them)."""
 GROUP_UPDATE_CHOICES = ("auto", "stacked", "sequential")
+MATMUL_PRECISION_CHOICES = ("highest", "high", "medium")
 """Values of the ``group_update`` field (``rql_cli.training.group`` says what each runs)."""
 
 MAX_HIDDEN_LAYERS = 64

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Every run of the suite (here and in the `rql` processes it starts) on torch's default fp32 matmul route:
+# a route measured while other tests load the cores could differ between two runs a test compares bit
+# for bit. tests/test_matmul_route.py measures and chooses for real.
+os.environ.setdefault("RQL_MATMUL_ROUTE", "default")
 CALLERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # read before any test can compile
 
 TINY_NAME = "cube-single-play-v0"

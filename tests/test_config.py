@@ -176,6 +176,7 @@ def test_the_agent_config_is_what_defines_the_agent_and_the_run_config_how_a_run
     assert set(RUN_FIELDS) == {
         "steps", "eval_interval", "eval_episodes", "eval_envs", "log_interval", "keep_checkpoints", "save_interval",
         "seed", "device", "dataset_on_device", "shard_swap_every", "shard_prefetch", "compile", "threads", "log_to",
+        "matmul_precision",
         "group_update",
     }
     assert FIXED_ON_RESUME == {*AGENT_FIELDS, "dataset_on_device"}

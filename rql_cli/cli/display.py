@@ -123,7 +123,22 @@ def runtime_text(runtime: dict[str, Any] | None) -> str:
         text += f"compiled ({compiled['mode']}) in {compiled['seconds']:.1f} s"
     else:
         text += "eager" + (f" ({compiled['fallback']})" if compiled.get("fallback") else "")
-    return text + " (--set compile=... threads=...)[/]"
+    matmul = runtime.get("matmul")
+    if matmul and matmul["how"] != "cuda":
+        text += f"; fp32 matmuls: {matmul_text(matmul)}"
+    return text + " (--set compile=... threads=... matmul_precision=...)[/]"
+
+
+def matmul_text(matmul: dict[str, Any]) -> str:
+    """'oneDNN, 1.18x the default at the same fp32 accuracy (measured)' from a recorded matmul route."""
+    if matmul["how"] == "asked":
+        return f"precision {matmul['precision']}, as asked"
+    if matmul["how"].startswith("set by"):
+        return f"{matmul['route']} route, {matmul['how']}"
+    if matmul["route"] == "oneDNN":
+        speedup = matmul["gflops"]["oneDNN"] / matmul["gflops"]["default"]
+        return f"oneDNN, {speedup:.2f}x the default at the same fp32 accuracy ({matmul['how']})"
+    return f"the default route ({matmul['how']})"
 
 
 def lineage_text(lineage: dict[str, Any]) -> str:

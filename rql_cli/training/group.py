@@ -86,7 +86,8 @@ def train_group(
         record.update = "stacked" if isinstance(update, StackedSeeds) else "sequential"
         write_group_record(group_dir, record)
         first = next(iter(members.values())).agent
-        runtime = set_up_runtime(update, config, source.updates_left(first), source.example_batch(first), stop)
+        runtime = set_up_runtime(update, config, source.updates_left(first), source.example_batch(first), stop,
+                                 dims=(first.obs_dim, first.action_dim))
         for seed, member in members.items():
             start_session(member, runtime, previous[seed], None)
         session = GroupSession(config=config, run_dir=group_dir, members=members, update=update, source=source,

@@ -34,6 +34,7 @@ from rql_cli.config import RunConfig
 from rql_cli.core.batch import ChunkBatch
 from rql_cli.device import usable_cores
 from rql_cli.errors import RQLError
+from rql_cli.training.matmul_route import MatmulRoute, choose_matmul_route
 from rql_cli.training.signals import StopNow, StopSignals
 
 POLL_SECONDS = 2.0
@@ -251,6 +252,7 @@ class Runtime:
 
     threads: ThreadSettings
     compile: CompileReport
+    matmul: MatmulRoute | None = None
     governor: ThreadGovernor | None = None
 
     def poll(self) -> None:
@@ -260,20 +262,23 @@ class Runtime:
 
     def to_dict(self) -> dict[str, Any]:
         """What train_config.json records for each start or resume."""
-        return {"threads": self.threads.to_dict(), "compile": self.compile.to_dict()}
+        matmul = {"matmul": self.matmul.to_dict()} if self.matmul else {}
+        return {"threads": self.threads.to_dict(), "compile": self.compile.to_dict(), **matmul}
 
 
 def set_up_runtime(
     agent: Compilable, config: RunConfig, steps_to_run: int, example_batch: ChunkBatch | None,
-    stop: StopSignals | None = None,
+    stop: StopSignals | None = None, *, dims: tuple[int, int],
 ) -> Runtime:
-    """Thread pools for ``config.threads``, then the update compiled for ``config.compile``.
+    """Thread pools for ``config.threads``, the matmul route for ``config.matmul_precision`` (measured on
+    the run's layer shapes, ``dims`` = (obs_dim, action_dim)), then the update compiled for ``config.compile``.
 
     Without an ``example_batch`` (a fine-tuning buffer that starts empty) the update stays eager.
     With ``stop``, a Ctrl-C or SIGTERM during the compile (a cold one takes tens of seconds) abandons
     it at once: the update stays eager and the run stops before its first step.
     """
     threads, governor = configure_threads(config.threads, agent.device)
+    matmul = choose_matmul_route(config.matmul_precision, agent.device, config.agent, *dims)
     if example_batch is None:
         report = CompileReport(choice=config.compile, mode=None, fallback="no batch to compile with")
     elif stop is None:
@@ -285,4 +290,4 @@ def set_up_runtime(
         except StopNow:
             agent.compile_update(None)
             report = CompileReport(choice=config.compile, mode=None, fallback=f"compile stopped by {stop.signal_name}")
-    return Runtime(threads=threads, compile=report, governor=governor)
+    return Runtime(threads=threads, compile=report, matmul=matmul, governor=governor)

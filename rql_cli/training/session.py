@@ -325,7 +325,8 @@ def open_session(
     """
     session = build_session(config, source, lock, stop, device=device, previous=previous, origin=origin)
     agent = session.agent
-    runtime = set_up_runtime(agent, config, source.updates_left(agent), source.example_batch(agent), stop)
+    runtime = set_up_runtime(agent, config, source.updates_left(agent), source.example_batch(agent), stop,
+                             dims=(agent.obs_dim, agent.action_dim))
     start_session(session, runtime, previous, origin)
     return session
 

@@ -1,0 +1,110 @@
+"""The CPU matmul route: measured on the run's shapes, fp32-accurate, cached per machine, recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rql_cli.config import RQLConfig, RunConfig
+from rql_cli.core.batch import ChunkBatch
+from rql_cli.core.rql import RQLAgent
+from rql_cli.errors import ConfigError, RQLError
+from rql_cli.training import matmul_route
+from rql_cli.training.matmul_route import ROUTE_PRECISION, choose_matmul_route, layer_shapes, pick_route
+
+AGENT = RQLConfig(actor_hidden_dims=[64, 64], value_hidden_dims=[64, 64], ensemble_size=2, horizon=3,
+                  flow_steps=4, batch_size=32)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+    """No fixed route, a cache of this test's own, and torch's precision restored afterwards."""
+    monkeypatch.delenv("RQL_MATMUL_ROUTE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    before = torch.get_float32_matmul_precision()
+    yield tmp_path / "rql" / "matmul_routes.json"
+    torch.set_float32_matmul_precision(before)
+
+
+def test_the_route_is_measured_once_then_read_from_the_machines_cache(measured):
+    first = choose_matmul_route("highest", CPU, AGENT, 28, 5)
+    assert first.how == "measured" and set(first.gflops) == set(first.errors) == {"default", "oneDNN"}
+    assert all(rate > 0 for rate in first.gflops.values())
+    assert first.errors["default"] < 1e-5  # fp32 against float64
+    assert torch.get_float32_matmul_precision() == ROUTE_PRECISION[first.route]
+    assert first.route == pick_route(first.gflops, first.errors)
+    [entry] = json.loads(measured.read_text()).values()
+    assert entry["route"] == first.route
+    second = choose_matmul_route("highest", CPU, AGENT, 28, 5)
+    assert second.how == "cached" and second.route == first.route and second.gflops == first.gflops
+    other_shapes = choose_matmul_route("highest", CPU, AGENT.replace(value_hidden_dims=[32]), 28, 5)
+    assert other_shapes.how == "measured" and len(json.loads(measured.read_text())) == 2
+
+
+def test_onednn_is_taken_only_when_faster_and_as_accurate():
+    fp32 = {"default": 4e-7, "oneDNN": 7e-7}
+    assert pick_route({"default": 100.0, "oneDNN": 150.0}, fp32) == "oneDNN"
+    assert pick_route({"default": 100.0, "oneDNN": 102.0}, fp32) == "default"  # within the measurement's noise
+    bf16 = {"default": 4e-7, "oneDNN": 3e-3}
+    assert pick_route({"default": 100.0, "oneDNN": 400.0}, bf16) == "default"  # never lower precision silently
+
+
+def test_a_lower_precision_is_set_as_asked_and_a_fixed_route_skips_measuring(measured, monkeypatch):
+    asked = choose_matmul_route("medium", CPU, AGENT, 28, 5)
+    assert (asked.how, torch.get_float32_matmul_precision()) == ("asked", "medium")
+    monkeypatch.setenv("RQL_MATMUL_ROUTE", "oneDNN")
+    fixed = choose_matmul_route("highest", CPU, AGENT, 28, 5)
+    assert fixed.route == "oneDNN" and fixed.gflops == {} and torch.get_float32_matmul_precision() == "medium"
+    assert not measured.exists()
+    monkeypatch.setenv("RQL_MATMUL_ROUTE", "fast")
+    with pytest.raises(RQLError, match="RQL_MATMUL_ROUTE='fast'"):
+        choose_matmul_route("highest", CPU, AGENT, 28, 5)
+    with pytest.raises(ConfigError, match="matmul_precision"):
+        RunConfig.of(matmul_precision="low").validate()
+
+
+def test_the_layer_shapes_are_the_networks_products():
+    shapes = layer_shapes(AGENT, 28, 5)
+    first_in = 28 + 3 * 5 + 1  # observation, chunk, flow time
+    assert shapes == [(1, 32, first_in, 64), (1, 32, 64, 64), (2, 32, first_in, 64), (2, 32, 64, 64)]
+
+
+def test_onednns_losses_and_gradients_match_the_defaults_within_fp32(measured):
+    torch.manual_seed(0)
+    agent = RQLAgent(AGENT, 28, 5, CPU)
+    g = torch.Generator().manual_seed(1)
+    batch = ChunkBatch(torch.randn(32, 28, generator=g), torch.rand(32, 3, 5, generator=g) * 2 - 1,
+                       -torch.rand(32, 3, generator=g), torch.ones(32, 3), torch.zeros(32, 3),
+                       torch.randn(32, 28, generator=g))
+    noise = agent.draw_noise(32, torch.Generator().manual_seed(2))
+    results = []
+    for setting in ("highest", ROUTE_PRECISION["oneDNN"]):
+        torch.set_float32_matmul_precision(setting)
+        agent.optimizer.zero_grad()
+        losses, _ = agent.loss_terms(batch, noise)
+        losses["total"].backward()
+        results.append((losses, [p.grad.clone() for p in agent.parameters() if p.grad is not None]))
+    (base_losses, base_grads), (losses, grads) = results
+    for name, value in base_losses.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(base_grads) > 0
+    for got, expected in zip(grads, base_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_run_records_and_prints_its_route(tiny_dataset_dir, tmp_path, measured):
+    from cli_checks import invoke
+    from conftest import TINY_NAME
+
+    result = invoke("train", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--steps", "2",
+                    "--eval-episodes", "0", "--device", "cpu", "--out", str(tmp_path / "run"),
+                    "--set", "actor_hidden_dims=[32]", "--set", "value_hidden_dims=[32]", "--set", "batch_size=8")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    matmul = record["history"][0]["runtime"]["matmul"]
+    assert matmul["how"] == "measured" and matmul["route"] in ("default", "oneDNN")
+    assert "fp32 matmuls:" in " ".join(result.output.split())
+    assert record["config"]["matmul_precision"] == "highest"
