@@ -303,6 +303,14 @@ def test_rql_eval_of_a_group_gives_each_seed_the_episodes_of_its_own_eval(cli_gr
             assert np.array_equal(got, expected), seed
 
 
+def test_a_group_folder_where_one_checkpoint_is_needed_names_a_seeds_folder(cli_group, tmp_path):
+    for args in (["rollout", "--checkpoint", str(cli_group), "--episodes", "1"],
+                 ["finetune", "--checkpoint", str(cli_group), "--dataset", TINY_NAME, "--steps", "2",
+                  "--out", str(tmp_path / "ft")]):
+        assert_refused(invoke(*args), "group of 2 seeds", str(seed_dir(cli_group, 3)), f"rql eval --checkpoint {cli_group}")
+    assert not (tmp_path / "ft").exists()
+
+
 def test_a_group_seed_folder_is_an_ordinary_run_for_eval_and_rollout(cli_group, tmp_path):
     member = seed_dir(cli_group, 5)
     assert invoke("eval", "--checkpoint", str(member), "--episodes", "1", "--device", "cpu").exit_code == 0

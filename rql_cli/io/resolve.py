@@ -24,6 +24,7 @@ from rql_cli.io.checkpoint_files import (
     REQUIRED_FILES,
     is_checkpoint_folder,
 )
+from rql_cli.io.group_record import is_group_dir, read_group_record, seed_dir
 from rql_cli.io.hub_ref import HubRef, parse_hub_ref
 from rql_cli.io.metrics import read_metrics
 from rql_cli.io.run_checkpoints import list_checkpoints
@@ -149,6 +150,12 @@ def _resolve_local(path: Path, best: bool) -> tuple[Path, Source] | None:
     if path.is_dir():
         if (path / CONFIG_FILE).is_file():
             return path, "checkpoint"  # missing its weights: read_meta names what is missing
+        if is_group_dir(path):
+            seeds = read_group_record(path).seeds
+            raise CheckpointError(
+                f"{path} is a group of {len(seeds)} seeds (rql train --seeds); name one seed's run folder, e.g. "
+                f"{seed_dir(path, seeds[0])}. `rql eval --checkpoint {path}` evaluates every seed."
+            )
         raise CheckpointError(
             f"{path} is neither a checkpoint folder ({' + '.join(REQUIRED_FILES)}) nor a run folder "
             f"({RUN_FILE} + {CHECKPOINTS}/)."
