@@ -305,10 +305,31 @@ def test_rql_eval_of_a_group_gives_each_seed_the_episodes_of_its_own_eval(cli_gr
 
 def test_a_group_folder_where_one_checkpoint_is_needed_names_a_seeds_folder(cli_group, tmp_path):
     for args in (["rollout", "--checkpoint", str(cli_group), "--episodes", "1"],
-                 ["finetune", "--checkpoint", str(cli_group), "--dataset", TINY_NAME, "--steps", "2",
-                  "--out", str(tmp_path / "ft")]):
+                 ["export", "--checkpoint", str(cli_group), "--out", str(tmp_path / "policy.onnx")]):
         assert_refused(invoke(*args), "group of 2 seeds", str(seed_dir(cli_group, 3)), f"rql eval --checkpoint {cli_group}")
-    assert not (tmp_path / "ft").exists()
+    assert_refused(invoke("finetune", "--checkpoint", str(cli_group), "--online-steps", "10"),
+                   "seed group", "online fine-tuning takes one agent", str(seed_dir(cli_group, 3)))
+    assert not (tmp_path / "policy.onnx").exists()
+
+
+def test_a_group_fine_tuned_offline_is_each_seed_fine_tuned_alone_and_resumes(cli_group, tiny_dataset_dir, tmp_path):
+    common = ["--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--eval-episodes", "0", "--device", "cpu",
+              "--set", "log_interval=1", "--quiet"]
+    group = tmp_path / "ft-group"
+    done = invoke("finetune", "--checkpoint", str(cli_group), "--steps", "3", "--out", str(group), *common)
+    assert done.exit_code == 0, done.output
+    assert read_group_record(group).seeds == [3, 5]
+    for seed in (3, 5):
+        alone = tmp_path / f"ft-{seed}"
+        done = invoke("finetune", "--checkpoint", str(seed_dir(cli_group, seed)), "--steps", "3", "--seed", str(seed),
+                      "--out", str(alone), *common)
+        assert done.exit_code == 0, done.output
+        assert losses(seed_dir(group, seed)) == losses(alone)  # the sequential update: exactly
+        lineage = json.loads((seed_dir(group, seed) / "train_config.json").read_text())["parent"]
+        assert lineage["ref"] == str(seed_dir(cli_group, seed)) and lineage["method"] == "offline"
+    done = invoke("finetune", "--resume", str(group), "--set", "steps=5", "--quiet")
+    assert done.exit_code == 0, done.output
+    assert all(len(losses(seed_dir(group, s))) == 5 for s in (3, 5))
 
 
 def test_a_group_seed_folder_is_an_ordinary_run_for_eval_and_rollout(cli_group, tmp_path):

@@ -24,6 +24,7 @@ from rql_cli.cli.common import (
 from rql_cli.cli.display import FinetuneDisplay, TrainDisplay, print_outcome, stopped_before_training
 from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
+from rql_cli.io.group_record import is_group_dir, read_group_record, seed_dir
 from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
 from rql_cli.io.run_layout import CHECKPOINTS, RUN_FILE, check_new_run_folder, is_run_dir
 from rql_cli.io.run_record import read_run_record, recorded_data_location
@@ -31,6 +32,8 @@ from rql_cli.names import parse_task_name
 from rql_cli.training.signals import StopNow
 
 if TYPE_CHECKING:
+    import torch
+
     from rql_cli.data.sources import DataSpec
     from rql_cli.training.online import FinetuneSettings
 
@@ -78,10 +81,10 @@ def finetune(
 
     Online: each environment step (online velocity field, fresh noise, chunks open loop) goes into
     a replay buffer that starts with the checkpoint's offline dataset; --eval-every counts
-    environment steps. Offline: --dataset and --steps continue training from its weights. The
-    source is never written to: a new run folder records where it came from. Ctrl-C saves a
-    checkpoint with the online buffer; --resume drops the episode that was running and starts a
-    new one.
+    environment steps. Offline: --dataset and --steps continue training from its weights (a seed
+    group's folder: every seed from its own, into a new group). The source is never written to: a
+    new run folder records where it came from. Ctrl-C saves a checkpoint with the online buffer;
+    --resume drops the episode that was running and starts a new one.
 
     Example: rql finetune --checkpoint cube-single-task2-rql-cpu --online-steps 20000 --dataset-dir data
     """
@@ -109,6 +112,10 @@ class _Setup(NamedTuple):
     settings: FinetuneSettings
     data: DataSpec
     run_dir: Path
+    seeds: list[int] | None = None
+    """A seed group's seeds (``rql train --seeds``): each seed is fine-tuned from its own checkpoint."""
+    group: dict[int, LoadedCheckpoint] | None = None
+    """Each seed's checkpoint, for a new group (None when resumed)."""
 
 
 def _refuse_options_on_resume(*given: object) -> None:
@@ -124,9 +131,13 @@ def _resumed(run_dir: Path, overrides: dict[str, Any]) -> _Setup:
     from rql_cli.data.sources import DataSpec
     from rql_cli.training.online import FinetuneSettings
 
-    if not is_run_dir(run_dir):
+    seeds = read_group_record(run_dir).seeds if is_group_dir(run_dir) else None
+    record_dir = run_dir if seeds is None else seed_dir(run_dir, seeds[0])
+    if not is_run_dir(record_dir):
         raise RQLError(f"{run_dir} is not a run folder (it needs {RUN_FILE} and {CHECKPOINTS}/).")
-    record = read_run_record(run_dir)
+    if seeds is not None and "seed" in overrides:
+        raise RQLError("A seed group's seeds are fixed; drop --seed from --resume.")
+    record = read_run_record(record_dir)
     if record.finetune is None:
         raise RQLError(
             f"{run_dir} is not a fine-tuning run (it was made by `rql train`). Continue it with "
@@ -134,7 +145,7 @@ def _resumed(run_dir: Path, overrides: dict[str, Any]) -> _Setup:
         )
     settings = FinetuneSettings.from_dict(record.finetune)
     data = DataSpec(name=record.dataset, **record.data)
-    return _Setup(None, record.config.replace(**overrides), settings, data, run_dir)
+    return _Setup(None, record.config.replace(**overrides), settings, data, run_dir, seeds)
 
 
 def _new(
@@ -159,7 +170,10 @@ def _new(
         raise RQLError("Give --online-steps (online, on the checkpoint's own data) or --dataset (offline), not both.")
     if dataset and "steps" not in overrides:  # the source's run length is not this run's business
         raise RQLError("Continued offline training needs its length: add --steps N (gradient steps).")
-    loaded = load_checkpoint(checkpoint, resolve_device(overrides.get("device", "auto")))
+    device = resolve_device(overrides.get("device", "auto"))
+    is_group = is_group_dir(Path(checkpoint))
+    group = _group_checkpoints(Path(checkpoint), settings, overrides, device) if is_group else None
+    loaded = next(iter(group.values())) if group else load_checkpoint(checkpoint, device)
     # The checkpoint defines the agent; how this run uses the machine starts from the defaults.
     config = RunConfig(agent=loaded.meta.config).replace(**overrides)
     name = dataset or loaded.meta.env_id
@@ -176,19 +190,37 @@ def _new(
         dataset_path=str(dataset_path) if dataset_path else None,
         task=task,
     )
-    return _Setup(loaded, config, settings, data, Path(run_dir))
+    return _Setup(loaded, config, settings, data, Path(run_dir), list(group) if group else None, group)
+
+
+def _group_checkpoints(
+    folder: Path, settings: FinetuneSettings, overrides: dict[str, Any], device: torch.device
+) -> dict[int, LoadedCheckpoint]:
+    """Each seed's latest checkpoint of the group in ``folder``, for continued offline training."""
+    if settings.online_steps > 0:
+        raise RQLError(f"{folder} is a seed group; online fine-tuning takes one agent: name one seed's run folder "
+                       f"(e.g. {seed_dir(folder, read_group_record(folder).seeds[0])}), or continue the whole group "
+                       "offline with --dataset NAME --steps N.")
+    if "seed" in overrides:
+        raise RQLError("Each seed of a group is fine-tuned with its own seed; drop --seed.")
+    return {s: load_checkpoint(str(seed_dir(folder, s)), device) for s in read_group_record(folder).seeds}
 
 
 def _run(
     loaded: LoadedCheckpoint | None, config: RunConfig, settings: FinetuneSettings, data: DataSpec, run_dir: Path,
-    *, resume: bool, quiet: bool,
+    seeds: list[int] | None, group: dict[int, LoadedCheckpoint] | None, *, resume: bool, quiet: bool,
 ) -> None:
     from rql_cli.training.online import finetune as finetune_loop
+    from rql_cli.training.online import finetune_group
 
     display = FinetuneDisplay(quiet) if settings.online_steps > 0 else TrainDisplay(quiet)
     try:
         with display:
-            outcome = finetune_loop(loaded, config, settings, data, run_dir, resume=resume, observer=display)
+            if seeds is None:
+                outcome = finetune_loop(loaded, config, settings, data, run_dir, resume=resume, observer=display)
+            else:
+                outcome = finetune_group(group, config, settings, data, run_dir, seeds, resume=resume,
+                                         observer=display)
     except StopNow:
         stopped_before_training(run_dir, resume)
     print_outcome(outcome, run_dir, "environment steps" if settings.online_steps > 0 else "gradient steps")

@@ -25,6 +25,7 @@ from rql_cli.errors import NonFiniteLossError, RQLError
 from rql_cli.evaluation import evaluate_agents
 from rql_cli.io.group_record import GroupRecord, read_group_record, seed_dir, write_group_record
 from rql_cli.io.run_lock import RunLock
+from rql_cli.io.run_record import RunOrigin
 from rql_cli.results import EpisodeProgress, EvalResult
 from rql_cli.training.loggers import logger_group
 from rql_cli.training.loop import LossWindow, run_loop
@@ -52,11 +53,14 @@ def make_seed_update(choice: str, agents: list[RQLAgent]) -> SeedUpdate:
 
 def train_group(
     config: RunConfig, data: DataSpec, group_dir: Path, seeds: list[int], *, resume: bool = False,
-    observer: TrainObserver | None = None,
+    observer: TrainObserver | None = None, origins: dict[int, RunOrigin] | None = None, command: str = "rql train",
 ) -> TrainOutcome:
     """Train (or resume) one agent per seed of ``seeds`` on ``data`` with ``config`` (its ``seed`` unused).
 
-    A resume continues the group's seeds that were not stopped, from their common latest step.
+    A resume continues the group's seeds that were not stopped, from their common latest step. With
+    ``origins`` (continued offline training of a group: ``rql finetune --checkpoint GROUP``) seed s
+    starts from ``origins[s]``'s weights, as ``train(origin=...)`` starts one run. ``command`` is the
+    one whose ``--resume`` continues the group.
     """
     group_dir, observer = Path(group_dir), observer or TrainObserver()
     device = resolve_device(config.device)
@@ -72,10 +76,11 @@ def train_group(
             previous = {s: check_resume(locks[s].run_dir, configs[s]) if resume else None for s in active}
             start_step = _common_step(group_dir, active) if resume else 0
             source = OfflineSource(config, data, device, start_step=start_step, resume=resume)
+            source.command = command
         stack.callback(source.close)
         with logger_group(group_dir.resolve().name):  # the seeds: one W&B group
             members = {s: build_session(configs[s], source, locks[s], stop, device=device, previous=previous[s],
-                                        origin=None, source_logs=False) for s in active}
+                                        origin=(origins or {}).get(s), source_logs=False) for s in active}
         for member in members.values():
             stack.callback(member.close)
         source.open_logs(group_dir)
@@ -89,7 +94,7 @@ def train_group(
         runtime = set_up_runtime(update, config, source.updates_left(first), source.example_batch(first), stop,
                                  dims=(first.obs_dim, first.action_dim))
         for seed, member in members.items():
-            start_session(member, runtime, previous[seed], None)
+            start_session(member, runtime, previous[seed], (origins or {}).get(seed))
         session = GroupSession(config=config, run_dir=group_dir, members=members, update=update, source=source,
                                record=record, stop=stop, runtime=runtime, observer=observer)
         if resume:
@@ -200,7 +205,7 @@ class GroupSession:
         return None
 
     def resume_command(self) -> str:
-        return resume_command(self.run_dir)
+        return resume_command(self.run_dir, self.source.command)
 
     def start_info(self) -> dict[str, Any]:
         info = next(iter(self.members.values())).start_info()

@@ -37,6 +37,7 @@ from rql_cli.io.resolve import LoadedCheckpoint
 from rql_cli.io.run_logs import CsvLog
 from rql_cli.io.run_record import RunOrigin
 from rql_cli.results import Episode
+from rql_cli.training.group import train_group
 from rql_cli.training.loop import LOGGED_TERMS, LossWindow, run
 from rql_cli.training.observer import TrainObserver, TrainOutcome
 from rql_cli.training.offline import train
@@ -129,6 +130,33 @@ def finetune(
         return OnlineSource(config, settings, data, device, source_meta, resume=resume)
 
     return run(config, Path(run_dir), open_source, resume=resume, observer=observer, origin=origin)
+
+
+def finetune_group(
+    loaded: dict[int, LoadedCheckpoint] | None,
+    config: RunConfig,
+    settings: FinetuneSettings,
+    data: DataSpec,
+    group_dir: Path,
+    seeds: list[int],
+    *,
+    resume: bool = False,
+    observer: TrainObserver | None = None,
+) -> TrainOutcome:
+    """Continued offline training of every seed of a group (``loaded``: each seed's checkpoint) into a
+    new group, each seed from its own weights, as ``finetune`` would continue it alone; or, with
+    ``resume``, continue ``group_dir``. Online fine-tuning takes one seed at a time."""
+    if settings.online_steps > 0:
+        raise RQLError("Online fine-tuning takes one agent: name one seed's run folder (GROUP/seed_S) as "
+                       "--checkpoint, or continue the whole group offline with --dataset NAME --steps N.")
+    origins = None
+    if not resume:
+        if loaded is None:
+            raise RQLError("A new fine-tuning group needs the checkpoints to start from.")
+        origins = {s: RunOrigin(c.folder, lineage_of(c, settings, config.steps), settings.to_dict(), c.agent, c.meta)
+                   for s, c in loaded.items()}
+    return train_group(config, data, group_dir, seeds, resume=resume, observer=observer, origins=origins,
+                       command="rql finetune")
 
 
 class OnlineSource(BatchSource):
