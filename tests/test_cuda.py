@@ -122,6 +122,21 @@ def test_a_stacked_seed_group_follows_each_agent_alone_on_cuda(mode):
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
 
 
+def test_stacked_acting_on_cuda_gives_each_seed_its_own_chunks():
+    from rql_cli.core.seed_stack import StackedActing
+
+    device = torch.device("cuda")
+    agents = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        agents.append(RQLAgent(config(), OBS, ACT, device))
+    observations = {0: torch.randn(5, OBS, device=device), 2: torch.randn(2, OBS, device=device)}
+    chunks = StackedActing(agents).act(observations, [make_generator(device, 10 + m) for m in range(3)])
+    for member, obs in observations.items():
+        alone = agents[member].act(obs, make_generator(device, 10 + member))
+        torch.testing.assert_close(chunks[member], alone, rtol=1e-4, atol=1e-5)
+
+
 def test_a_cuda_checkpoint_round_trips_with_its_train_state(tmp_path):
     device = torch.device("cuda")
     agent = RQLAgent(config(), OBS, ACT, device)
