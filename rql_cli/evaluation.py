@@ -122,7 +122,7 @@ def evaluate_group(
     Each seed's episodes and flow noise are those ``evaluate_checkpoint`` gives its checkpoint alone with
     the same options (the same env seeds for every seed of the group). On a GPU the seeds' envs step
     together and their policies act in one batched forward pass (``envs.policy.seed_policies``); on a
-    CPU together only where each env gets a core (``evaluate_members``). ``on_episode`` gets the progress
+    CPU one seed after another (faster there, ``evaluate_members``). ``on_episode`` gets the progress
     over all seeds' episodes of the current task. ``together`` overrides that choice.
     """
     record = read_group_record(folder)
@@ -147,7 +147,7 @@ def evaluate_group(
         on_gpu = device.type == "cuda"
         results = evaluate_members(
             policy.seed_policies(agents, generators, stacked=on_gpu), [seed] * len(agents), env_name, task,
-            episodes=episodes, num_envs=num_envs, together=True if on_gpu and together is None else together,
+            episodes=episodes, num_envs=num_envs, together=on_gpu if together is None else together,
             on_episode=tally.add,
             check_fit=check_fit,
         )
@@ -163,14 +163,14 @@ def evaluate_agents(
 ) -> list[EvalResult]:
     """The periodic evaluation of a group's seeds: member m gets the episodes and flow noise
     ``evaluate_agent(agents[m], task_name, configs[m], step)`` gives it alone (``stacked``: one batched
-    forward pass for all seeds, equal up to float order, with every seed's envs together; else together
-    where each env gets a core); ``on_episode`` gets the progress over all members' episodes."""
+    forward pass for all seeds, equal up to float order, with every seed's envs together; else one
+    seed after another); ``on_episode`` gets the progress over all members' episodes."""
     episodes = configs[0].eval_episodes
     tally = _CombinedProgress(len(agents) * episodes, on_episode)
     generators = [_periodic_generator(a.device, c.seed, step) for a, c in zip(agents, configs, strict=True)]
     return evaluate_members(
         policy.seed_policies(agents, generators, stacked=stacked), [c.seed for c in configs], task_name, None,
-        episodes=episodes, num_envs=configs[0].eval_envs, together=True if stacked else None, on_episode=tally.add,
+        episodes=episodes, num_envs=configs[0].eval_envs, together=stacked, on_episode=tally.add,
     )
 
 

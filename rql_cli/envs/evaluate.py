@@ -196,7 +196,7 @@ def evaluate_members(
     *,
     episodes: int = 50,
     num_envs: int | None = None,
-    together: bool | None = None,
+    together: bool = False,
     on_episode: MemberEpisodeCallback | None = None,
     max_episode_steps: int | None = None,
     check_fit: Callable[[int, int, str], None] | None = None,
@@ -207,22 +207,18 @@ def evaluate_members(
     ``seeds[m] + i``, exactly as ``evaluate`` would run it alone: its policy is asked for the same rows
     at the same steps, so its flow noise is drawn alike. ``together``: every member's envs step as one
     vector env, and each step asks ``policies`` once for all members that need chunks (a stacked policy
-    then acts for every seed in one batched forward pass); False: one member after another. None:
-    together when every env of all members gets a core of its own (each env then runs in a worker
-    process; more workers than cores were measured slower than one member after another, see
-    docs/experiments.md).
+    then acts for every seed in one batched forward pass); False (default): one member after another,
+    each in its own vector env. On 2 CPU cores together was slower even with one env per core (2 seeds x
+    20 episodes: 20.2 s against 15.5 s; 4 seeds: 41.2 s against 35.9 s; the worker processes' pipes
+    cost more than the second core saves), so callers ask for it where acting is stacked (GPUs).
 
     Returns:
         One EvalResult per member, in ``seeds``' order (together: ``wall_time_s`` and ``startup_time_s``
         are the shared run's).
     """
-    from rql_cli.device import usable_cores
-
     per_member = _checked_env_count(episodes, num_envs, max_episode_steps)
     if not seeds:
         raise ValueError("evaluate_members needs at least one member.")
-    if together is None:
-        together = per_member * len(seeds) <= usable_cores()
     groups = [list(range(len(seeds)))] if together else [[m] for m in range(len(seeds))]
     results: list[EvalResult] = []
     for members in groups:
