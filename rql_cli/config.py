@@ -327,8 +327,9 @@ COMPILE_CHOICES = ("auto", "off", "on", "graphs")
 LOGGER_CHOICES = ("tensorboard", "wandb")
 """Loggers ``log_to`` names (``rql_cli.training.loggers`` writes them)."""
 GROUP_UPDATE_CHOICES = ("auto", "stacked", "sequential")
-MATMUL_PRECISION_CHOICES = ("highest", "high", "medium")
 """Values of the ``group_update`` field (``rql_cli.training.group`` says what each runs)."""
+MATMUL_PRECISION_CHOICES = ("highest", "high", "medium")
+"""Values of the ``matmul_precision`` field (``rql_cli.training.matmul_route`` says what each sets)."""
 
 MAX_HIDDEN_LAYERS = 64
 MAX_HIDDEN_WIDTH = 65_536

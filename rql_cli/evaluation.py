@@ -148,8 +148,7 @@ def evaluate_group(
         results = evaluate_members(
             policy.seed_policies(agents, generators, stacked=on_gpu), [seed] * len(agents), env_name, task,
             episodes=episodes, num_envs=num_envs, together=on_gpu if together is None else together,
-            on_episode=tally.add,
-            check_fit=check_fit,
+            on_episode=tally.add, check_fit=check_fit,
         )
         for s, result in zip(loaded, results, strict=True):
             result.wall_seconds = time.perf_counter() - started
