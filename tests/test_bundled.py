@@ -166,6 +166,10 @@ def test_every_bundled_card_parses_to_its_metrics_and_evidence():
         assert stated.startswith(f"{_pct(goal['success_rate'])} ({goal['why']}): {verdict} ({_pct(measured)})"), name
         assert bullets["data, made here"] == ("", evidence["dataset_recipe"]), name
         assert bullets["training command"] == ("", evidence["train_command"]), name
+        # the Training section reproduces the run with the command that ran, its run settings included
+        training = sections["Training"]
+        start = training.index("```bash")
+        assert training[start + 1:start + 3] == [evidence["train_command"], "```"], name
         if "family" in evidence:
             family = [
                 [str(row["task"]), f"`{row['name']}`",

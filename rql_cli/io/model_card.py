@@ -266,7 +266,8 @@ def _lineage_lines(meta: CheckpointMeta) -> list[str]:
             f"optimiser {lineage.get('optimizer', 'fresh')}"]
 
 
-def _training_section(meta: CheckpointMeta, run: RunConfig | None) -> list[str]:
+def _training_section(meta: CheckpointMeta, run: RunConfig | None, command: str | None) -> list[str]:
+    """Steps, data, versions, the command that trains it (``command`` as run, else rebuilt) and its config."""
     of_run = f" (of a {run.steps:,}-step run)" if run is not None and run.steps > meta.step else ""
     return [
         "## Training", "",
@@ -277,7 +278,7 @@ def _training_section(meta: CheckpointMeta, run: RunConfig | None) -> list[str]:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.versions.items())),
         "",
         _reproduce_hint(meta),
-        "", "```bash", reproduce_command(meta, run), "```", "",
+        "", "```bash", command or reproduce_command(meta, run), "```", "",
         "### Config", "",
         "The preset column shows the task preset's value where this run differs from it.", "",
         *_config_table(meta), "",
@@ -320,7 +321,8 @@ def build_model_card(
         *_evidence_section(report, evidence, curves=CURVES_FILE in files),
         *_usage_section(load_ref),
         *(["## Rollout", "", f"[{video_name}]({video_name})", ""] if video_name else []),
-        *_training_section(meta, run),
+        # the command the evidence records is the one that ran, with its run settings; rebuilt otherwise
+        *_training_section(meta, run, (evidence or {}).get("train_command")),
         "## Files", "", *[f"- `{file}`" for file in sorted(files)], "",
         "Weights are safetensors (no pickle): loading them never runs code.", "",
         "## Citation", "", "```bibtex", CITATION, "```", "",
