@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from cli_checks import assert_refused, invoke
 from conftest import TINY_NAME
 
@@ -173,3 +174,40 @@ def test_a_sweep_under_asha_runs_on_ray_tune_and_the_same_command_continues_it(t
     assert again.returncode == 0 and "2 of 2 runs done" in text, text
     assert "Ray instance" not in text  # a finished sweep answers without starting Ray
     assert mtimes == {n: (out / n / "checkpoints" / "step_00000002" / "config.json").stat().st_mtime for n in names}
+
+
+def test_seeds_together_train_each_grid_point_as_the_group_rql_train_seeds_makes(tiny_dataset_dir, tmp_path):
+    """With --seeds-together a grid point's seeds are one seed group (POINT/seed_S, POINT/group.json) whose
+    weights equal `rql train --seeds` on the same settings, bit for bit; the report finds its seeds, the same
+    command again trains nothing, and ASHA (which stops runs one by one) is refused beside it."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "sweep"
+    common = ["--dataset-dir", str(tiny_dataset_dir), "--task", "1", "--set", "eval_interval=4", "--set",
+              "eval_episodes=1", "--set", "steps=4", "--set", "threads=1", *SMALL]
+    sweep = ["sweep", "--dataset", TINY_NAME, "--seeds", "0-1", "--seeds-together", "--set", "alpha=1,3",
+             "--out", str(out), "--executor", "local", *common]
+    done = invoke(*sweep)
+    assert done.exit_code == 0, done.output
+    assert "4 of 4 runs done" in " ".join(done.output.split())
+    points = [out / f"{TINY_NAME}_task1_alpha={a}" for a in ("1.0", "3.0")]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [p.name for p in points]
+    alone = tmp_path / "alone"
+    trained = invoke("train", "--dataset", TINY_NAME, "--seeds", "0-1", "--set", "alpha=3", "--out", str(alone), *common)
+    assert trained.exit_code == 0, trained.output
+    for seed in (0, 1):
+        ours, theirs = (folder / f"seed_{seed}" / "checkpoints" / "step_00000004" / "velocity.safetensors"
+                        for folder in (points[1], alone))
+        ours_weights, their_weights = load_file(ours), load_file(theirs)
+        assert ours_weights.keys() == their_weights.keys()
+        assert all(torch.equal(ours_weights[k], their_weights[k]) for k in ours_weights), seed
+    report = invoke("report", str(out), "--no-figure", "--reps", "200")
+    assert report.exit_code == 0, report.output
+    assert "alpha=1.0" in report.output and "alpha=3.0" in report.output
+    stamp = ours.stat().st_mtime_ns
+    again = invoke(*sweep)
+    assert again.exit_code == 0 and "4 of 4 runs done" in " ".join(again.output.split()), again.output
+    assert ours.stat().st_mtime_ns == stamp
+    assert_refused(invoke("sweep", "--dataset", TINY_NAME, "--seeds", "0-1", "--seeds-together", "--scheduler",
+                          "asha", "--out", str(tmp_path / "asha"), "--plan-only"), "--seeds-together", "asha")
+    assert not (tmp_path / "asha").exists()

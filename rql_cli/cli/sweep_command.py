@@ -29,6 +29,10 @@ def sweep(
     dataset: list[str] = typer.Option([], "--dataset", "-d", help="Dataset (repeat for several)."),
     task: str | None = typer.Option(None, "--task", help="Tasks: 1-5, 1,3 or 2.", show_default="each dataset's"),
     seeds: str = typer.Option("0", "--seeds", help="Seeds of every grid point: 0-3 or 0,5."),
+    seeds_together: bool = typer.Option(False, "--seeds-together", help="Train each grid point's seeds as one seed "
+                                        "group (rql train --seeds): one process and one copy of the data per point, "
+                                        "stacked into one update on a GPU; each seed still its own run folder, "
+                                        "POINT/seed_S."),
     set_: list[str] = typer.Option([], "--set", help="A config field, one value or a grid: --set alpha=3,10."),
     steps: int | None = typer.Option(None, "--steps", help="Gradient steps of every run."),
     eval_interval: int | None = typer.Option(None, "--eval-interval", "--eval-every", help="Evaluate every N steps."),
@@ -64,6 +68,9 @@ def sweep(
 
     A search that stops weak runs early (ASHA on Ray Tune): rql sweep --dataset cube-single-play-v0 --task 2
     --set alpha=1,3,10,30 --set expectile=0.7,0.9 --steps 100000 --scheduler asha --out sweeps/search
+
+    On a GPU, each grid point's seeds as one stacked group: rql sweep --dataset cube-double-play-v0 --seeds 0-7
+    --seeds-together --set alpha=30,100,300 --gpus-per-run 0.3 --out sweeps/cube-double
     """
     from rql_cli.sweep.plan import expand, load_spec_file, read_plan, write_plan
 
@@ -76,8 +83,12 @@ def sweep(
                                         device=device).items() if v is not None}
         spec = load_spec_file(file) if file else _spec_of_flags(dataset, task, seeds, set_, dataset_dir)
         spec.fixed = {**spec.fixed, **fixed}
+        spec.seeds_together = spec.seeds_together or seeds_together
         runs = expand(spec)
         spec.scheduler = _scheduler_of(scheduler, asha_metric, grace_steps, reduction_factor, runs)
+        if spec.scheduler and spec.seeds_together:
+            raise RQLError("--scheduler asha stops runs one by one, and --seeds-together trains a grid point's seeds "
+                           "as one: drop one of them.")
         _executor_for(executor, spec)  # refused before the plan is written
         write_plan(out, spec, runs)
     console.print(f"{len(runs)} runs in {out} (plan: {out / 'sweep.json'}).")

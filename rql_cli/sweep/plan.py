@@ -2,7 +2,8 @@
 
 ``SWEEP/sweep.json`` holds the spec and the runs; the same command again finds the same plan and
 continues it. Each run is an ordinary run folder ``SWEEP/<dataset>_task<T>_<field>=<value>..._seed<S>``
-that every other command takes.
+that every other command takes; with ``seeds_together`` a grid point's seeds train as one seed group
+(``rql train --seeds``) in ``SWEEP/<dataset>_task<T>_<field>=<value>.../seed_<S>``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from rql_cli.config import ConfigError, RunConfig, canonical_field_name, field_names, parse_seeds, parse_set_option
 from rql_cli.errors import RQLError
 from rql_cli.io.atomic import read_json, write_json_atomic
+from rql_cli.io.group_record import seed_dir
 from rql_cli.names import parse_task_name
 from rql_cli.presets import make_config
 
@@ -27,8 +29,9 @@ PLAN_FORMAT = 1
 
 @dataclass
 class SweepSpec:
-    """What a sweep trains: every dataset x task x grid point x seed, with ``fixed`` overrides for all, and
-    the ``scheduler`` that may stop runs early (``{'name': 'asha', ...}``; None: every run to its end)."""
+    """What a sweep trains: every dataset x task x grid point x seed, with ``fixed`` overrides for all, the
+    ``scheduler`` that may stop runs early (``{'name': 'asha', ...}``; None: every run to its end), and
+    whether each grid point's seeds train together as one seed group (``seeds_together``)."""
 
     datasets: list[str]
     seeds: list[int]
@@ -37,6 +40,7 @@ class SweepSpec:
     fixed: dict[str, Any] = field(default_factory=dict)
     dataset_dir: str | None = None
     scheduler: dict[str, Any] | None = None
+    seeds_together: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,13 +48,15 @@ class SweepSpec:
 
 @dataclass
 class PlannedRun:
-    """One run of a sweep: its folder name, dataset, task, seed and config overrides."""
+    """One run of a sweep: its folder name (relative to the sweep folder), dataset, task, seed, config
+    overrides, and the seed group it trains in (its grid point's folder name; None: a run of its own)."""
 
     name: str
     dataset: str
     task: int | None
     seed: int
     overrides: dict[str, Any]
+    group: str | None = None
 
     def config(self) -> RunConfig:
         """The run's config: the task's preset, then the overrides (checked)."""
@@ -120,14 +126,27 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         task_name = parse_task_name(dataset)
         if task is not None:
             task_name.resolve_task(task)
+        point_name = "_".join([dataset.replace(":", "-").replace("/", "-"), *([f"task{task}"] if task else []),
+                               *(f"{f}={_short(v)}" for f, v in point.items())])
         for seed in spec.seeds:
             overrides = {**spec.fixed, **point, "seed": seed}
-            name = "_".join([dataset.replace(":", "-").replace("/", "-"), *([f"task{task}"] if task else []),
-                             *(f"{f}={_short(v)}" for f, v in point.items()), f"seed{seed}"])
-            run = PlannedRun(name=name, dataset=dataset, task=task, seed=seed, overrides=overrides)
+            if spec.seeds_together:
+                run = PlannedRun(name=seed_dir(Path(point_name), seed).as_posix(), dataset=dataset, task=task,
+                                 seed=seed, overrides=overrides, group=point_name)
+            else:
+                run = PlannedRun(name=f"{point_name}_seed{seed}", dataset=dataset, task=task, seed=seed,
+                                 overrides=overrides)
             run.config()  # unknown fields and out-of-range values fail here, before anything runs
             runs.append(run)
     return runs
+
+
+def units(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """What one task trains: each seed group's runs together (in plan order), every other run alone."""
+    grouped: dict[str, list[PlannedRun]] = {}
+    for run in runs:
+        grouped.setdefault(run.group or run.name, []).append(run)
+    return list(grouped.values())
 
 
 def _short(value: Any) -> str:
@@ -167,7 +186,8 @@ def read_plan(sweep_dir: Path) -> tuple[SweepSpec, list[PlannedRun]]:
 
 
 def load_spec_file(path: Path) -> SweepSpec:
-    """A sweep spec from TOML: dataset (or datasets), task ('1-5'), seeds ('0-3'), [grid] (lists), [set]."""
+    """A sweep spec from TOML: dataset (or datasets), task ('1-5'), seeds ('0-3'), seeds_together (a bool),
+    [grid] (lists), [set]."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:
@@ -181,4 +201,5 @@ def load_spec_file(path: Path) -> SweepSpec:
     grid = {canonical_field_name(k): v if isinstance(v, list) else [v] for k, v in (data.get("grid") or {}).items()}
     return SweepSpec(datasets=list(datasets), seeds=parse_seeds(str(data.get("seeds", "0"))),
                      tasks=parse_tasks(str(data["task"])) if "task" in data else [None], grid=grid,
-                     fixed=dict(data.get("set") or {}), dataset_dir=data.get("dataset_dir"))
+                     fixed=dict(data.get("set") or {}), dataset_dir=data.get("dataset_dir"),
+                     seeds_together=bool(data.get("seeds_together", False)))
