@@ -220,48 +220,54 @@ def evaluate_members(
     if not seeds:
         raise ValueError("evaluate_members needs at least one member.")
     groups = [list(range(len(seeds)))] if together else [[m] for m in range(len(seeds))]
-    results: list[EvalResult] = []
-    for members in groups:
-
-        def asked(rows: dict[int, np.ndarray], members: list[int] = members) -> dict[int, np.ndarray]:
-            chunks = policies({members[i]: obs for i, obs in rows.items()})
-            return {i: chunks[members[i]] for i in rows}
-
-        def ended(i: int, progress: EpisodeProgress, members: list[int] = members) -> None:
-            if on_episode is not None:
-                on_episode(members[i], progress)
-
-        results += _run_members(asked, [seeds[m] for m in members], parse_task_name(task_name), task_name, task,
-                                episodes, per_member, ended, max_episode_steps, check_fit)
-        check_fit = None  # once is enough: every member runs in the same env
-    return results
-
-
-def _run_members(
-    policies: MemberPolicies, seeds: list[int], parsed: ParsedName, task_name: str | ParsedName, task: int | None,
-    episodes: int, per_member: int, on_episode: MemberEpisodeCallback, max_episode_steps: int | None,
-    check_fit: Callable[[int, int, str], None] | None,
-) -> list[EvalResult]:
-    """Run every member of ``seeds`` in one vector env of ``per_member`` envs each (see ``evaluate_members``)."""
+    parsed = parse_task_name(task_name)
     task_number = parsed.resolve_task(task)
     started = time.perf_counter()
-    vector_env = _make_vector_env(parsed, task_number, max_episode_steps, per_member * len(seeds))
+    # In turn, the members share one vector env: each episode starts from a reset with its own seed, so
+    # an env that ran another member's episodes runs this one's as a fresh one would (as episode i > 0 of
+    # one member already does), and N - 1 env builds are saved.
+    vector_env = _make_vector_env(parsed, task_number, max_episode_steps, per_member * len(groups[0]))
     failed = True
+    results: list[EvalResult] = []
     try:
         if check_fit is not None:
             # The error names the env as the caller did (a TaskName: its resolved singletask name).
             shown = task_name if isinstance(task_name, str) else parsed.env_id(task_number)
             check_fit(*_vector_env_dims(vector_env), shown)
-        tallies = [_EpisodeTally(episodes, seed, per_member, functools.partial(on_episode, member))
-                   for member, seed in enumerate(seeds)]
-        first_seeds: list[int | None] = [s for tally in tallies for s in tally.seeds[:per_member]]
-        observations, _ = vector_env.reset(seed=first_seeds)
         startup_time = time.perf_counter() - started
-        with _single_policy_thread(per_member * len(seeds)):
-            _run_until_counted(vector_env, policies, observations, tallies)
+        for members in groups:
+
+            def asked(rows: dict[int, np.ndarray], members: list[int] = members) -> dict[int, np.ndarray]:
+                chunks = policies({members[i]: obs for i, obs in rows.items()})
+                return {i: chunks[members[i]] for i in rows}
+
+            def ended(i: int, progress: EpisodeProgress, members: list[int] = members) -> None:
+                if on_episode is not None:
+                    on_episode(members[i], progress)
+
+            results += _run_members(asked, [seeds[m] for m in members], vector_env, parsed, task_number, episodes,
+                                    per_member, ended, max_episode_steps, startup_time)
+            startup_time = 0.0  # the next members find the envs built
         failed = False
     finally:
         _close_vector_env(vector_env, terminate=failed)
+    return results
+
+
+def _run_members(
+    policies: MemberPolicies, seeds: list[int], vector_env: VectorEnv, parsed: ParsedName, task_number: int,
+    episodes: int, per_member: int, on_episode: MemberEpisodeCallback, max_episode_steps: int | None,
+    startup_time: float,
+) -> list[EvalResult]:
+    """Run every member of ``seeds`` on ``vector_env``, ``per_member`` envs each (see ``evaluate_members``);
+    ``startup_time``: the seconds building the envs took before (0: built for earlier members)."""
+    started = time.perf_counter() - startup_time
+    tallies = [_EpisodeTally(episodes, seed, per_member, functools.partial(on_episode, member))
+               for member, seed in enumerate(seeds)]
+    first_seeds: list[int | None] = [s for tally in tallies for s in tally.seeds[:per_member]]
+    observations, _ = vector_env.reset(seed=first_seeds)
+    with _single_policy_thread(per_member * len(seeds)):
+        _run_until_counted(vector_env, policies, observations, tallies)
     wall_time = time.perf_counter() - started
     return [
         _eval_result(tally, parsed, task_number, time_limit=max_episode_steps or episode_limit(parsed),
