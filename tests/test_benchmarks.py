@@ -39,7 +39,7 @@ def benchmark_commands(tiny_dataset_dir: Path, tmp_path_factory) -> dict[str, li
              str(tmp_path_factory.mktemp("minari"))], {})],
         "test_gpu_scripts_say_so_without_a_gpu": [
             (["bash", str(REPO / "benchmarks" / script)], {"env": {**os.environ, "OUT": str(gpu_out)}, "timeout": 120})
-            for script in ("gpu_check.sh", "gpu_e2e.sh")
+            for script in ("gpu_check.sh", "gpu_e2e.sh", "gpu_groups.sh")
         ],
     }
 
@@ -82,7 +82,8 @@ def test_gpu_scripts_say_so_without_a_gpu(benchmark_runs):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: gpu_check.sh runs for real there")
-    for script, done in zip(("gpu_check.sh", "gpu_e2e.sh"), finished(benchmark_runs, "test_gpu_scripts_say_so_without_a_gpu")):
+    scripts = ("gpu_check.sh", "gpu_e2e.sh", "gpu_groups.sh")
+    for script, done in zip(scripts, finished(benchmark_runs, "test_gpu_scripts_say_so_without_a_gpu"), strict=True):
         assert done.returncode == 2, (script, done.stdout, done.stderr)
         assert "sees no CUDA device" in done.stderr, script
 
