@@ -29,10 +29,8 @@ def sweep(
     dataset: list[str] = typer.Option([], "--dataset", "-d", help="Dataset (repeat for several)."),
     task: str | None = typer.Option(None, "--task", help="Tasks: 1-5, 1,3 or 2.", show_default="each dataset's"),
     seeds: str = typer.Option("0", "--seeds", help="Seeds of every grid point: 0-3 or 0,5."),
-    seeds_together: bool = typer.Option(False, "--seeds-together", help="Train each grid point's seeds as one seed "
-                                        "group (rql train --seeds): one process and one copy of the data per point, "
-                                        "stacked into one update on a GPU; each seed still its own run folder, "
-                                        "POINT/seed_S."),
+    seeds_together: bool = typer.Option(False, "--seeds-together", help="Each grid point's seeds as one group (rql "
+                                        "train --seeds; stacked on a GPU), in POINT/seed_S."),
     set_: list[str] = typer.Option([], "--set", help="A config field, one value or a grid: --set alpha=3,10."),
     steps: int | None = typer.Option(None, "--steps", help="Gradient steps of every run."),
     eval_interval: int | None = typer.Option(None, "--eval-interval", "--eval-every", help="Evaluate every N steps."),
@@ -69,28 +67,19 @@ def sweep(
     A search that stops weak runs early (ASHA on Ray Tune): rql sweep --dataset cube-single-play-v0 --task 2
     --set alpha=1,3,10,30 --set expectile=0.7,0.9 --steps 100000 --scheduler asha --out sweeps/search
 
-    On a GPU, each grid point's seeds as one stacked group: rql sweep --dataset cube-double-play-v0 --seeds 0-7
-    --seeds-together --set alpha=30,100,300 --gpus-per-run 0.3 --out sweeps/cube-double
+    On a GPU, seeds as one group per point: rql sweep ... --seeds 0-7 --seeds-together --gpus-per-run 0.3
     """
-    from rql_cli.sweep.plan import expand, load_spec_file, read_plan, write_plan
+    from rql_cli.sweep.plan import load_spec_file, read_plan
 
     if resume is not None:
         out, (spec, runs) = resume, read_plan(resume)
     elif out is None:
         raise RQLError("Name the sweep folder with --out (or continue one with --resume SWEEP_DIR).")
     else:
-        fixed = {k: v for k, v in dict(steps=steps, eval_interval=eval_interval, eval_episodes=eval_episodes,
-                                        device=device).items() if v is not None}
         spec = load_spec_file(file) if file else _spec_of_flags(dataset, task, seeds, set_, dataset_dir)
-        spec.fixed = {**spec.fixed, **fixed}
         spec.seeds_together = spec.seeds_together or seeds_together
-        runs = expand(spec)
-        spec.scheduler = _scheduler_of(scheduler, asha_metric, grace_steps, reduction_factor, runs)
-        if spec.scheduler and spec.seeds_together:
-            raise RQLError("--scheduler asha stops runs one by one, and --seeds-together trains a grid point's seeds "
-                           "as one: drop one of them.")
-        _executor_for(executor, spec)  # refused before the plan is written
-        write_plan(out, spec, runs)
+        fixed = dict(steps=steps, eval_interval=eval_interval, eval_episodes=eval_episodes, device=device)
+        runs = _new_plan(out, spec, fixed, executor, (scheduler, asha_metric, grace_steps, reduction_factor))
     console.print(f"{len(runs)} runs in {out} (plan: {out / 'sweep.json'}).")
     if plan_only:
         console.print(runs_table([], [r.name for r in runs]))
@@ -98,13 +87,30 @@ def sweep(
     _execute(runs, out, spec, executor=_executor_for(executor, spec), address=address, threads=threads, gpus=gpus)
 
 
+def _new_plan(out: Path, spec: SweepSpec, fixed: dict[str, Any], executor: str,
+              scheduler: tuple[str, str, int, float]) -> list[Any]:
+    """The runs of a new sweep (``fixed``: the flags given, over the spec's own), its scheduler (--scheduler,
+    --asha-metric, --grace-steps, --reduction-factor) and executor checked before ``out/sweep.json`` is written."""
+    from rql_cli.sweep.plan import expand, write_plan
+
+    spec.fixed = {**spec.fixed, **{k: v for k, v in fixed.items() if v is not None}}
+    runs = expand(spec)
+    spec.scheduler = _scheduler_of(*scheduler, runs, spec.seeds_together)
+    _executor_for(executor, spec)  # refused before the plan is written
+    write_plan(out, spec, runs)
+    return runs
+
+
 def _scheduler_of(name: str, metric: str, grace_steps: int, reduction_factor: float,
-                  runs: list[Any]) -> dict[str, Any] | None:
+                  runs: list[Any], seeds_together: bool) -> dict[str, Any] | None:
     """The plan's scheduler from the flags, checked against the runs' evaluation interval (None: none)."""
     if name == "none":
         return None
     if name != "asha":
         raise RQLError(f"--scheduler takes asha or none, got '{name}'.")
+    if seeds_together:
+        raise RQLError("--scheduler asha stops runs one by one, and --seeds-together trains a grid point's seeds "
+                       "as one: drop one of them.")
     from rql_cli.sweep.asha import AshaSettings
 
     interval = min(r.config().eval_interval for r in runs)

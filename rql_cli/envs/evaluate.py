@@ -236,15 +236,7 @@ def evaluate_members(
             check_fit(*_vector_env_dims(vector_env), shown)
         startup_time = time.perf_counter() - started
         for members in groups:
-
-            def asked(rows: dict[int, np.ndarray], members: list[int] = members) -> dict[int, np.ndarray]:
-                chunks = policies({members[i]: obs for i, obs in rows.items()})
-                return {i: chunks[members[i]] for i in rows}
-
-            def ended(i: int, progress: EpisodeProgress, members: list[int] = members) -> None:
-                if on_episode is not None:
-                    on_episode(members[i], progress)
-
+            asked, ended = _members_view(policies, on_episode, members)
             results += _run_members(asked, [seeds[m] for m in members], vector_env, parsed, task_number, episodes,
                                     per_member, ended, max_episode_steps, startup_time)
             startup_time = 0.0  # the next members find the envs built
@@ -252,6 +244,23 @@ def evaluate_members(
     finally:
         _close_vector_env(vector_env, terminate=failed)
     return results
+
+
+def _members_view(
+    policies: MemberPolicies, on_episode: MemberEpisodeCallback | None, members: list[int],
+) -> tuple[MemberPolicies, MemberEpisodeCallback]:
+    """``policies`` and ``on_episode`` as a run of ``members`` alone sees them: its member i is
+    ``members[i]`` of the whole group."""
+
+    def asked(rows: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        chunks = policies({members[i]: obs for i, obs in rows.items()})
+        return {i: chunks[members[i]] for i in rows}
+
+    def ended(i: int, progress: EpisodeProgress) -> None:
+        if on_episode is not None:
+            on_episode(members[i], progress)
+
+    return asked, ended
 
 
 def _run_members(
