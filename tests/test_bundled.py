@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 from typer.testing import CliRunner
@@ -243,6 +244,7 @@ def _config_of_train_command(command: str) -> tuple[int | None, dict]:
     tokens = shlex.split(command)
     assert tokens[:2] == ["rql", "train"], command
     options = list(zip(tokens[2::2], tokens[3::2]))
+    options = [(flag, value) for flag, value in options if flag != "--out"]  # where it writes: no config
     dataset = next(value for flag, value in options if flag == "--dataset")
     task = next((int(value) for flag, value in options if flag == "--task"), None)
     overrides = dict(parse_set_option(value) for flag, value in options if flag == "--set")
@@ -269,10 +271,23 @@ def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_cont
             continue
         meta, _ = read_meta(folder)
         stored = meta.config.to_dict()  # the agent's config: a checkpoint keeps no run settings
-        task, command_fields = _config_of_train_command(evidence["train_command"])
+        train, *finetune = evidence["train_command"].split(" && ")
+        task, command_fields = _config_of_train_command(train)
         fields = {k: v for k, v in command_fields.items() if k in stored}
         assert fields == stored, name
-        assert (command_fields["steps"], command_fields["seed"]) == (meta.step, meta.seed), name
+        trained_steps = meta.step
+        if meta.lineage:  # trained, then continued offline: `rql train ... --out RUN && rql finetune --checkpoint RUN`
+            [continued] = finetune
+            tokens = shlex.split(continued)
+            out = shlex.split(train)[shlex.split(train).index("--out") + 1]
+            assert tokens[:4] == ["rql", "finetune", "--checkpoint", out], name
+            assert tokens[tokens.index("--steps") + 1] == str(meta.lineage["steps"]) == str(meta.step), name
+            # the agent is the trained one: the continuation sets run settings only
+            assert not [v for t, v in zip(tokens, tokens[1:]) if t == "--set" and v.split("=")[0] in stored], name
+            trained_steps = meta.lineage["step"]
+        else:
+            assert not finetune, name
+        assert (command_fields["steps"], command_fields["seed"]) == (trained_steps, meta.seed), name
         assert (task or meta.task_name.resolve_task()) == meta.task_name.resolve_task(), name
         assert evidence["train_command"] in (folder / "README.md").read_text(), name
         _, control_fields = _config_of_train_command(evidence["control"]["command"])
