@@ -89,11 +89,12 @@ def test_a_local_ray_runs_its_runs_at_the_callers_priority(monkeypatch):
 
 def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_dir, tmp_path):
     pytest.importorskip("ray")
-    # long enough that the second pair of runs is still training when the first pair's end is seen
-    out, steps = tmp_path / "sweep", 2000
+    # Two threads a run on 2 cores: one run at a time, so when the first is seen finished the second has a
+    # whole run left (the driver notices Ctrl-C within its 2 s poll; a pair finishing together did not).
+    out, steps = tmp_path / "sweep", 4000
     args = ["sweep", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--task", "1-2", "--seeds",
             "0-1", "--steps", str(steps), "--eval-interval", str(steps), "--eval-episodes", "1",
-            "--set", "save_interval=500", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
+            "--set", "save_interval=1000", "--out", str(out), "--executor", "ray", "--threads-per-run", "2", *SMALL]
     first = rql(*args)
     names = [f"cube-single-play-v0_task{t}_seed{s}" for t in (1, 2) for s in (0, 1)]
     deadline = time.monotonic() + 240
