@@ -71,15 +71,17 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_dir, tmp_path):
     pytest.importorskip("ray")
-    out, steps = tmp_path / "sweep", 300
+    # Long enough that the second pair is still training when Ctrl-C reaches the driver (it looks up from
+    # `ray.wait` every 2 s): 300 steps of these networks took about a second, and a pair could finish first.
+    out, steps = tmp_path / "sweep", 6000
     args = ["sweep", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--task", "1-2", "--seeds",
             "0-1", "--steps", str(steps), "--eval-interval", str(steps), "--eval-episodes", "1",
-            "--set", "save_interval=100", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
+            "--set", "save_interval=2000", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
     first = rql(*args)
     names = [f"cube-single-play-v0_task{t}_seed{s}" for t in (1, 2) for s in (0, 1)]
     deadline = time.monotonic() + 240
     while not any(finished(out / n, steps) for n in names) and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=120)
     done_first = [n for n in names if finished(out / n, steps)]
