@@ -136,8 +136,13 @@ def _spec_of_flags(datasets: list[str], task: str | None, seeds: str, set_: list
 
 def _execute(runs: list[Any], out: Path, spec: SweepSpec, *, executor: str, address: str | None, threads: int,
              gpus: float) -> None:
+    import signal
+
     from rql_cli.sweep.execute import run_local, run_on_ray
 
+    # Ctrl-C (SIGINT) stops the sweep even where it started ignored (a shell's background job), as it
+    # stops `rql train`, whose runs install their own handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
     with Live(runs_table([], [r.name for r in runs]), console=console, refresh_per_second=2) as live:
         def show(states: list[RunState]) -> None:
