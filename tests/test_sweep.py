@@ -69,6 +69,24 @@ def finished(run_dir: Path, steps: int) -> bool:
     return (run_dir / "checkpoints" / f"step_{steps:08d}").is_dir()
 
 
+def test_a_local_ray_runs_its_runs_at_the_callers_priority(monkeypatch):
+    """Ray's default worker niceness (15) starved runs behind any other busy process on the machine."""
+    ray = pytest.importorskip("ray")
+    from rql_cli.sweep.execute import start_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    def niceness() -> int:  # local: pickled by value, as the tests folder is not importable in Ray's workers
+        return os.nice(0)
+
+    assert start_ray(None)
+    try:
+        worker_niceness = ray.get(ray.remote(num_cpus=1)(niceness).remote())
+    finally:
+        ray.shutdown()
+    assert worker_niceness == os.nice(0)
+
+
 def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_dir, tmp_path):
     pytest.importorskip("ray")
     # Long enough that the second pair is still training when Ctrl-C reaches the driver (it looks up from

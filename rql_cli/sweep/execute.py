@@ -224,7 +224,10 @@ def start_ray(address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+        # Ray starts its workers at niceness 15; a run's worker then waits behind every other busy process
+        # (torch's import took 60 s instead of 3 beside two training runs): runs get the caller's priority
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
+                 _system_config={"worker_niceness": 0})
     return True
 
 
