@@ -90,11 +90,11 @@ def test_a_local_ray_runs_its_runs_at_the_callers_priority(monkeypatch):
 def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_dir, tmp_path):
     pytest.importorskip("ray")
     # Long enough that the second pair is still training when Ctrl-C reaches the driver (it looks up from
-    # `ray.wait` every 2 s): 300 steps of these networks took about a second, and a pair could finish first.
-    out, steps = tmp_path / "sweep", 6000
+    # `ray.wait` every 0.5 s) and the test polls every 0.2 s: 1,500 steps of these networks take 5 to 15 s.
+    out, steps = tmp_path / "sweep", 1500
     args = ["sweep", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--task", "1-2", "--seeds",
             "0-1", "--steps", str(steps), "--eval-interval", str(steps), "--eval-episodes", "1",
-            "--set", "save_interval=2000", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
+            "--set", "save_interval=500", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
     first = rql(*args)
     names = [f"cube-single-play-v0_task{t}_seed{s}" for t in (1, 2) for s in (0, 1)]
     deadline = time.monotonic() + 240
@@ -195,7 +195,8 @@ def test_seeds_together_train_each_grid_point_as_the_group_rql_train_seeds_makes
     points = [out / f"{TINY_NAME}_task1_alpha={a}" for a in ("1.0", "3.0")]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [p.name for p in points]
     alone = tmp_path / "alone"
-    trained = invoke("train", "--dataset", TINY_NAME, "--seeds", "0-1", "--set", "alpha=3", "--out", str(alone), *common)
+    trained = invoke("train", "--dataset", TINY_NAME, "--seeds", "0-1", "--set", "alpha=3", "--out", str(alone),
+                     *common)
     assert trained.exit_code == 0, trained.output
     for seed in (0, 1):
         ours, theirs = (folder / f"seed_{seed}" / "checkpoints" / "step_00000004" / "velocity.safetensors"

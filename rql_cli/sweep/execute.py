@@ -171,7 +171,7 @@ def run_local(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None, 
 
 
 def run_on_ray(runs: list[PlannedRun], sweep_dir: Path, dataset_dir: str | None, *, threads: int, gpus: float,
-               address: str | None, on_progress: Progress, poll_seconds: float = 2.0) -> list[RunState]:
+               address: str | None, on_progress: Progress, poll_seconds: float = 0.5) -> list[RunState]:
     """Train the unfinished runs (a seed group: one task) as Ray tasks; refresh the states from the run
     folders while they train.
 
