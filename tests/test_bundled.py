@@ -158,6 +158,12 @@ def test_every_bundled_card_parses_to_its_metrics_and_evidence():
         assert bullets["this agent"] == (_interval(tasks[0]), None), name
         control = evidence["control"]
         assert bullets[control["name"]] == (_interval(control), control["command"]), name
+        route = evidence.get("online_route")
+        if route:  # fine-tuned online: its start and the same start trained offline, on its episodes
+            start, offline = route["start"], route["offline"]
+            start_key = f"before online fine-tuning (`{start['ref']}`, step {start['step']:,})"
+            assert bullets[start_key] == (_interval(start), None), name
+            assert bullets[offline["name"]] == (_interval(offline), offline["command"]), name
         paper = evidence["paper"]
         number = "not reported" if paper["success_rate"] is None else _pct(paper["success_rate"])
         assert bullets["the paper's RQL on this task"] == (f"{number} ({paper['source']})", None), name

@@ -108,6 +108,14 @@ def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path)
     # (log_interval=100 is the default: it is left out)
     assert command == f"rql finetune --checkpoint {tiny_run_dir} --online-steps 400 --set eval_interval=400 " \
                       "--set eval_episodes=1", command
+    # a bundled online agent's card shows where it started and the offline route it beat, each with its interval
+    route = dict(start=dict(ref="start-agent", step=2, success_rate=0.5, success_ci95=[0.3, 0.7], episodes=20),
+                 offline=dict(name="offline instead", command="rql finetune --checkpoint start-agent --steps 400",
+                              success_rate=0.25, success_ci95=[0.1, 0.45], episodes=20))
+    card = build_model_card(meta, None, "alice/ft", files=[], evidence=dict(online_route=route)).content
+    assert "- before online fine-tuning (`start-agent`, step 2): 50.0% [30.0%, 70.0%] over 20 episodes\n" \
+           "- offline instead: 25.0% [10.0%, 45.0%] over 20 episodes\n\n  ```bash\n" \
+           "  rql finetune --checkpoint start-agent --steps 400\n  ```" in card, card
     assert (out / "curves.png").is_file() and (out / "eval.csv").read_text().count("\n") == 2
 
 

@@ -66,6 +66,31 @@ def measure_control(args: argparse.Namespace) -> dict:
                 episodes=task.episodes, step=control_loaded.meta.step)
 
 
+def interval_of(report: EvaluationReport) -> dict:
+    task = report.tasks[0]
+    return dict(success_rate=task.success_rate, success_ci95=list(task.success_ci95), episodes=task.episodes)
+
+
+def measure_online_route(meta, continuation: Path, episodes: int) -> dict:
+    """For an agent fine-tuned online: the checkpoint it started from, and ``continuation`` (the same start
+    trained offline for as many gradient steps: the online route's control), on the agent's episodes."""
+    lineage = meta.lineage or {}
+    if lineage.get("method") != "online":
+        raise SystemExit("--offline-continuation is for a run fine-tuned online; this run's lineage is "
+                         f"{lineage.get('method') or 'none'}")
+    offline_loaded, offline = measure(str(continuation), episodes)
+    if (offline_loaded.meta.lineage or {}).get("ref") != lineage["ref"]:
+        raise SystemExit(f"{continuation} did not start from {lineage['ref']}, the online run's start")
+    _, start = measure(lineage["ref"], episodes)
+    steps = offline_loaded.meta.lineage["steps"]
+    return dict(
+        start=dict(ref=lineage["ref"], step=lineage["step"], **interval_of(start)),
+        offline=dict(name=f"the same start trained {steps:,} more offline steps instead (the online route's control)",
+                     command=reproduce_command(offline_loaded.meta, read_run_record(continuation).config),
+                     **interval_of(offline)),
+    )
+
+
 def kept_control(folder: Path) -> dict:
     """The control measured for the bundled agent in ``folder``, which the new run replaces (read before
     anything there is overwritten)."""
@@ -151,6 +176,9 @@ def main() -> None:
     parser.add_argument("--keep-control", action="store_true",
                         help="instead of --control: keep the control measured for the agent this run replaces "
                         "(its evidence.json), for a rerun of the same task, data, networks and steps")
+    parser.add_argument("--offline-continuation", type=Path,
+                        help="for a run fine-tuned online: the run that trained the same start offline for as "
+                        "many gradient steps (the card shows the start, this and the agent on the same episodes)")
     parser.add_argument("--control-name", default="near-BC control (alpha 1000, same data and steps)")
     parser.add_argument("--control-task", type=int, default=None,
                         help="evaluate the control on this task (a near-BC run trained with another task's "
@@ -204,6 +232,8 @@ def main() -> None:
         paper=dict(success_rate=args.paper_rate, source=args.paper_source),
         goal=goal_of(args),
     )
+    if args.offline_continuation:
+        evidence["online_route"] = measure_online_route(meta, args.offline_continuation, args.episodes)
     write_json_atomic(out / EVIDENCE_FILE, evidence)
     film(out, args.video_episodes)
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")

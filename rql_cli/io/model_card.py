@@ -42,7 +42,10 @@ same length), ``paper`` ({success_rate, source}: the paper's RQL number for the 
 ``goal`` ({success_rate, why, note}: the success the agent was meant to reach, why, and what reaching
 it would take where it falls short) and ``family`` (a list of {name, task, success_rate, success_ci95,
 episodes, control_success_rate}: the agents for each task of this environment published beside it,
-this one included)."""
+this one included) and, for an agent fine-tuned online, ``online_route`` ({start: {ref, step,
+success_rate, success_ci95, episodes}: the checkpoint it started from; offline: {name, command,
+success_rate, success_ci95, episodes}: the same start trained offline for as many gradient steps, the
+online route's control}), all measured on the agent's own episodes."""
 
 
 def read_evidence(folder: Path | str) -> dict[str, Any] | None:
@@ -73,6 +76,7 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     if report and report.tasks:
         first = report.tasks[0]
         lines.append(f"- this agent: {_interval_text(first.success_rate, first.success_ci95, first.episodes)}")
+    lines += _online_route_lines(evidence.get("online_route"))
     control = evidence.get("control")
     if control:
         shown = _interval_text(control["success_rate"], control.get("success_ci95"), control.get("episodes"))
@@ -103,6 +107,20 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     if curves:
         lines += ["", "![training curves: success with its 95% interval, losses, values](curves.png)"]
     return [*lines, ""]
+
+
+def _online_route_lines(route: dict[str, Any] | None) -> list[str]:
+    """Where online fine-tuning took the agent: its start, and the same start trained offline instead."""
+    if not route:
+        return []
+    start, offline = route["start"], route["offline"]
+    return [
+        f"- before online fine-tuning (`{start['ref']}`, step {start['step']:,}): "
+        + _interval_text(start["success_rate"], start.get("success_ci95"), start.get("episodes")),
+        f"- {offline.get('name', 'the start trained offline instead')}: "
+        + _interval_text(offline["success_rate"], offline.get("success_ci95"), offline.get("episodes")),
+        *(["", "  ```bash", f"  {offline['command']}", "  ```"] if offline.get("command") else []),
+    ]
 
 
 def _family_table(family: list[dict[str, Any]]) -> list[str]:
