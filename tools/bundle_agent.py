@@ -146,6 +146,15 @@ def film(out: Path, episodes: int) -> Path:
     raise SystemExit(f"{video} is {video.stat().st_size / 2**20:.1f} MB even with one episode")
 
 
+def restate_train_part(command: str, meta) -> str:
+    """``command`` with its `rql train` part (if any) kept exact under today's preset; a `rql finetune`
+    takes its agent's fields from its checkpoint, so it stays as written."""
+    first, *rest = command.split(" && ")
+    if first.startswith("rql train "):
+        first = restate_preset_values(first, first, meta)
+    return " && ".join([first, *rest])
+
+
 def rewrite_card(out: Path, goal: dict | None) -> None:
     """Rebuild a bundled agent's card from the files it already has (no new measurement)."""
     meta, _ = read_meta(out)
@@ -159,7 +168,7 @@ def rewrite_card(out: Path, goal: dict | None) -> None:
     if control.get("command") and command:
         control["command"] = restate_preset_values(control["command"], command, meta)
     # the agent's own command, written with its run's settings, gains only what a changed preset took away
-    evidence["train_command"] = restate_preset_values(command, command, meta) if command else reproduce_command(meta)
+    evidence["train_command"] = restate_train_part(command, meta) if command else reproduce_command(meta)
     write_json_atomic(out / EVIDENCE_FILE, evidence)
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
     video = "rollout.mp4" if (out / "rollout.mp4").is_file() else None
@@ -176,6 +185,8 @@ def main() -> None:
     parser.add_argument("--keep-control", action="store_true",
                         help="instead of --control: keep the control measured for the agent this run replaces "
                         "(its evidence.json), for a rerun of the same task, data, networks and steps")
+    parser.add_argument("--control-of", help="with --keep-control: the bundled agent whose control to keep "
+                        "(an agent fine-tuned from it), instead of --name")
     parser.add_argument("--offline-continuation", type=Path,
                         help="for a run fine-tuned online: the run that trained the same start offline for as "
                         "many gradient steps (the card shows the start, this and the agent on the same episodes)")
@@ -214,7 +225,8 @@ def main() -> None:
                      "(only --card-only does without)")
 
     loaded, report = measure(str(args.run), args.episodes)
-    control_evidence = kept_control(args.root / args.name) if args.keep_control else measure_control(args)
+    kept_from = args.root / (args.control_of or args.name)
+    control_evidence = kept_control(kept_from) if args.keep_control else measure_control(args)
     meta = loaded.meta
     out = args.root / args.name
     out.mkdir(parents=True, exist_ok=True)
