@@ -277,6 +277,10 @@ def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_cont
             continue
         meta, _ = read_meta(folder)
         stored = meta.config.to_dict()  # the agent's config: a checkpoint keeps no run settings
+        if evidence["train_command"].startswith("rql finetune "):
+            _check_fine_tuned_from_a_bundled_agent(name, evidence["train_command"], meta, folders)
+            _check_control_command(name, evidence["control"]["command"], stored)
+            continue
         train, *finetune = evidence["train_command"].split(" && ")
         task, command_fields = _config_of_train_command(train)
         fields = {k: v for k, v in command_fields.items() if k in stored}
@@ -296,10 +300,30 @@ def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_cont
         assert (command_fields["steps"], command_fields["seed"]) == (trained_steps, meta.seed), name
         assert (task or meta.task_name.resolve_task()) == meta.task_name.resolve_task(), name
         assert evidence["train_command"] in (folder / "README.md").read_text(), name
-        _, control_fields = _config_of_train_command(evidence["control"]["command"])
-        control = {k: v for k, v in control_fields.items() if k in stored}
-        assert control["alpha"] == 1000.0, name
-        assert {**control, "alpha": stored["alpha"]} == stored, name
+        _check_control_command(name, evidence["control"]["command"], stored)
+
+
+def _check_control_command(name: str, command: str, stored: dict) -> None:
+    """A near-BC control's command makes the agent's config but for alpha, 1000."""
+    _, control_fields = _config_of_train_command(command)
+    control = {k: v for k, v in control_fields.items() if k in stored}
+    assert control["alpha"] == 1000.0, name
+    assert {**control, "alpha": stored["alpha"]} == stored, name
+
+
+def _check_fine_tuned_from_a_bundled_agent(name: str, command: str, meta, folders: dict) -> None:
+    """`rql finetune --checkpoint OTHER ...`: OTHER is bundled beside it with this agent's config and the
+    step it started from, and the command states the online steps and batches its lineage records."""
+    from rql_cli.io.checkpoint import read_meta
+
+    tokens = shlex.split(command)
+    assert tokens[:4] == ["rql", "finetune", "--checkpoint", meta.lineage["ref"]], name
+    start, _ = read_meta(folders[meta.lineage["ref"]])
+    assert start.config.to_dict() == meta.config.to_dict() and start.step == meta.lineage["step"], name
+    assert meta.lineage["method"] == "online", name
+    assert tokens[tokens.index("--online-steps") + 1] == str(meta.lineage["online_steps"]) == str(meta.step), name
+    assert ("--balanced" in tokens) == bool(meta.lineage.get("balanced")), name
+    assert not [v for t, v in zip(tokens, tokens[1:]) if t == "--set" and v.split("=")[0] in meta.config.to_dict()]
 
 
 def test_an_old_control_command_gains_the_fields_a_changed_preset_no_longer_gives(tiny_run_dir):
