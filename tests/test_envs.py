@@ -55,6 +55,14 @@ def test_wilson_interval_matches_hand_computed_values(successes, n, low, high):
     assert got_high == pytest.approx(high, abs=1e-5)
 
 
+def test_wilson_interval_holds_the_rate_at_all_or_nothing():
+    """100 of 100 must not give an upper end below the rate itself (float rounding gave 0.9999999999999999)."""
+    for n in (1, 7, 20, 100, 300):
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+        low, high = wilson_interval(n, n)
+        assert low <= 1.0 <= high
+
+
 def test_wilson_interval_rejects_impossible_counts():
     with pytest.raises(ValueError):
         wilson_interval(0, 0)

@@ -57,7 +57,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     denominator = 1.0 + z2 / n
     center = (p_hat + z2 / (2 * n)) / denominator
     half_width = z * math.sqrt(p_hat * (1 - p_hat) / n + z2 / (4 * n * n)) / denominator
-    return max(0.0, center - half_width), min(1.0, center + half_width)
+    # at 0/n and n/n the bound is the observed rate exactly (rounding left 100/100 at 0.9999999999999999)
+    low = 0.0 if successes == 0 else max(0.0, center - half_width)
+    high = 1.0 if successes == n else min(1.0, center + half_width)
+    return low, high
 
 
 def mean_interval(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
