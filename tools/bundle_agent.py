@@ -56,19 +56,17 @@ def wall_time_s(run: Path) -> float | None:
     return total + times[-1]
 
 
-def measure_control(args: argparse.Namespace) -> dict:
-    """The control run's evidence: measured here on the same episodes as the agent."""
-    control_loaded, control = measure(str(args.control), args.episodes, args.control_task)
-    task = control.tasks[0]
-    return dict(name=args.control_name,
-                command=reproduce_command(control_loaded.meta, read_run_record(args.control).config),
-                success_rate=task.success_rate, success_ci95=list(task.success_ci95),
-                episodes=task.episodes, step=control_loaded.meta.step)
-
-
 def interval_of(report: EvaluationReport) -> dict:
     task = report.tasks[0]
     return dict(success_rate=task.success_rate, success_ci95=list(task.success_ci95), episodes=task.episodes)
+
+
+def measure_control(args: argparse.Namespace) -> dict:
+    """The control run's evidence: measured here on the same episodes as the agent."""
+    control_loaded, control = measure(str(args.control), args.episodes, args.control_task)
+    return dict(name=args.control_name,
+                command=reproduce_command(control_loaded.meta, read_run_record(args.control).config),
+                **interval_of(control), step=control_loaded.meta.step)
 
 
 def measure_online_route(meta, continuation: Path, episodes: int) -> dict:
