@@ -89,8 +89,8 @@ def test_a_local_ray_runs_its_runs_at_the_callers_priority(monkeypatch):
 
 def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_dir, tmp_path):
     pytest.importorskip("ray")
-    # Long enough that the second pair is still training when Ctrl-C reaches the driver (it looks up from
-    # `ray.wait` every 0.5 s) and the test polls every 0.2 s: 1,500 steps of these networks take 5 to 15 s.
+    # Long enough that runs are unfinished when Ctrl-C reaches the driver (it looks up from `ray.wait` every
+    # 0.5 s; the test polls every 0.2 s): 1,500 steps of these networks take 5 to 15 s, a run's start 5 to 20 s.
     out, steps = tmp_path / "sweep", 1500
     args = ["sweep", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--task", "1-2", "--seeds",
             "0-1", "--steps", str(steps), "--eval-interval", str(steps), "--eval-episodes", "1",

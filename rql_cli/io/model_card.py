@@ -79,10 +79,7 @@ def _evidence_section(report: EvaluationReport | None, evidence: dict[str, Any] 
     lines += _online_route_lines(evidence.get("online_route"))
     control = evidence.get("control")
     if control:
-        shown = _interval_text(control["success_rate"], control.get("success_ci95"), control.get("episodes"))
-        lines.append(f"- {control.get('name', 'control')}: {shown}")
-        if control.get("command"):
-            lines += ["", "  ```bash", f"  {control['command']}", "  ```"]
+        lines += _measured_lines(control.get("name", "control"), control)
     paper = evidence.get("paper")
     if paper:
         number = pct(paper["success_rate"]) if paper.get("success_rate") is not None else "not reported"
@@ -114,13 +111,15 @@ def _online_route_lines(route: dict[str, Any] | None) -> list[str]:
     if not route:
         return []
     start, offline = route["start"], route["offline"]
-    return [
-        f"- before online fine-tuning (`{start['ref']}`, step {start['step']:,}): "
-        + _interval_text(start["success_rate"], start.get("success_ci95"), start.get("episodes")),
-        f"- {offline.get('name', 'the start trained offline instead')}: "
-        + _interval_text(offline["success_rate"], offline.get("success_ci95"), offline.get("episodes")),
-        *(["", "  ```bash", f"  {offline['command']}", "  ```"] if offline.get("command") else []),
-    ]
+    return [*_measured_lines(f"before online fine-tuning (`{start['ref']}`, step {start['step']:,})", start),
+            *_measured_lines(offline.get("name", "the start trained offline instead"), offline)]
+
+
+def _measured_lines(label: str, measured: dict[str, Any]) -> list[str]:
+    """One evidence bullet: ``label``, the success with its interval, and the command that made it, if any."""
+    shown = _interval_text(measured["success_rate"], measured.get("success_ci95"), measured.get("episodes"))
+    command = measured.get("command")
+    return [f"- {label}: {shown}", *(["", "  ```bash", f"  {command}", "  ```"] if command else [])]
 
 
 def _family_table(family: list[dict[str, Any]]) -> list[str]:
