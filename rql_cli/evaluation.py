@@ -14,7 +14,7 @@ from rql_cli.config import RunConfig
 from rql_cli.core.rql import RQLAgent
 from rql_cli.device import make_generator
 from rql_cli.envs import policy  # through the module: a test replaces chunk_policy to watch it
-from rql_cli.envs.evaluate import evaluate, evaluate_members
+from rql_cli.envs.evaluate import KeptEnvs, evaluate, evaluate_members
 from rql_cli.io.checkpoint import check_checkpoint_dims
 from rql_cli.io.group_record import read_group_record, seed_dir
 from rql_cli.io.metrics import EvaluationReport
@@ -67,18 +67,19 @@ def evaluate_checkpoint(
 
 def evaluate_agent(
     agent: RQLAgent, task_name: str | ParsedName, config: RunConfig, step: int,
-    on_episode: EpisodeCallback | None = None,
+    on_episode: EpisodeCallback | None = None, kept: KeptEnvs | None = None,
 ) -> EvalResult:
     """A training loop's periodic evaluation of the EMA policy: ``config.eval_episodes`` episodes.
 
     Flow noise comes from its own generator seeded by ``config.seed`` and ``step``, so it never
     shifts a training stream (a run with and without evaluations trains the same weights); episode
-    i is reset with env seed ``config.seed + i``.
+    i is reset with env seed ``config.seed + i``. ``kept``: the run's envs, reused from one evaluation
+    to the next.
     """
     generator = _periodic_generator(agent.device, config.seed, step)
     return evaluate(
         policy.chunk_policy(agent, generator), task_name, None, episodes=config.eval_episodes,
-        num_envs=config.eval_envs, seed=config.seed, on_episode=on_episode,
+        num_envs=config.eval_envs, seed=config.seed, on_episode=on_episode, kept=kept,
     )
 
 
@@ -158,7 +159,7 @@ def evaluate_group(
 
 def evaluate_agents(
     agents: list[RQLAgent], task_name: str | ParsedName, configs: list[RunConfig], step: int, *, stacked: bool,
-    on_episode: EpisodeCallback | None = None,
+    on_episode: EpisodeCallback | None = None, kept: KeptEnvs | None = None,
 ) -> list[EvalResult]:
     """The periodic evaluation of a group's seeds: member m gets the episodes and flow noise
     ``evaluate_agent(agents[m], task_name, configs[m], step)`` gives it alone (``stacked``: one batched
@@ -169,7 +170,7 @@ def evaluate_agents(
     generators = [_periodic_generator(a.device, c.seed, step) for a, c in zip(agents, configs, strict=True)]
     return evaluate_members(
         policy.seed_policies(agents, generators, stacked=stacked), [c.seed for c in configs], task_name, None,
-        episodes=episodes, num_envs=configs[0].eval_envs, together=stacked, on_episode=tally.add,
+        episodes=episodes, num_envs=configs[0].eval_envs, together=stacked, on_episode=tally.add, kept=kept,
     )
 
 

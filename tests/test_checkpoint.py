@@ -55,6 +55,36 @@ def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary leftovers
 
 
+def test_a_slim_checkpoint_is_half_the_bytes_and_loads_its_stand_ins(tmp_path):
+    """Bundled agents keep the acting EMA field and the value ensemble; a load starts the raw field at the
+    EMA field and the Polyak target at the ensemble, and acts exactly as the full checkpoint does."""
+    from rql_cli.core.rql import RQLAgent
+    from rql_cli.io.checkpoint import load_tensors
+
+    torch.manual_seed(0)
+    config = RunConfig.of(**TINY).agent
+    agent = RQLAgent(config, 28, 5, torch.device("cpu"))
+    with torch.no_grad():  # all four networks differ, so a stand-in mixed up would show
+        for offset, name in enumerate(("velocity", "velocity_target", "value", "value_target")):
+            for p in getattr(agent, name).parameters():
+                p.add_(0.1 * (offset + 1))
+    full = save_checkpoint(tmp_path / "full", agent, make_meta(config))
+    slim = save_checkpoint(tmp_path / "slim", agent, make_meta(config), slim=True)
+    for file_name in ("velocity.safetensors", "value.safetensors"):
+        assert (slim / file_name).stat().st_size < 0.55 * (full / file_name).stat().st_size
+    assert {k.split(".")[0] for k in load_tensors(slim / "velocity.safetensors")} == {"velocity_target"}
+    assert {k.split(".")[0] for k in load_tensors(slim / "value.safetensors")} == {"value"}
+
+    loaded, _ = load_agent(slim)
+    for name, source in (("velocity", "velocity_target"), ("velocity_target", "velocity_target"),
+                         ("value", "value"), ("value_target", "value")):
+        for (key, a), b in zip(getattr(agent, source).state_dict().items(), getattr(loaded, name).state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{key} should be the saved {source}"
+    observations = torch.randn(4, 28)
+    acted = [a.act(observations, torch.Generator().manual_seed(3)) for a in (load_agent(full)[0], loaded)]
+    assert torch.equal(acted[0], acted[1])
+
+
 def saved_tiny_checkpoint(tmp_path: Path) -> Path:
     """A freshly initialised TINY agent saved as tmp_path/ckpt."""
     from rql_cli.core.rql import RQLAgent

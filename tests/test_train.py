@@ -109,6 +109,58 @@ def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
     assert (int(row["step"]), float(row["success_rate"]), int(row["episodes"])) == (4, float(success), 1)
 
 
+def test_a_run_builds_its_evaluation_env_once_for_its_start_check_and_every_evaluation(
+    tiny_dataset_dir, tmp_path, monkeypatch
+):
+    """An OGBench env costs about a second to build: the dataset's start-up check builds the envs the
+    evaluations then reuse, and each evaluation measures what a fresh env would (same episodes)."""
+    import rql_cli.envs.evaluate as evaluate_module
+
+    built = []
+    real = evaluate_module._make_worker_env
+    monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: built.append(args) or real(*args))
+    data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
+    config = RunConfig.of(**{**TINY, "eval_episodes": 2, "eval_interval": 2, "eval_envs": 1}, steps=6)
+    train(config, data, tmp_path / "kept")
+    assert len(built) == 1
+    kept_rows = read_csv(tmp_path / "kept" / "eval.csv")
+
+    import rql_cli.training.session as session
+
+    monkeypatch.setattr(session, "KeptEnvs", _FreshEnvs)  # the same run on fresh envs each time
+    built.clear()
+    train(config, data, tmp_path / "fresh")
+    assert len(built) == 4  # the check, then 3 evaluations
+    fresh_rows = read_csv(tmp_path / "fresh" / "eval.csv")
+    columns = ("step", "success_rate", "mean_return")
+    assert [[r[c] for c in columns] for r in kept_rows] == [[r[c] for c in columns] for r in fresh_rows]
+    assert len(kept_rows) == 3
+
+
+class _FreshEnvs:
+    """KeptEnvs that keeps nothing: every call builds its envs anew and closes them after."""
+
+    def __init__(self):
+        from rql_cli.envs.evaluate import KeptEnvs
+
+        self.inner = KeptEnvs()
+
+    def get(self, *args):
+        self.inner.close()
+        return self.inner.get(*args)
+
+    def dims(self, *args):
+        dims = self.inner.dims(*args)
+        self.inner.close()
+        return dims
+
+    def drop(self, vector_env):
+        self.inner.drop(vector_env)
+
+    def close(self):
+        self.inner.close()
+
+
 def test_resume_finds_the_data_from_anywhere_and_refuses_another_file(tiny_dataset_dir, tmp_path, monkeypatch):
     from rql_cli.errors import DatasetError
     from rql_cli.io.run_record import read_run_record

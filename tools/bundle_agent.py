@@ -1,7 +1,7 @@
 """Make a bundled agent (a folder under checkpoints/) from a finished run, with the evidence behind it.
 
-Evaluates the run's final checkpoint and its near-BC control run on the same episodes, copies the
-weights and config (no train state), writes metrics.json, evidence.json, curves.png, a short labelled
+Evaluates the run's final checkpoint and its near-BC control run on the same episodes, writes its
+slim weights (the acting field and the value ensemble; no train state) and config, writes metrics.json, evidence.json, curves.png, a short labelled
 rollout video and the model card. A maintainer's tool; every number it writes it measures itself.
 
     python tools/bundle_agent.py --run runs/cube-a10 --control runs/cube-bc --name cube-single-task2-rql \\
@@ -25,7 +25,7 @@ import torch
 
 from rql_cli.evaluation import evaluate_checkpoint
 from rql_cli.io.atomic import write_json_atomic
-from rql_cli.io.checkpoint import REQUIRED_FILES, read_meta
+from rql_cli.io.checkpoint import read_meta, save_checkpoint
 from rql_cli.io.metrics import EvaluationReport, read_metrics, write_metrics
 from rql_cli.io.model_card import EVIDENCE_FILE, build_model_card, read_evidence
 from rql_cli.io.reproduce import reproduce_command, restate_preset_values
@@ -227,11 +227,9 @@ def main() -> None:
     control_evidence = kept_control(kept_from) if args.keep_control else measure_control(args)
     meta = loaded.meta
     out = args.root / args.name
-    out.mkdir(parents=True, exist_ok=True)
-    for name in REQUIRED_FILES:
-        shutil.copyfile(loaded.resolved.folder / name, out / name)
     report.checkpoint = out.name  # the bundled name `rql eval --checkpoint` takes, not a path on this machine
-    write_metrics(out, report)
+    # Slim: the EMA field that acts and the value ensemble that fine-tuning needs, half the bytes.
+    save_checkpoint(out, loaded.agent, meta, metrics=report, slim=True)
     shutil.copyfile(args.run / "curves.png", out / "curves.png")
     evidence = dict(
         dataset_recipe=args.recipe,

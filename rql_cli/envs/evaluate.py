@@ -159,6 +159,7 @@ def evaluate(
     on_episode: EpisodeCallback | None = None,
     max_episode_steps: int | None = None,
     check_fit: Callable[[int, int, str], None] | None = None,
+    kept: KeptEnvs | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of an action-chunk policy and measure success and return.
 
@@ -179,6 +180,8 @@ def evaluate(
         check_fit: called as ``check_fit(obs_dim, action_dim, env_name)`` with the env's sizes before
             any reset or policy call, to refuse a policy of other sizes by raising (``evaluate_checkpoint``
             passes ``io.checkpoint.check_checkpoint_dims``: CheckpointError); None checks nothing.
+        kept: run on the envs kept there from an earlier call, or build them into it (a training run's
+            periodic evaluations); None builds the envs and closes them before returning.
 
     Returns:
         EvalResult. Success is the final step's ``info['success']``; return is the sum of rewards.
@@ -186,7 +189,7 @@ def evaluate(
     [result] = evaluate_members(
         lambda rows: {0: policy_fn(rows[0])}, [seed], task_name, task, episodes=episodes, num_envs=num_envs,
         together=True, on_episode=None if on_episode is None else lambda _member, progress: on_episode(progress),
-        max_episode_steps=max_episode_steps, check_fit=check_fit,
+        max_episode_steps=max_episode_steps, check_fit=check_fit, kept=kept,
     )
     return result
 
@@ -203,6 +206,7 @@ def evaluate_members(
     on_episode: MemberEpisodeCallback | None = None,
     max_episode_steps: int | None = None,
     check_fit: Callable[[int, int, str], None] | None = None,
+    kept: KeptEnvs | None = None,
 ) -> list[EvalResult]:
     """``evaluate`` for several policies (members: the seeds of a group), each exactly as alone.
 
@@ -229,7 +233,11 @@ def evaluate_members(
     # In turn, the members share one vector env: each episode starts from a reset with its own seed, so
     # an env that ran another member's episodes runs this one's as a fresh one would (as episode i > 0 of
     # one member already does), and N - 1 env builds are saved.
-    vector_env = _make_vector_env(parsed, task_number, max_episode_steps, per_member * len(groups[0]))
+    env_count = per_member * len(groups[0])
+    if kept is None:
+        vector_env = _make_vector_env(parsed, task_number, max_episode_steps, env_count)
+    else:
+        vector_env = kept.get(parsed, task_number, max_episode_steps, env_count)
     failed = True
     results: list[EvalResult] = []
     try:
@@ -245,7 +253,10 @@ def evaluate_members(
             startup_time = 0.0  # the next members find the envs built
         failed = False
     finally:
-        _close_vector_env(vector_env, terminate=failed)
+        if kept is None:
+            _close_vector_env(vector_env, terminate=failed)
+        elif failed:  # its workers may be mid-step or broken by the signal: never reuse them
+            kept.drop(vector_env)
     return results
 
 
@@ -311,6 +322,50 @@ def _make_vector_env(parsed: ParsedName, task: int, max_episode_steps: int | Non
     if env_count == 1:
         return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
     return AsyncVectorEnv(factories, context=_start_method(), autoreset_mode=AutoresetMode.DISABLED)
+
+
+class KeptEnvs:
+    """The vector envs of one training run's evaluations, built at the first and kept for the next.
+
+    An OGBench env takes about a second to build (a worker process's start-up on top with several envs)
+    and a run evaluates every ``eval_interval`` steps. A kept env runs each episode from a reset with
+    that episode's seed, so it measures what a fresh one would, as episode i > 0 of one evaluation
+    already does. An evaluation that fails drops its envs (terminated, never reused); ``close`` ends the
+    rest. Used as a context manager, or closed by its owner (``training.session.BatchSource.close``).
+    """
+
+    def __init__(self) -> None:
+        self._envs: dict[tuple[str, int, int | None, int], VectorEnv] = {}
+
+    def get(self, parsed: ParsedName, task: int, max_episode_steps: int | None, env_count: int) -> VectorEnv:
+        """The kept vector env of ``env_count`` copies of this task's env; built now if there is none."""
+        key = (parsed.env_id(task), task, max_episode_steps, env_count)
+        if key not in self._envs:
+            self._envs[key] = _make_vector_env(parsed, task, max_episode_steps, env_count)
+        return self._envs[key]
+
+    def dims(self, task_name: ParsedName, episodes: int, num_envs: int | None) -> tuple[int, int]:
+        """(observation size, action size) of the envs an evaluation of ``episodes`` on the name's own
+        task would run, built now and kept for it (a run's start-up check of its dataset)."""
+        count = _checked_env_count(episodes, num_envs, None)
+        return _vector_env_dims(self.get(task_name, task_name.resolve_task(None), None, count))
+
+    def drop(self, vector_env: VectorEnv) -> None:
+        """Terminate ``vector_env`` and forget it."""
+        self._envs = {key: env for key, env in self._envs.items() if env is not vector_env}
+        _close_vector_env(vector_env, terminate=True)
+
+    def close(self) -> None:
+        """Close every kept env."""
+        envs, self._envs = list(self._envs.values()), {}
+        for vector_env in envs:
+            _close_vector_env(vector_env, terminate=False)
+
+    def __enter__(self) -> KeptEnvs:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _vector_env_dims(vector_env: VectorEnv) -> tuple[int, int]:

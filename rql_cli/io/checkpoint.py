@@ -5,6 +5,8 @@ A checkpoint folder holds::
     config.json              format_version, the agent config, dataset, env id, dims, step, seed, versions
     velocity.safetensors     velocity field ("velocity.*") and its EMA target ("velocity_target.*")
     value.safetensors        value ensemble ("value.*") and its Polyak target ("value_target.*")
+                             (a slim checkpoint, as bundled agents are, keeps only "velocity_target.*",
+                             the field that acts, and "value.*": see ``SLIM_STAND_INS``)
     train_state.safetensors  Adam moments, step, RNG states (for --resume; optional when shared)
     metrics.json             the latest evaluation (optional; schema and reader in metrics.py)
 
@@ -138,20 +140,24 @@ def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def weight_tensors(agent: RQLAgent) -> dict[str, dict[str, torch.Tensor]]:
-    """The two weight files' contents, keyed by file name then tensor name (``velocity.mlp...``)."""
-    def prefixed(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+# The networks a slim checkpoint leaves out, each with the stored network that stands in for it when one
+# is loaded: a fine-tune's raw field starts at the EMA field that acts, and its Polyak target at the value
+# ensemble, as a new run starts its target. Half the bytes; acting and evaluation read neither.
+SLIM_STAND_INS = {"velocity": "velocity_target", "value_target": "value"}
+
+
+def weight_tensors(agent: RQLAgent, *, slim: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """The two weight files' contents, keyed by file name then tensor name (``velocity.mlp...``).
+
+    ``slim`` leaves out the networks of ``SLIM_STAND_INS``.
+    """
+    def prefixed(*prefixes: str) -> dict[str, torch.Tensor]:
+        kept = [prefix for prefix in prefixes if not (slim and prefix in SLIM_STAND_INS)]
+        return {f"{prefix}.{k}": v for prefix in kept for k, v in getattr(agent, prefix).state_dict().items()}
 
     return {
-        VELOCITY_FILE: {
-            **prefixed("velocity", agent.velocity),
-            **prefixed("velocity_target", agent.velocity_target),
-        },
-        VALUE_FILE: {
-            **prefixed("value", agent.value),
-            **prefixed("value_target", agent.value_target),
-        },
+        VELOCITY_FILE: prefixed("velocity", "velocity_target"),
+        VALUE_FILE: prefixed("value", "value_target"),
     }
 
 
@@ -174,12 +180,14 @@ def save_checkpoint(
     generators: dict[str, torch.Generator] | None = None,
     metrics: EvaluationReport | None = None,
     extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+    slim: bool = False,
 ) -> Path:
     """Write a checkpoint folder atomically: into a temporary sibling, fsync, then rename.
 
     A crash at any point leaves either the previous folder or the new one, whole.
     With ``generators`` the train state (optimizer, step, RNG) is written too; ``extra_tensors``
-    maps further safetensors file names to their tensors (fine-tuning's online buffer).
+    maps further safetensors file names to their tensors (fine-tuning's online buffer); ``slim``
+    writes the weights a shared agent needs only (``SLIM_STAND_INS``).
     """
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
@@ -188,7 +196,7 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        _write_files(tmp, agent, meta, generators, metrics, extra_tensors)
+        _write_files(tmp, agent, meta, generators, metrics, extra_tensors, slim)
         _swap_into_place(tmp, directory)
     except Exception as error:
         # safetensors reports a full disk as its own SafetensorError, the rest of Python as OSError.
@@ -207,9 +215,10 @@ def save_checkpoint(
 def _write_files(
     tmp: Path, agent: RQLAgent, meta: CheckpointMeta, generators: dict[str, torch.Generator] | None,
     metrics: EvaluationReport | None, extra_tensors: dict[str, dict[str, torch.Tensor]] | None,
+    slim: bool = False,
 ) -> None:
     """Every file of a checkpoint into the folder ``tmp``, fsynced."""
-    for file_name, tensors in weight_tensors(agent).items():
+    for file_name, tensors in weight_tensors(agent, slim=slim).items():
         safetensors.torch.save_file(_cpu_contiguous(tensors), str(tmp / file_name), metadata={"format": "pt"})
     if generators is not None:
         safetensors.torch.save_file(
@@ -404,7 +413,10 @@ def _check_tensor(path: Path, name: str, value: torch.Tensor, expected: torch.Te
 
 
 def load_weights_into(agent: RQLAgent, directory: Path) -> None:
-    """Load both weight files into ``agent``; shape mismatches name the tensor and both shapes."""
+    """Load both weight files into ``agent``; shape mismatches name the tensor and both shapes.
+
+    A network a slim checkpoint left out is loaded from its stand-in (``SLIM_STAND_INS``).
+    """
     directory = Path(directory)
     parts = {
         VELOCITY_FILE: ("velocity", "velocity_target"),
@@ -416,6 +428,8 @@ def load_weights_into(agent: RQLAgent, directory: Path) -> None:
             module: torch.nn.Module = getattr(agent, prefix)
             expected = module.state_dict()
             found = _split(tensors, prefix)
+            if not found and prefix in SLIM_STAND_INS:
+                found = _split(tensors, SLIM_STAND_INS[prefix])
             missing = sorted(set(expected) - set(found))
             extra = sorted(set(found) - set(expected))
             if missing or extra:

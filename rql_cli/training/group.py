@@ -195,6 +195,7 @@ class GroupSession:
                 lambda: evaluate_agents(
                     [m.agent for m in active.values()], self.source.task_name, [m.config for m in active.values()],
                     self.position, stacked=isinstance(self.update, StackedSeeds), on_episode=observer.on_eval_episode,
+                    kept=self.source.eval_envs,
                 ),
                 self.stop, lambda: self.save(observer), self.resume_command(),
             )

@@ -22,7 +22,6 @@ from rql_cli.data.shards import ShardRotation, ShardSwap
 from rql_cli.data.sources import DataSpec
 from rql_cli.device import make_generator
 from rql_cli.envs.external import env_spec_json
-from rql_cli.envs.make import env_dims, make_eval_env
 from rql_cli.errors import DatasetError
 from rql_cli.io.curves import plot_curves
 from rql_cli.io.run_logs import CsvLog
@@ -95,10 +94,11 @@ class OfflineSource(BatchSource):
         try:
             dataset = self.rotation.sampler(start_step).dataset
             self.task_name = parse_task_name(data.env_id)
-            if config.eval_episodes > 0:
-                check_dataset_fits_env(dataset, self.task_name)
+            if config.eval_episodes > 0:  # the envs it builds are the first evaluation's
+                check_dataset_fits_env(dataset, self.task_name, self.eval_envs.dims(
+                    self.task_name, config.eval_episodes, config.eval_envs))
         except BaseException:
-            self.rotation.close()
+            self.close()
             raise
         self.obs_dim, self.action_dim = dataset.obs_dim, dataset.action_dim
         self.statistics = {**dataset.statistics(), **_shard_stats(self.rotation)}
@@ -136,6 +136,7 @@ class OfflineSource(BatchSource):
 
     def close(self) -> None:
         self.rotation.close()
+        super().close()
 
 
 class _ShardLog:
@@ -171,13 +172,10 @@ def _shard_stats(rotation: ShardRotation) -> dict[str, Any]:
             "shard_prefetch": rotation.prefetch}
 
 
-def check_dataset_fits_env(dataset: OfflineDataset, task_name: ParsedName) -> None:
-    """Refuse, before the first gradient step, a dataset whose sizes differ from its environment's."""
-    env = make_eval_env(task_name)
-    try:
-        env_obs, env_act = env_dims(env)
-    finally:
-        env.close()
+def check_dataset_fits_env(dataset: OfflineDataset, task_name: ParsedName, env_sizes: tuple[int, int]) -> None:
+    """Refuse, before the first gradient step, a dataset whose sizes differ from its environment's
+    (``env_sizes``: its observation and action sizes)."""
+    env_obs, env_act = env_sizes
     if (env_obs, env_act) != (dataset.obs_dim, dataset.action_dim):
         raise DatasetError(
             f"The dataset has observations of size {dataset.obs_dim} and actions of size {dataset.action_dim}, "

@@ -280,6 +280,7 @@ class OnlineSource(BatchSource):
     def close(self) -> None:
         if self.collector is not None:
             self.collector.close()
+        super().close()
 
 
 def _stored(transition: dict[str, Any], config: RQLConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ evaluating and recording the run are written here once, so every check and every
 
 from __future__ import annotations
 
+import functools
 import shlex
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from rql_cli.core.batch import ChunkBatch
 from rql_cli.core.rql import RQLAgent
 from rql_cli.data.sources import DataSpec
 from rql_cli.device import check_agent_fits, make_generator
+from rql_cli.envs.evaluate import KeptEnvs
 from rql_cli.envs.make import success_timing
 from rql_cli.errors import RQLError
 from rql_cli.evaluation import evaluate_agent
@@ -138,8 +140,14 @@ class BatchSource:
     def plot(self, session: RunSession) -> None:
         """Redraw the run's curves.png after an evaluation."""
 
+    @functools.cached_property
+    def eval_envs(self) -> KeptEnvs:
+        """The periodic evaluations' envs (and the start-up check's), built once and kept to ``close``."""
+        return KeptEnvs()
+
     def close(self) -> None:
-        """Release what the source holds (a shard reader thread, an env)."""
+        """Release what the source holds (a shard reader thread, an env); a subclass's calls this last."""
+        self.eval_envs.close()
 
 
 @dataclass
@@ -230,7 +238,7 @@ class RunSession:
             observer.on_eval_start(self.position, self.config.eval_episodes)
             result = guarded_evaluation(
                 lambda: evaluate_agent(self.agent, self.source.task_name, self.config, self.position,
-                                       on_episode=observer.on_eval_episode),
+                                       on_episode=observer.on_eval_episode, kept=self.source.eval_envs),
                 self.stop, lambda: self.save(observer), self.resume_command(),
             )
         return self.record_and_save(result, observer)
