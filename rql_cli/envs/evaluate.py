@@ -230,14 +230,9 @@ def evaluate_members(
     parsed = parse_task_name(task_name)
     task_number = parsed.resolve_task(task)
     started = time.perf_counter()
-    # In turn, the members share one vector env: each episode starts from a reset with its own seed, so
-    # an env that ran another member's episodes runs this one's as a fresh one would (as episode i > 0 of
-    # one member already does), and N - 1 env builds are saved.
-    env_count = per_member * len(groups[0])
-    if kept is None:
-        vector_env = _make_vector_env(parsed, task_number, max_episode_steps, env_count)
-    else:
-        vector_env = kept.get(parsed, task_number, max_episode_steps, env_count)
+    # In turn, the members share one vector env (N - 1 builds saved), as KeptEnvs says is sound.
+    envs = KeptEnvs() if kept is None else kept  # one of our own lives for this call only
+    vector_env = envs.get(parsed, task_number, max_episode_steps, per_member * len(groups[0]))
     failed = True
     results: list[EvalResult] = []
     try:
@@ -253,10 +248,10 @@ def evaluate_members(
             startup_time = 0.0  # the next members find the envs built
         failed = False
     finally:
-        if kept is None:
-            _close_vector_env(vector_env, terminate=failed)
-        elif failed:  # its workers may be mid-step or broken by the signal: never reuse them
-            kept.drop(vector_env)
+        if failed:  # its workers may be mid-step or broken by a signal: never reuse them
+            envs.drop(vector_env)
+        elif kept is None:
+            envs.close()
     return results
 
 
@@ -329,8 +324,8 @@ class KeptEnvs:
 
     An OGBench env takes about a second to build (a worker process's start-up on top with several envs)
     and a run evaluates every ``eval_interval`` steps. A kept env runs each episode from a reset with
-    that episode's seed, so it measures what a fresh one would, as episode i > 0 of one evaluation
-    already does. An evaluation that fails drops its envs (terminated, never reused); ``close`` ends the
+    that episode's seed, so it measures what a fresh one would, as episode i > 0 of one evaluation (or
+    a member after another of ``evaluate_members``) already does. An evaluation that fails drops its envs (terminated, never reused); ``close`` ends the
     rest. Used as a context manager, or closed by its owner (``training.session.BatchSource.close``).
     """
 
