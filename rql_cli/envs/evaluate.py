@@ -325,8 +325,9 @@ class KeptEnvs:
     An OGBench env takes about a second to build (a worker process's start-up on top with several envs)
     and a run evaluates every ``eval_interval`` steps. A kept env runs each episode from a reset with
     that episode's seed, so it measures what a fresh one would, as episode i > 0 of one evaluation (or
-    a member after another of ``evaluate_members``) already does. An evaluation that fails drops its envs (terminated, never reused); ``close`` ends the
-    rest. Used as a context manager, or closed by its owner (``training.session.BatchSource.close``).
+    a member after another of ``evaluate_members``) already does. An evaluation that fails drops its
+    envs (terminated, never reused); ``close`` ends the rest. Used as a context manager, or closed by
+    its owner (``training.session.BatchSource.close``).
     """
 
     def __init__(self) -> None:
