@@ -326,8 +326,8 @@ class KeptEnvs:
     and a run evaluates every ``eval_interval`` steps. A kept env runs each episode from a reset with
     that episode's seed, so it measures what a fresh one would, as episode i > 0 of one evaluation (or
     a member after another of ``evaluate_members``) already does. An evaluation that fails drops its
-    envs (terminated, never reused); ``close`` ends the rest. Used as a context manager, or closed by
-    its owner (``training.session.BatchSource.close``).
+    envs (terminated, never reused); ``close`` ends the rest (its owner's: ``evaluate_members`` for one
+    call, ``training.session.BatchSource.close`` for a run).
     """
 
     def __init__(self) -> None:
@@ -356,12 +356,6 @@ class KeptEnvs:
         envs, self._envs = list(self._envs.values()), {}
         for vector_env in envs:
             _close_vector_env(vector_env, terminate=False)
-
-    def __enter__(self) -> KeptEnvs:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _vector_env_dims(vector_env: VectorEnv) -> tuple[int, int]:

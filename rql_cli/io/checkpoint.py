@@ -5,8 +5,8 @@ A checkpoint folder holds::
     config.json              format_version, the agent config, dataset, env id, dims, step, seed, versions
     velocity.safetensors     velocity field ("velocity.*") and its EMA target ("velocity_target.*")
     value.safetensors        value ensemble ("value.*") and its Polyak target ("value_target.*")
-                             (a slim checkpoint, as bundled agents are, keeps only "velocity_target.*",
-                             the field that acts, and "value.*": see ``SLIM_STAND_INS``)
+                             (a slim checkpoint keeps only "velocity_target.*", the field that acts,
+                             and "value.*": see ``SLIM_STAND_INS``)
     train_state.safetensors  Adam moments, step, RNG states (for --resume; optional when shared)
     metrics.json             the latest evaluation (optional; schema and reader in metrics.py)
 
@@ -142,7 +142,8 @@ def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 # The networks a slim checkpoint leaves out, each with the stored network that stands in for it when one
 # is loaded: a fine-tune's raw field starts at the EMA field that acts, and its Polyak target at the value
-# ensemble, as a new run starts its target. Half the bytes; acting and evaluation read neither.
+# ensemble, as a new run starts its target. Half the bytes; acting and evaluation read neither, but a
+# fine-tune from a slim start was measured slower (docs/results.md), so bundles stay whole by default.
 SLIM_STAND_INS = {"velocity": "velocity_target", "value_target": "value"}
 
 
