@@ -109,16 +109,20 @@ def test_training_writes_the_run_folder(tiny_dataset_dir, tmp_path):
     assert (int(row["step"]), float(row["success_rate"]), int(row["episodes"])) == (4, float(success), 1)
 
 
-def test_a_run_builds_its_evaluation_env_once_for_its_start_check_and_every_evaluation(
+def test_a_run_builds_one_env_for_its_relabelling_its_start_check_and_every_evaluation(
     tiny_dataset_dir, tmp_path, monkeypatch
 ):
-    """An OGBench env costs about a second to build: the dataset's start-up check builds the envs the
-    evaluations then reuse, and each evaluation measures what a fresh env would (same episodes)."""
+    """An OGBench env costs about a second to build: the env the evaluations step is built once, relabels
+    the dataset's rewards, serves the start-up size check and every evaluation, and each evaluation
+    measures what a fresh env would (same episodes)."""
+    import rql_cli.data.sources as sources_module
     import rql_cli.envs.evaluate as evaluate_module
 
     built = []
-    real = evaluate_module._make_worker_env
-    monkeypatch.setattr(evaluate_module, "_make_worker_env", lambda *args: built.append(args) or real(*args))
+    for module in (evaluate_module, sources_module):  # every route to an OGBench env in a run
+        real = module.make_eval_env
+        monkeypatch.setattr(module, "make_eval_env",
+                            lambda *args, real=real, **kwargs: built.append(args) or real(*args, **kwargs))
     data = DataSpec(name="cube-single-play-v0", dataset_dir=str(tiny_dataset_dir))
     config = RunConfig.of(**{**TINY, "eval_episodes": 2, "eval_interval": 2, "eval_envs": 1}, steps=6)
     train(config, data, tmp_path / "kept")
@@ -130,11 +134,15 @@ def test_a_run_builds_its_evaluation_env_once_for_its_start_check_and_every_eval
     monkeypatch.setattr(session, "KeptEnvs", _FreshEnvs)  # the same run on fresh envs each time
     built.clear()
     train(config, data, tmp_path / "fresh")
-    assert len(built) == 4  # the check, then 3 evaluations
+    assert len(built) == 5  # the relabelling, the check, then 3 evaluations
     fresh_rows = read_csv(tmp_path / "fresh" / "eval.csv")
     columns = ("step", "success_rate", "mean_return")
     assert [[r[c] for c in columns] for r in kept_rows] == [[r[c] for c in columns] for r in fresh_rows]
     assert len(kept_rows) == 3
+    columns = ("step", "value", "target_mean", "total")
+    losses = [[{c: row[c] for c in columns} for row in read_csv(tmp_path / run / "metrics.csv")]
+              for run in ("kept", "fresh")]
+    assert losses[0] == losses[1]  # the same targets: rewards relabelled alike in a kept env and a fresh one
 
 
 class _FreshEnvs:
@@ -153,6 +161,9 @@ class _FreshEnvs:
         dims = self.inner.dims(*args)
         self.inner.close()
         return dims
+
+    def in_process_env(self, *args):
+        return None  # nothing kept to lend
 
     def drop(self, vector_env):
         self.inner.drop(vector_env)

@@ -135,27 +135,32 @@ class DataSpec:
     def rotation(
         self, *, sparse_rewards: bool, device: torch.device | str, horizon: int, swap_every: int,
         prefetch: bool = True, on_swap: Callable[[ShardSwap], None] | None = None,
+        relabel_env: Env | None = None,
     ) -> ShardRotation:
         """What training samples from: the one file, or the shard folder's shards in turn.
 
         A single file (or Minari dataset) loads through ``load`` (an OGBench file's validation file too,
-        as ogbench reads both); shards load through ``ShardLoader``, training arrays only.
+        as ogbench reads both), relabelled in ``relabel_env`` when given; shards load through
+        ``ShardLoader``, training arrays only, in its own env (it reads ahead in another thread).
         """
         files = self.training_files()
         load: Callable[[Path], OfflineDataset]
         if not self.sharded:
             def load(_: Path) -> OfflineDataset:
-                return self.load(sparse_rewards=sparse_rewards, device=device, with_val=False).train
+                return self.load(sparse_rewards=sparse_rewards, device=device, with_val=False,
+                                 relabel_env=relabel_env).train
         else:
             load = ShardLoader(self.env_id, sparse_rewards=sparse_rewards, device=device).load
         return ShardRotation(files, load, horizon, swap_every, prefetch=prefetch, on_swap=on_swap)
 
     def load(
-        self, *, sparse_rewards: bool, device: torch.device | str = "cpu", with_val: bool = True
+        self, *, sparse_rewards: bool, device: torch.device | str = "cpu", with_val: bool = True,
+        relabel_env: Env | None = None,
     ) -> LoadedData:
         """``load_ogbench`` of this spec (of a shard folder: its first shard and that shard's val file).
 
-        A Minari dataset or a plain file has no validation part (``val`` None).
+        A Minari dataset or a plain file has no validation part (``val`` None) and no use for
+        ``relabel_env``.
         """
         if self.external is not None:
             return load_external(self, sparse_rewards=sparse_rewards, device=device)
@@ -163,7 +168,7 @@ class DataSpec:
             self.name, task=self.task,
             dataset_dir=Path(self.dataset_dir) if self.dataset_dir else None,
             dataset_path=Path(self.dataset_path) if self.dataset_path else None,
-            sparse_rewards=sparse_rewards, device=device, with_val=with_val,
+            sparse_rewards=sparse_rewards, device=device, with_val=with_val, relabel_env=relabel_env,
         )
 
 
@@ -278,12 +283,15 @@ def load_ogbench(
     sparse_rewards: bool = False,
     device: torch.device | str = "cpu",
     with_val: bool = True,
+    relabel_env: Env | None = None,
 ) -> LoadedData:
     """Load an OGBench dataset through ``ogbench.make_env_and_datasets`` with singletask rewards.
 
     Official files and files made by ``rql data generate`` load the same way. ``task`` picks the
     reward task (None: the name's, else the default); ``sparse_rewards`` as in ``RQLConfig``. The
-    rewards are relabelled in the task's own env (``rql_cli.envs.make``).
+    rewards are relabelled in the task's own env (``rql_cli.envs.make``): ``relabel_env`` when given
+    (an env of that task the caller keeps, e.g. its evaluation env; only reset here), else one built
+    and closed here.
     """
     import ogbench
 
@@ -292,7 +300,7 @@ def load_ogbench(
     if train_path.is_dir():
         train_path = list_shards(train_path)[0]
     env_id = parsed.env_id(task)
-    env = make_eval_env(parsed, task)
+    env = make_eval_env(parsed, task) if relabel_env is None else relabel_env
     try:
         train, val = ogbench.make_env_and_datasets(
             env_id, dataset_path=str(train_path), compact_dataset=False, dataset_only=True, cur_env=env
@@ -300,7 +308,8 @@ def load_ogbench(
     except Exception as error:  # ogbench raises plain errors for names and files alike
         raise _unreadable(env_id, train_path, error) from error
     finally:
-        env.close()
+        if relabel_env is None:
+            env.close()
     return LoadedData(
         train=OfflineDataset.from_arrays(train, sparse_rewards=sparse_rewards, device=device),
         val=OfflineDataset.from_arrays(val, sparse_rewards=sparse_rewards, device=device)

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -345,6 +345,15 @@ class KeptEnvs:
         task would run, built now and kept for it (a run's start-up check of its dataset)."""
         count = _checked_env_count(episodes, num_envs, None)
         return _vector_env_dims(self.get(task_name, task_name.resolve_task(None), None, count))
+
+    def in_process_env(self, task_name: ParsedName, episodes: int, num_envs: int | None) -> Env | None:
+        """The env an evaluation of ``episodes`` on the name's own task steps in this process, built now
+        and kept for it, to lend to other work on the same task (relabelling the run's dataset, one env
+        build instead of two); None when there is no evaluation or its envs run in worker processes."""
+        if episodes < 1 or _checked_env_count(episodes, num_envs, None) != 1:
+            return None
+        vector_env = self.get(task_name, task_name.resolve_task(None), None, 1)
+        return cast("SyncVectorEnv", vector_env).envs[0]
 
     def drop(self, vector_env: VectorEnv) -> None:
         """Terminate ``vector_env`` and forget it."""

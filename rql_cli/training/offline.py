@@ -86,14 +86,18 @@ class OfflineSource(BatchSource):
         self.batch_size, self.total, self.start_step = config.agent.batch_size, config.steps, start_step
         self.sample_device = device if config.dataset_on_device else torch.device("cpu")
         self.shard_log = _ShardLog() if data.sharded else None
+        self.task_name = parse_task_name(data.env_id)
+        # An OGBench file is relabelled in the env the run's evaluations step (one build, not two).
+        shares_env = data.external is None and not data.sharded
         self.rotation = data.rotation(
             sparse_rewards=config.agent.sparse_rewards, device=self.sample_device, horizon=config.agent.horizon,
             swap_every=config.shard_swap_every, prefetch=config.shard_prefetch,
             on_swap=None if self.shard_log is None else self.shard_log.add,
+            relabel_env=self.eval_envs.in_process_env(self.task_name, config.eval_episodes, config.eval_envs)
+            if shares_env else None,
         )
         try:
             dataset = self.rotation.sampler(start_step).dataset
-            self.task_name = parse_task_name(data.env_id)
             if config.eval_episodes > 0:  # the envs it builds are the first evaluation's
                 check_dataset_fits_env(dataset, self.task_name, self.eval_envs.dims(
                     self.task_name, config.eval_episodes, config.eval_envs))
