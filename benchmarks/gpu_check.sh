@@ -6,12 +6,8 @@
 # On a machine without CUDA it says so and exits 2 (CI runs the same benchmark on the CPU instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python - <<'PY' || exit 2
-import torch
-if not torch.cuda.is_available():
-    raise SystemExit(f"gpu_check: torch {torch.__version__} sees no CUDA device here.")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
-PY
+. benchmarks/require_cuda.sh && require_cuda gpu_check
+python -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")'
 echo "== tests marked cuda"
 # A failing test does not stop the check: the throughput table is worth having from the same lease.
 tests_status=0

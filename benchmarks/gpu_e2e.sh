@@ -14,7 +14,7 @@ egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 [ -f "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
 if [ -f .whl/site.tar.xz ]; then mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD; fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
-python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_e2e: torch ' + torch.__version__ + ' sees no CUDA device here.')" || exit 2
+. benchmarks/require_cuda.sh && require_cuda gpu_e2e
 R=$(mktemp -d); C="python3 -m rql_cli"
 NET="--set actor_hidden_dims=256,256,256,256 --set value_hidden_dims=256,256,256,256 --set ensemble_size=2"
 status=0

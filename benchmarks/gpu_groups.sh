@@ -15,7 +15,7 @@ COMPILE=$([ "$DEVICE" = cpu ] && echo off || echo graphs)
 WORKERS=$(python3 -c "import os; print(len(os.sched_getaffinity(0)))")
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD}
 if [ "$DEVICE" != cpu ]; then
-  python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_groups: torch ' + torch.__version__ + ' sees no CUDA device here.')" || exit 2
+  . benchmarks/require_cuda.sh && require_cuda gpu_groups
 fi
 R=$(mktemp -d); C="python3 -m rql_cli"
 COMMON=(--dataset cube-single-play-v0 --dataset-dir "$R/data" --task 2 --steps "$STEPS" --eval-episodes 0

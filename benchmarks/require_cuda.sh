@@ -1,0 +1,10 @@
+# Sourced by the GPU scripts: `require_cuda NAME` exits 2 with one line when torch would see no CUDA
+# device. Without a device node (/dev/nvidiactl, or /dev/dxg under WSL) that is known before torch's
+# import, the three seconds of CPU that CI's run of these scripts would otherwise spend on each.
+require_cuda() {
+  if [ ! -e /dev/nvidiactl ] && [ ! -e /dev/dxg ]; then
+    echo "$1: no NVIDIA device node (/dev/nvidiactl): torch sees no CUDA device here." >&2
+    exit 2
+  fi
+  python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('$1: torch ' + torch.__version__ + ' sees no CUDA device here.')" || exit 2
+}
