@@ -89,12 +89,13 @@ def test_a_local_ray_runs_its_runs_at_the_callers_priority(monkeypatch):
 
 def test_a_tiny_sweep_on_a_local_ray_is_interrupted_and_continued(tiny_dataset_dir, tmp_path):
     pytest.importorskip("ray")
-    # Long enough that runs are unfinished when Ctrl-C reaches the driver (it looks up from `ray.wait` every
-    # 0.5 s; the test polls every 0.2 s): 1,500 steps of these networks take 5 to 15 s, a run's start 5 to 20 s.
-    out, steps = tmp_path / "sweep", 1500
+    # Runs must be unfinished when Ctrl-C reaches the driver (it looks up from `ray.wait` every 0.5 s; the
+    # test polls every 0.2 s): 600 steps of these networks take 2 to 6 s, a run's start 5 to 20 s, and
+    # on two cores the last two runs start only when the first two end (1,500 steps cost 15 s more CPU).
+    out, steps = tmp_path / "sweep", 600
     args = ["sweep", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--task", "1-2", "--seeds",
             "0-1", "--steps", str(steps), "--eval-interval", str(steps), "--eval-episodes", "1",
-            "--set", "save_interval=500", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
+            "--set", "save_interval=200", "--out", str(out), "--executor", "ray", "--threads-per-run", "1", *SMALL]
     first = rql(*args)
     names = [f"cube-single-play-v0_task{t}_seed{s}" for t in (1, 2) for s in (0, 1)]
     deadline = time.monotonic() + 240
