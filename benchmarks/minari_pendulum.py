@@ -90,18 +90,16 @@ def make_dataset(episodes: int) -> tuple[float, float]:
 
 
 def train_and_score(name: str, alpha: float, steps: int, work: Path, episodes: int) -> dict:
+    """One run, scored by its own evaluation at its last step (what `rql eval --seed 0 --envs 1` reports)."""
     run = work / name
     command = [sys.executable, "-m", "rql_cli", "train", "--dataset", f"minari:{DATASET_ID}", "--steps", str(steps),
-               "--eval-episodes", "0", "--device", "cpu", "--seed", "0", "--quiet", "--out", str(run),
-               "--set", f"alpha={alpha}"]
+               "--eval-episodes", str(episodes), "--eval-interval", str(steps), "--eval-envs", "1", "--device", "cpu",
+               "--seed", "0", "--quiet", "--out", str(run), "--set", f"alpha={alpha}"]
     for item in SMALL:
         command += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
-    subprocess.run(command, env=env, check=True)
-    report = work / f"{name}.json"
-    subprocess.run([sys.executable, "-m", "rql_cli", "eval", "--checkpoint", str(run), "--episodes", str(episodes),
-                    "--envs", "1", "--device", "cpu", "--quiet", "--json", str(report)], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    report = run / "checkpoints" / f"step_{steps:08d}" / "metrics.json"
     return json.loads(report.read_text())["tasks"][0]
 
 
