@@ -6,7 +6,9 @@ Episodes are kept short (``episode_length=LENGTH``) so the file runs in well und
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +283,51 @@ def test_scene_check_flags_cubes_outside_the_view_but_not_in_the_drawer():
     assert not oracle.cube_outside_view(xyz(0.33, -0.32, 0.07))  # inside the open drawer
     assert oracle.cube_outside_view(xyz(0.33, -0.32, 0.02))  # fell off the left edge
     assert oracle.cube_outside_view(xyz(0.4, 0.3, 0.02))  # past the right edge
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The multiprocessing workers among ``pid``'s children (Linux /proc)."""
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    return [c for c in children if b"spawn_main" in _read_or_empty(Path(f"/proc/{c}/cmdline"))]
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    stat = _read_or_empty(Path(f"/proc/{pid}/stat"))
+    return bool(stat) and stat.rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie has ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker processes from Linux /proc")
+def test_workers_end_when_the_generation_is_killed(tmp_path):
+    """A SIGKILL (or an unhandled SIGTERM) of `rql data generate` runs no cleanup; its idle workers
+    used to wait on the pool's queue for ever."""
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rql_cli", "data", "generate", "cube-single-play-v0", "--episodes", "40",
+         "--val-episodes", "1", "--episode-length", "60", "--workers", "2", "--out", str(tmp_path), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = tmp_path / ".cube-single-play-v0.partial"
+    deadline = time.monotonic() + 120
+    while not list(cache.glob("train-*.npz")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)  # the workers have started and collect episodes
+    workers = _spawned_children(process.pid)
+    process.kill()
+    process.wait()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # leave no process behind, even when failing
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
