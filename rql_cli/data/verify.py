@@ -101,7 +101,7 @@ def verify_dataset(name: str, path: Path, *, all_shards: bool = False) -> Verifi
                         if file is train:
                             total_episodes += episodes
                 if not report.failed and index == 0:
-                    report.solve_rates = _solve_rates(parsed, train)
+                    report.solve_rates = _solve_rates(parsed, train, env)
         official = OFFICIAL_TRAIN_EPISODES.get(parsed.family)
         if official and len(files) == 1:
             report.add(files[0], "episode count", total_episodes == official, f"{total_episodes:,}",
@@ -198,19 +198,24 @@ def _check_contents(report: Verification, file: Path, expected: dict[str, tuple[
     return int(ends.size)
 
 
-def _solve_rates(parsed: TaskName, train: Path) -> dict[int, dict[str, float]]:
-    """Per task: rows solving the whole task (mask 0) and the mean fraction of sub-goals solved."""
+def _solve_rates(parsed: TaskName, train: Path, name_env: Env) -> dict[int, dict[str, float]]:
+    """Per task: rows solving the whole task (mask 0) and the mean fraction of sub-goals solved.
+
+    ``name_env`` is the env of the name's own task (the caller's, kept open); the others are built here.
+    """
     from ogbench.utils import load_dataset, relabel_dataset  # ogbench takes seconds to import
 
     arrays = load_dataset(str(train), compact_dataset=False, add_info=True)
+    own_task = parsed.resolve_task(None)
     rates = {}
     for task in range(1, NUM_TASKS + 1):
-        env = make_eval_env(parsed, task)
+        env = name_env if task == own_task else make_eval_env(parsed, task)
         try:
             relabel_dataset(parsed.gym_id(task), env, arrays)
             subgoals = _num_subgoals(env.unwrapped, parsed.family)
         finally:
-            env.close()
+            if env is not name_env:
+                env.close()
         rewards, masks = arrays["rewards"], arrays["masks"]  # reward = sub-goals solved - sub-goals
         rates[task] = {"solved_fraction": float((masks == 0).mean()),
                        "subgoals_solved": float(1.0 + rewards.mean() / subgoals)}
