@@ -7,6 +7,7 @@ Pure torch: no files, no terminal, no environments. Randomness comes from explic
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -97,17 +98,23 @@ class RQLAgent(nn.Module):
         self.value_target = copy.deepcopy(self.value).requires_grad_(False)
         self.to(device)
         self.device = device
-        # One fused kernel per step on CPU and CUDA (same update as the per-tensor loop); on CUDA the
-        # step counter stays on the device, so a step needs no host sync and can be graph-captured.
-        self.optimizer = torch.optim.Adam(
-            [*self.velocity.parameters(), *self.value.parameters()],
-            lr=config.lr,
-            fused=True,
-            capturable=device.type == "cuda",
-        )
         self.compile_mode: str | None = None
         self._loss_fn = self.loss_terms
         self.step = 0
+
+    @functools.cached_property
+    def optimizer(self) -> torch.optim.Adam:
+        """One Adam over both online networks, made at its first use: making an optimiser imports
+        torch's compiler (``torch._dynamo``, about 2 s of CPU), which acting, evaluating, filming or
+        verifying a checkpoint never needs."""
+        # One fused kernel per step on CPU and CUDA (same update as the per-tensor loop); on CUDA the
+        # step counter stays on the device, so a step needs no host sync and can be graph-captured.
+        return torch.optim.Adam(
+            [*self.velocity.parameters(), *self.value.parameters()],
+            lr=self.config.lr,
+            fused=True,
+            capturable=self.device.type == "cuda",
+        )
 
     # ---------------------------------------------------------------------------------------
     # Losses
