@@ -72,9 +72,17 @@ def hub():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` run only where torch sees a GPU (benchmarks/gpu_check.sh runs them)."""
+    """Tests marked ``warm_compile`` run last, and tests marked ``cuda`` only where torch sees a GPU
+    (benchmarks/gpu_check.sh runs them).
+
+    A ``warm_compile`` test compiles test_fast_path's shared shape, which test_fast_path compiles cold
+    early on (about 40 s of CPU); run last, its worker loads it from the session's inductor cache
+    instead of compiling it a second time beside it (xdist gives each worker a contiguous part of this
+    order, so a worker's last tests start long after the other's first).
+    """
     import torch
 
+    items.sort(key=lambda item: item.get_closest_marker("warm_compile") is not None)  # stable
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run benchmarks/gpu_check.sh on one)")

@@ -165,6 +165,7 @@ def test_auto_on_cuda_steps_down_from_graphs_to_the_plain_compile_then_to_eager(
         prepare_update(_AgentWhoseGraphsFail(), "graphs", 1, None)
 
 
+@pytest.mark.warm_compile
 def test_a_compiled_update_is_prepared_once_and_reports_its_time(one_thread):
     agent = make_agent()  # the suite's one compiled shape (test_fast_path), compiled once per session
     batch = batch_with_an_episode_end()

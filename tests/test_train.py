@@ -215,6 +215,7 @@ def test_a_failing_periodic_evaluation_still_saves_the_checkpoint_of_its_step(ti
     assert [p.name for p in saved] == ["step_00000003"] and (saved[0] / "train_state.safetensors").is_file()
 
 
+@pytest.mark.warm_compile
 def test_a_compiled_run_records_its_runtime_and_trains_what_an_eager_run_trains(tiny_dataset_dir, tmp_path):
     from tests.test_fast_path import SHARED_SETTINGS
 
