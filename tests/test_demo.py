@@ -14,7 +14,7 @@ def test_demo_films_the_best_bundled_agent_trains_briefly_and_says_what_next(tmp
     env = dict(os.environ, CI="true", COLUMNS="200")
     env.pop("MUJOCO_GL", None)  # the demo picks a headless backend itself
     done = subprocess.run(
-        [sys.executable, "-m", "rql_cli", "demo", "--out", str(out), "--episodes", "2", "--steps", "6",
+        [sys.executable, "-m", "rql_cli", "demo", "--out", str(out), "--episodes", "1", "--steps", "6",
          "--eval-episodes", "1", "--video-steps", "4", "--workers", "1", "--device", "cpu"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -28,4 +28,6 @@ def test_demo_films_the_best_bundled_agent_trains_briefly_and_says_what_next(tmp
     assert "a low score is expected this early" in text
     for command in ("rql train --resume", "rql eval --checkpoint", "rql rollout", "rql finetune", "rql push"):
         assert command in text
+    # fine-tuning needs the checkpoint's own dataset: the demo made the short run's, not the filmed agent's
+    assert f"rql finetune --checkpoint {run} --online-steps 20000 --dataset-dir {out / 'data'}" in text
     assert list(cwd.iterdir()) == []  # everything went where it was asked to go

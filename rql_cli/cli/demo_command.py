@@ -124,7 +124,8 @@ def _next_steps(agent: BundledCheckpoint | None, video: Path | None, run_dir: Pa
         f"  rql train --resume {run_dir} --steps 40000          # keep training the short run",
         f"  rql eval --checkpoint {agent.name if agent else run_dir} --episodes 100 --task all",
         f"  rql rollout --checkpoint {agent.name if agent else run_dir} --render --episodes 3 --out agent.mp4",
-        f"  rql finetune --checkpoint {agent.name if agent else run_dir} --online-steps 20000 --dataset-dir {data_dir}",
+        # The short run's: the data made here are its dataset (the filmed agent may be of another family).
+        f"  rql finetune --checkpoint {run_dir} --online-steps 20000 --dataset-dir {data_dir}",
         f"  rql push {run_dir} --repo-id YOU/rql-cube-single   # share it on the Hub",
     ]
     console.print("\n".join(lines))
