@@ -284,6 +284,11 @@ def set_up_runtime(
     elif stop is None:
         report = prepare_update(agent, config.compile, steps_to_run, example_batch)
     else:
+        # Imported here, outside the window a signal cuts: the compile's first step would import it, and
+        # a Ctrl-C inside that import leaves torch half-imported, unable to make the optimiser (whose
+        # first use imports it too) that the stop's checkpoint saves.
+        import torch._dynamo  # noqa: F401
+
         try:
             with stop.interruptible():
                 report = prepare_update(agent, config.compile, steps_to_run, example_batch)
