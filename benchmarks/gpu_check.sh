@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benchmarks/require_cuda.sh && require_cuda gpu_check
-python -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")'
 echo "== tests marked cuda"
 # A failing test does not stop the check: the throughput table is worth having from the same lease.
 tests_status=0
