@@ -5,7 +5,7 @@ changed on disk: the whole world of folders the cases point at hashes the same b
 Most cases run in this process, one after another, through Typer's CliRunner (the same app the
 console script runs), with the environment, working folder and time limit a fresh process would
 have; the few that need a fresh interpreter (FRESH_INTERPRETER says which and why) run meanwhile
-as `python -m rql_cli`, two at a time.
+through the console script's entry, two at a time, and must refuse without importing torch.
 """
 
 from __future__ import annotations
@@ -225,6 +225,18 @@ def case_env(world: Path, extra_env: dict[str, str]) -> dict[str, str | None]:
                    RQL_CHECKPOINTS=str(world.parent / "no-bundled"), MUJOCO_GL="egl"), **extra_env}
 
 
+# The console script's entry, which also says at exit whether torch was imported: a refusal of a Hub command
+# needs none of it (importing it is about two seconds before the message).
+SAYS_IF_TORCH_WAS_IMPORTED = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('torch ' + ('imported' if 'torch' in sys.modules else 'not imported'),\n"
+    "                               file=sys.stderr))\n"
+    "sys.argv[0] = 'rql'\n"
+    "from rql_cli.cli.app import main\n"
+    "main()\n"
+)
+
+
 def run_case(world: Path, args: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
     """One case in a fresh `python -m rql_cli`, run in the world's parent folder."""
     env = dict(os.environ)
@@ -235,8 +247,8 @@ def run_case(world: Path, args: list[str], extra_env: dict[str, str]) -> subproc
             env[key] = value
     argv = [arg.replace("{W}", str(world)) for arg in args]
     try:
-        return subprocess.run([sys.executable, "-m", "rql_cli", *argv], env=env, capture_output=True, text=True,
-                              timeout=CASE_TIMEOUT_S, cwd=world.parent)
+        return subprocess.run([sys.executable, "-c", SAYS_IF_TORCH_WAS_IMPORTED, *argv], env=env, capture_output=True,
+                              text=True, timeout=CASE_TIMEOUT_S, cwd=world.parent)
     except subprocess.TimeoutExpired:  # a bad input that starts work instead of being refused
         return subprocess.CompletedProcess(argv, -1, "", f"still running after {CASE_TIMEOUT_S} s")
 
@@ -296,6 +308,8 @@ def problems_with(world: Path, cases: list[tuple[str, list[str], list[str], dict
         missing = [f.replace("{W}", str(world)) for f in fragments if f.replace("{W}", str(world)) not in text]
         if result.returncode != 1 or "Traceback" in text or missing:
             problems.append(f"{name}: exit {result.returncode}, missing {missing}: {text[-400:]}")
+        elif name in FRESH_INTERPRETER and "torch not imported" not in result.stderr:
+            problems.append(f"{name}: imported torch before refusing: {text[-400:]}")
     return problems
 
 

@@ -61,8 +61,6 @@ def eval_command(
 
     Example: rql eval --checkpoint runs/demo --episodes 50 --task all --json results.json
     """
-    from rql_cli.device import resolve_device
-    from rql_cli.evaluation import evaluate_checkpoint
     from rql_cli.export.evaluate import evaluate_exported, exported_policy_file
 
     check_options({"--episodes": episodes, "--envs": envs})
@@ -70,6 +68,8 @@ def eval_command(
     if json_path is not None:
         check_output_path(json_path, "--json", example="report.json")
     if is_group_dir(Path(checkpoint)):
+        from rql_cli.device import resolve_device
+
         return _eval_group(Path(checkpoint), resolve_device(device), save=save, best=best, json_path=json_path,
                            quiet=quiet, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs)
     exported = exported_policy_file(checkpoint, save=save, best=best, json_path=json_path)  # None: not an export
@@ -79,6 +79,10 @@ def eval_command(
             f"in the shared download cache. Pull a copy first: `rql pull {checkpoint} --dir DIR`, "
             "then `rql eval --checkpoint DIR --save`."
         )
+    # torch and the evaluator only now: every refusal above is instant
+    from rql_cli.device import resolve_device
+    from rql_cli.evaluation import evaluate_checkpoint
+
     if exported is None:
         loaded = load_checkpoint(checkpoint, resolve_device(device), best=best)
     evaluate = (functools.partial(evaluate_checkpoint, loaded) if exported is None

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rql_cli.errors import CheckpointError, HubError
-from rql_cli.io.checkpoint import CheckpointMeta, load_agent
 from rql_cli.io.checkpoint_files import REQUIRED_FILES, TRAIN_STATE_FILE, VIDEO_SUFFIXES
 from rql_cli.io.hub_client import (
     apply_timeouts,
@@ -45,6 +44,8 @@ from rql_cli.io.run_record import record_of_checkpoint
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
+
+    from rql_cli.io.checkpoint import CheckpointMeta
 
 CARD_FILE = "README.md"
 """The model card: the Hub shows a repo's README.md as its page."""
@@ -337,6 +338,8 @@ def _pull_error(
 
 def verify_checkpoint(folder: Path, *, source: str | None = None) -> CheckpointMeta:
     """Load every weight file on the CPU and check the dims against config.json; returns the meta."""
+    from rql_cli.io.checkpoint import load_agent  # torch: only once there is something to load
+
     try:
         _, meta = load_agent(folder, "cpu")
     except CheckpointError as error:
