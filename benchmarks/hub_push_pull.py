@@ -31,7 +31,8 @@ def make_checkpoint(folder: Path) -> Path:
 
     from rql_cli.config import RQLConfig
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint, software_versions
+    from rql_cli.io.checkpoint import save_checkpoint, software_versions
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
     config = RQLConfig(horizon=5)
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from rql_cli.core.rql import RQLAgent
 from rql_cli.device import make_generator
 from rql_cli.envs import policy  # through the module: a test replaces chunk_policy to watch it
 from rql_cli.envs.evaluate import KeptEnvs, evaluate, evaluate_members
-from rql_cli.io.checkpoint import check_checkpoint_dims
+from rql_cli.io.checkpoint_meta import check_checkpoint_dims
 from rql_cli.io.group_record import read_group_record, seed_dir
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint

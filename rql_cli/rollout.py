@@ -25,7 +25,7 @@ from rql_cli.envs.evaluate import run_episode
 from rql_cli.envs.make import env_dims, episode_limit, make_eval_env
 from rql_cli.envs.policy import chunk_policy
 from rql_cli.errors import RQLError
-from rql_cli.io.checkpoint import check_checkpoint_dims
+from rql_cli.io.checkpoint_meta import check_checkpoint_dims
 from rql_cli.io.resolve import LoadedCheckpoint, load_checkpoint
 from rql_cli.results import Episode, EpisodeCallback, EpisodeProgress
 

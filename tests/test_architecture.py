@@ -43,8 +43,6 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 350
 LONG_MODULES = {
     "config.py": "the agent's and the run's config: their fields (help, type, range), JSON and --set forms",
-    "io/checkpoint.py": "the checkpoint folder's format: config.json's schema and migration, atomic writes, "
-                        "reading and checking weights and train state",
     "envs/evaluate.py": "running a chunk policy's episodes (vectorised, or one env at a time) and measuring them",
     "data/sources.py": "DataSpec: from a dataset name and flags to its files, their fingerprint and their loading",
     "training/session.py": "one run while it runs (open, restore, save, evaluate, record) and the BatchSource "

@@ -22,12 +22,8 @@ from typer.testing import CliRunner
 from rql_cli.config import RunConfig
 from rql_cli.errors import CheckpointError
 from rql_cli.io import checkpoint as checkpoint_module
-from rql_cli.io.checkpoint import (
-    CheckpointMeta,
-    load_agent,
-    load_train_state_into,
-    save_checkpoint,
-)
+from rql_cli.io.checkpoint import load_agent, load_train_state_into, save_checkpoint
+from rql_cli.io.checkpoint_meta import CheckpointMeta
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.run_checkpoints import list_checkpoints, remove_unfinished_writes
 from rql_cli.io.run_layout import checkpoint_dir

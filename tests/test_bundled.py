@@ -204,7 +204,7 @@ def test_every_bundled_agent_loads_fits_its_env_and_strong_ones_solve_recorded_e
     from rql_cli.envs.evaluate import run_episode
     from rql_cli.envs.make import make_eval_env
     from rql_cli.envs.policy import chunk_policy
-    from rql_cli.io.checkpoint import check_checkpoint_dims
+    from rql_cli.io.checkpoint_meta import check_checkpoint_dims
     from rql_cli.io.metrics import read_metrics
     from rql_cli.io.resolve import load_checkpoint
 
@@ -265,7 +265,7 @@ def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_cont
     bundling would otherwise make it train something else. The control's differs only in alpha."""
     import pytest
 
-    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.checkpoint_meta import read_meta
     from rql_cli.io.model_card import read_evidence
 
     folders = bundled_checkpoint_folders()
@@ -314,7 +314,7 @@ def _check_control_command(name: str, command: str, stored: dict) -> None:
 def _check_fine_tuned_from_a_bundled_agent(name: str, command: str, meta, folders: dict) -> None:
     """`rql finetune --checkpoint OTHER ...`: OTHER is bundled beside it with this agent's config and the
     step it started from, and the command states the online steps and batches its lineage records."""
-    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.checkpoint_meta import read_meta
 
     tokens = shlex.split(command)
     assert tokens[:4] == ["rql", "finetune", "--checkpoint", meta.lineage["ref"]], name
@@ -330,7 +330,7 @@ def test_an_old_control_command_gains_the_fields_a_changed_preset_no_longer_give
     """A control's command written before a preset changed: the fields that neither it nor its
     agent's command set held the old preset's value, the agent's, and come back as --set."""
     from rql_cli.presets import make_config
-    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.checkpoint_meta import read_meta
     from rql_cli.io.reproduce import reproduce_command, restate_preset_values
 
     meta, _ = read_meta(sorted((tiny_run_dir / "checkpoints").iterdir())[-1])

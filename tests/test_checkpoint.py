@@ -12,14 +12,8 @@ import torch
 
 from rql_cli.config import RQLConfig, RunConfig
 from rql_cli.errors import CheckpointError, RQLError
-from rql_cli.io.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointMeta,
-    check_checkpoint_dims,
-    load_agent,
-    read_meta,
-    save_checkpoint,
-)
+from rql_cli.io.checkpoint import load_agent, save_checkpoint
+from rql_cli.io.checkpoint_meta import FORMAT_VERSION, CheckpointMeta, check_checkpoint_dims, read_meta
 
 TINY = dict(
     actor_hidden_dims=[32, 32], value_hidden_dims=[32, 32], ensemble_size=3, flow_steps=4,

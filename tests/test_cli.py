@@ -39,14 +39,16 @@ def fresh_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
 
-def test_help_lists_every_command_without_importing_torch():
+def test_help_and_list_run_without_importing_torch():
     out = fresh_python(
         "import sys; from typer.testing import CliRunner; from rql_cli.cli.app import app; "
         "r = CliRunner().invoke(app, ['--help']); print(r.output); "
+        "r = CliRunner().invoke(app, ['list']); print(r.output, 'exit', r.exit_code); "
         "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')"
     ).stdout
     for command in ("train", "eval", "finetune", "rollout", "push", "pull", "data", "list"):
         assert command in out
+    assert "cube-single-task1-rql-cpu" in out and "exit 0" in out  # `rql list` read every bundled config.json
     assert "NO_TORCH" in out
 
 

@@ -15,7 +15,8 @@ from rql_cli.config import RQLConfig
 from rql_cli.core.rql import RQLAgent
 from rql_cli.data.dataset import ChunkSampler, OfflineDataset
 from rql_cli.device import make_generator
-from rql_cli.io.checkpoint import CheckpointMeta, load_agent, load_train_state_into, save_checkpoint
+from rql_cli.io.checkpoint import load_agent, load_train_state_into, save_checkpoint
+from rql_cli.io.checkpoint_meta import CheckpointMeta
 
 pytestmark = pytest.mark.cuda
 

@@ -31,7 +31,7 @@ BUNDLED = "cube-single-task1-rql-cpu"
 def bundled_step() -> int:
     """The step of the bundled agent the exports are made from (as its config.json records it)."""
     from rql_cli.io.bundled import bundled_checkpoint_folders
-    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.checkpoint_meta import read_meta
 
     return read_meta(bundled_checkpoint_folders()[BUNDLED])[0].step
 
@@ -83,7 +83,8 @@ def _random_checkpoint(folder: Path, *, env_id: str, obs_dim: int, action_dim: i
     one, so acting with the wrong field shows."""
     from rql_cli.config import RQLConfig
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.io.checkpoint import CheckpointMeta, save_checkpoint
+    from rql_cli.io.checkpoint import save_checkpoint
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
     config = RQLConfig(actor_hidden_dims=[16, 16], value_hidden_dims=[8], ensemble_size=2, flow_steps=3,
                        horizon=horizon)

@@ -138,7 +138,7 @@ def test_train_eval_and_checkpoint_through_the_cli(minari_root, tmp_path, monkey
     again = json.loads((tmp_path / "s.json").read_text())["tasks"][0]
     assert again["returns"] == task["returns"]  # same env, same seeds, same policy noise
     assert again["normalized_score"] is None  # the reference returns live in the dataset
-    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.checkpoint_meta import read_meta
     from rql_cli.io.model_card import build_model_card
 
     card = str(build_model_card(read_meta(run / "checkpoints" / "step_00000004")[0], None, "me/pendulum",

@@ -58,7 +58,7 @@ def test_online_fine_tuning_of_a_run_folder_finds_the_data_it_trained_on(tiny_ru
 
 def test_online_fine_tuning_end_to_end(tiny_run_dir, tiny_dataset_dir, tmp_path):
     from rql_cli.envs.make import make_eval_env
-    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.checkpoint_meta import read_meta
     from rql_cli.io.model_card import build_model_card
     from rql_cli.io.run_record import read_run_record
 
@@ -181,7 +181,8 @@ def test_continued_offline_training_starts_from_the_checkpoints_weights(tiny_run
     from rql_cli.data.dataset import ChunkSampler
     from rql_cli.data.sources import load_ogbench
     from rql_cli.device import make_generator
-    from rql_cli.io.checkpoint import load_agent, read_meta
+    from rql_cli.io.checkpoint import load_agent
+    from rql_cli.io.checkpoint_meta import read_meta
 
     out = tmp_path / "more"
     result = run("finetune", "--checkpoint", str(tiny_run_dir), "--dataset", "cube-single-play-v0", "--dataset-dir",

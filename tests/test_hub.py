@@ -371,7 +371,7 @@ def test_a_push_publishes_the_evidence_and_curves_and_the_card_quotes_them(hub, 
 
 
 def test_a_card_says_a_goal_was_reached_with_the_number_and_drops_the_shortfall_note(checkpoint):
-    from rql_cli.io.checkpoint import read_meta
+    from rql_cli.io.checkpoint_meta import read_meta
     from rql_cli.io.metrics import read_metrics
     from rql_cli.io.model_card import build_model_card
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from rql_cli.config import RunConfig
 from rql_cli.errors import NonFiniteLossError
-from rql_cli.io.checkpoint import read_meta
+from rql_cli.io.checkpoint_meta import read_meta
 from rql_cli.io.run_checkpoints import list_checkpoints
 from rql_cli.training.offline import DataSpec, train
 

@@ -26,7 +26,8 @@ import torch
 
 from rql_cli.evaluation import evaluate_checkpoint
 from rql_cli.io.atomic import write_json_atomic
-from rql_cli.io.checkpoint import read_meta, save_checkpoint
+from rql_cli.io.checkpoint import save_checkpoint
+from rql_cli.io.checkpoint_meta import read_meta
 from rql_cli.io.metrics import EvaluationReport, read_metrics, write_metrics
 from rql_cli.io.model_card import EVIDENCE_FILE, build_model_card, read_evidence
 from rql_cli.io.reproduce import reproduce_command, restate_preset_values

@@ -23,7 +23,6 @@ from rql_cli.io.resolve import load_checkpoint, reference_source
 from rql_cli.names import TASKS
 
 if TYPE_CHECKING:
-    import torch
 
     from rql_cli.evaluation import GroupEvaluation
 
@@ -68,9 +67,7 @@ def eval_command(
     if json_path is not None:
         check_output_path(json_path, "--json", example="report.json")
     if is_group_dir(Path(checkpoint)):
-        from rql_cli.device import resolve_device
-
-        return _eval_group(Path(checkpoint), resolve_device(device), save=save, best=best, json_path=json_path,
+        return _eval_group(Path(checkpoint), device, save=save, best=best, json_path=json_path,
                            quiet=quiet, tasks=tasks, episodes=episodes, seed=seed, num_envs=envs)
     exported = exported_policy_file(checkpoint, save=save, best=best, json_path=json_path)  # None: not an export
     if save and exported is None and reference_source(checkpoint) == "hub":
@@ -79,8 +76,7 @@ def eval_command(
             f"in the shared download cache. Pull a copy first: `rql pull {checkpoint} --dir DIR`, "
             "then `rql eval --checkpoint DIR --save`."
         )
-    # torch and the evaluator only now: every refusal above is instant
-    from rql_cli.device import resolve_device
+    from rql_cli.device import resolve_device  # torch only now: every refusal above is instant
     from rql_cli.evaluation import evaluate_checkpoint
 
     if exported is None:
@@ -105,9 +101,10 @@ def eval_command(
         console.print(f"Saved into {write_metrics(loaded.folder, report)}")
 
 
-def _eval_group(folder: Path, device: torch.device, *, save: bool, best: bool, json_path: Path | None, quiet: bool,
+def _eval_group(folder: Path, device: str, *, save: bool, best: bool, json_path: Path | None, quiet: bool,
                 **options: Any) -> None:
     """``rql eval`` of a seed group: every seed at once, then a table of seeds and their mean."""
+    from rql_cli.device import resolve_device
     from rql_cli.evaluation import evaluate_group
     from rql_cli.io.group_record import read_group_record
 
@@ -118,7 +115,7 @@ def _eval_group(folder: Path, device: torch.device, *, save: bool, best: bool, j
     with make_progress(quiet) as progress:
         bar = progress.add_task("eval", total=options["episodes"] * seeds, rate="", info="")
         evaluation = evaluate_group(
-            folder, device, best=best,
+            folder, resolve_device(device), best=best,
             on_task_start=lambda number: progress.update(bar, completed=0, description=f"eval task {number}"),
             on_episode=lambda shown: progress.update(bar, completed=shown.done,
                                                      info=f"success {pct(shown.success_rate)}"),

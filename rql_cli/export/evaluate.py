@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from rql_cli.envs.chunks import PolicyFn
-    from rql_cli.io.checkpoint import CheckpointMeta
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
     from rql_cli.io.metrics import EvaluationReport
     from rql_cli.results import EpisodeCallback
 
@@ -88,7 +88,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
 def sidecar_meta(info: dict[str, Any], side: Path) -> CheckpointMeta:
     """The source checkpoint's config.json as recorded in an exported file's FILE.json."""
     from rql_cli.config import RQLConfig
-    from rql_cli.io.checkpoint import CheckpointMeta
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
     try:
         recorded = info["source"]["checkpoint"]
@@ -124,7 +124,7 @@ def evaluate_exported(
 
     from rql_cli.device import make_generator
     from rql_cli.envs.evaluate import evaluate
-    from rql_cli.io.checkpoint import check_checkpoint_dims
+    from rql_cli.io.checkpoint_meta import check_checkpoint_dims
     from rql_cli.io.metrics import EvaluationReport
 
     info = read_sidecar(path)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.io.checkpoint import CheckpointMeta
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
     from rql_cli.io.resolve import LoadedCheckpoint
 
 SIDECAR_FORMAT = 1
@@ -96,7 +96,7 @@ def env_interface(loaded: LoadedCheckpoint) -> tuple[dict[str, Any], np.ndarray 
     import numpy as np
 
     from rql_cli.envs.make import make_eval_env
-    from rql_cli.io.checkpoint import check_checkpoint_dims
+    from rql_cli.io.checkpoint_meta import check_checkpoint_dims
 
     meta = loaded.meta
     try:

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint_files import CONFIG_FILE, VIDEO_SUFFIXES
+from rql_cli.io.checkpoint_meta import read_meta
 from rql_cli.io.metrics import METRICS_FILE, read_metrics
 
 if TYPE_CHECKING:
-    from rql_cli.io.checkpoint import CheckpointMeta
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,6 @@ def bundled_checkpoints() -> list[BundledCheckpoint]:
 
 
 def _describe(name: str, folder: Path) -> BundledCheckpoint:
-    from rql_cli.io.checkpoint import read_meta  # torch: only once the folders are read, not to resolve a name
-
     files = [p for p in folder.iterdir() if p.is_file()]
     described = BundledCheckpoint(
         name, folder, dataset=f"unreadable {CONFIG_FILE}", step=0, success="-", episodes=0,

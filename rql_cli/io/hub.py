@@ -45,7 +45,7 @@ from rql_cli.io.run_record import record_of_checkpoint
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
-    from rql_cli.io.checkpoint import CheckpointMeta
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
 CARD_FILE = "README.md"
 """The model card: the Hub shows a repo's README.md as its page."""

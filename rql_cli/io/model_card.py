@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rql_cli.config import FIELD_HELP, RunConfig
 from rql_cli.errors import RQLError
+from rql_cli.io.checkpoint_meta import CheckpointMeta
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.reproduce import preset_values, reproduce_command
 from rql_cli.io.run_layout import CURVES_FILE
@@ -23,7 +24,6 @@ from rql_cli.names import ExternalName
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard, ModelCardData
 
-    from rql_cli.io.checkpoint import CheckpointMeta  # torch: a card is text, built without it
 
 LIBRARY_NAME = "rql"
 TAGS = ("reinforcement-learning", "offline-rl", "flow-matching", "rql")

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rql_cli.config import RunConfig
 from rql_cli.errors import RQLError
+from rql_cli.io.checkpoint_meta import CheckpointMeta
 from rql_cli.names import parse_task_name
 from rql_cli.presets import make_config
-
-if TYPE_CHECKING:
-    from rql_cli.io.checkpoint import CheckpointMeta  # torch: a command is text, made without it
 
 
 def reproduce_command(meta: CheckpointMeta, run: RunConfig | None = None) -> str:

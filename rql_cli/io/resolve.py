@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.io.checkpoint import CheckpointMeta
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
 Source = Literal["checkpoint", "run", "bundled", "hub"]
 

@@ -16,7 +16,7 @@ from rql_cli.io.run_layout import LEGACY_RUN_FILE, RUN_FILE, is_run_dir
 
 if TYPE_CHECKING:  # named for the reader: importing them here would load torch for every run-folder check
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.io.checkpoint import CheckpointMeta
+    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
 RUN_FORMAT = 3
 

@@ -31,7 +31,8 @@ from rql_cli.device import make_generator
 from rql_cli.envs.collect import OnlineCollector
 from rql_cli.envs.policy import chunk_policy
 from rql_cli.errors import DatasetNotFoundError, RQLError
-from rql_cli.io.checkpoint import CheckpointMeta, check_checkpoint_dims, load_tensors
+from rql_cli.io.checkpoint import load_tensors
+from rql_cli.io.checkpoint_meta import CheckpointMeta, check_checkpoint_dims
 from rql_cli.io.curves import plot_online_curves
 from rql_cli.io.resolve import LoadedCheckpoint
 from rql_cli.io.run_logs import CsvLog

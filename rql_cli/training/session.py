@@ -27,15 +27,13 @@ from rql_cli.envs.make import success_timing
 from rql_cli.errors import RQLError
 from rql_cli.evaluation import evaluate_agent
 from rql_cli.io.checkpoint import (
-    CheckpointMeta,
-    check_checkpoint_dims,
     load_optimizer_state,
     load_train_state_into,
     load_weights_into,
-    read_meta,
     save_checkpoint,
     software_versions,
 )
+from rql_cli.io.checkpoint_meta import CheckpointMeta, check_checkpoint_dims, read_meta
 from rql_cli.io.metrics import EvaluationReport
 from rql_cli.io.run_checkpoints import (
     check_disk_for_checkpoints,
