@@ -38,7 +38,10 @@ def make_venv_that_sees_this_environment(venv: Path) -> Path:
     a .pth file that adds this Python's site directories (and runs their .pth files, as Python does
     for its own), after its own site-packages.
     """
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    # Without pip of its own (installing one is most of a venv's cost): the pip of this Python, which the
+    # .pth below makes importable, installs into the venv it runs in.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True,
+                   timeout=120)
     python = venv / "bin" / "python"
     own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          check=True, capture_output=True, text=True).stdout.strip()
