@@ -89,3 +89,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_unconfigure(config):
+    """The run is over, in this process (the main one or an xdist worker): freeze the heap so that the
+    interpreter's last collections skip it (torch's objects and every test's; about a second a process)."""
+    import gc
+
+    gc.freeze()
