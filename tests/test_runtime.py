@@ -70,7 +70,7 @@ def test_cpu_load_counts_other_processes_and_not_this_one():
     load = CpuLoad()
     time.sleep(0.5)
     free = len(os.sched_getaffinity(0)) - load.sample()
-    if free < 0.7:
+    if free < 0.45:  # the child would get less than the 0.4 of a core asked below
         pytest.skip(f"other processes keep the cores busy ({free:.2f} of a core free)")
     deadline = time.perf_counter() + 1.0
     while time.perf_counter() < deadline:  # this process busy: not counted
