@@ -286,12 +286,17 @@ def test_every_bundled_card_states_commands_that_rebuild_its_config_and_its_cont
         fields = {k: v for k, v in command_fields.items() if k in stored}
         assert fields == stored, name
         trained_steps = meta.step
-        if meta.lineage:  # trained, then continued offline: `rql train ... --out RUN && rql finetune --checkpoint RUN`
+        if meta.lineage:  # trained, then fine-tuned: `rql train ... --out RUN && rql finetune --checkpoint RUN ...`
             [continued] = finetune
             tokens = shlex.split(continued)
             out = shlex.split(train)[shlex.split(train).index("--out") + 1]
             assert tokens[:4] == ["rql", "finetune", "--checkpoint", out], name
-            assert tokens[tokens.index("--steps") + 1] == str(meta.lineage["steps"]) == str(meta.step), name
+            if meta.lineage["method"] == "online":
+                steps = tokens[tokens.index("--online-steps") + 1]
+                assert steps == str(meta.lineage["online_steps"]) == str(meta.step), name
+                assert ("--balanced" in tokens) == bool(meta.lineage.get("balanced")), name
+            else:  # continued offline
+                assert tokens[tokens.index("--steps") + 1] == str(meta.lineage["steps"]) == str(meta.step), name
             # the agent is the trained one: the continuation sets run settings only
             assert not [v for t, v in zip(tokens, tokens[1:]) if t == "--set" and v.split("=")[0] in stored], name
             trained_steps = meta.lineage["step"]
