@@ -23,7 +23,6 @@ from rql_cli.io.resolve import load_checkpoint, reference_source
 from rql_cli.names import TASKS
 
 if TYPE_CHECKING:
-
     from rql_cli.evaluation import GroupEvaluation
 
 

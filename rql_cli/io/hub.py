@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from rql_cli.errors import CheckpointError, HubError
 from rql_cli.io.checkpoint_files import REQUIRED_FILES, TRAIN_STATE_FILE, VIDEO_SUFFIXES
+from rql_cli.io.checkpoint_meta import CheckpointMeta
 from rql_cli.io.hub_client import (
     apply_timeouts,
     find_token,
@@ -44,8 +45,6 @@ from rql_cli.io.run_record import record_of_checkpoint
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
-
-    from rql_cli.io.checkpoint_meta import CheckpointMeta
 
 CARD_FILE = "README.md"
 """The model card: the Hub shows a repo's README.md as its page."""
