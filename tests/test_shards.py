@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -218,6 +219,20 @@ def test_verify_passes_a_generated_set_and_names_the_field_of_a_corrupted_copy(t
     good = runner.invoke(app, ["data", "verify", NAME, "--dataset-dir", str(tiny_dataset_dir)])
     assert good.exit_code == 0, good.output
     assert "All checks passed" in good.output and "episode length" in good.output  # 101 rows: a note
+    # One env serves the five tasks (its reward task switched): each task's rate is its own env's
+    # relabelling. Task 5 is solved in this set and task 1 never, so an unswitched env shows up.
+    printed = {int(m[1]): float(m[2]) for m in re.finditer(r"│\s+(\d)\s+│\s+([\d.]+)%", good.output)}
+    from ogbench.utils import load_dataset, relabel_dataset
+
+    from rql_cli.envs.make import make_eval_env
+
+    arrays = load_dataset(str(tiny_dataset_dir / f"{NAME}.npz"), compact_dataset=False, add_info=True)
+    for task in (1, 5):
+        env = make_eval_env(parse_task_name(NAME), task)
+        relabel_dataset(f"cube-single-play-singletask-task{task}-v0", env, arrays)
+        env.close()
+        assert printed[task] == round(100 * float((arrays["masks"] == 0).mean()), 2), (task, printed)
+    assert printed[5] > 0 == printed[1]
     shards = runner.invoke(app, ["data", "verify", NAME, "--dataset-path", str(shard_folder), "--json"])
     assert shards.exit_code == 0, shards.output
     payload = json.loads(shards.output)
