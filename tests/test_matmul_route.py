@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -42,6 +44,22 @@ def test_the_route_is_measured_once_then_read_from_the_machines_cache(measured):
     assert second.how == "cached" and second.route == first.route and second.gflops == first.gflops
     other_shapes = choose_matmul_route("highest", CPU, AGENT.replace(value_hidden_dims=[32]), 28, 5)
     assert other_shapes.how == "measured" and len(json.loads(measured.read_text())) == 2
+
+
+def test_runs_started_together_measure_once_and_take_the_same_route(measured):
+    """Two runs starting at once (threads here; the lock is on the file, so processes alike): one
+    measures, the other waits and reads its entry, instead of each timing the other's load."""
+    start = threading.Barrier(2)
+
+    def choose() -> matmul_route.MatmulRoute:
+        start.wait()
+        return choose_matmul_route("highest", CPU, AGENT, 28, 5)
+
+    with ThreadPoolExecutor(2) as pool:
+        routes = list(pool.map(lambda _: choose(), range(2)))
+    assert sorted(r.how for r in routes) == ["cached", "measured"]
+    assert routes[0].route == routes[1].route and routes[0].gflops == routes[1].gflops
+    assert len(json.loads(measured.read_text())) == 1
 
 
 def test_onednn_is_taken_only_when_faster_and_as_accurate():

@@ -18,11 +18,13 @@ import json
 import os
 import platform
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 from rql_cli.config import MATMUL_PRECISION_CHOICES, RQLConfig
 from rql_cli.errors import RQLError
@@ -88,12 +90,17 @@ def choose_matmul_route(precision: str, device: torch.device, agent: RQLConfig, 
         return MatmulRoute(precision, fixed, ROUTE_PRECISION[fixed], f"set by {ROUTE_VARIABLE}")
     shapes = layer_shapes(agent, obs_dim, action_dim)
     key = _cache_key(shapes)
-    cached = _read_cache().get(key)
-    if cached is not None:
-        route = MatmulRoute(**{**cached, "how": "cached"})
-    else:
-        route = measure_routes(shapes)
-        _write_cache(key, route)
+    # Runs started together (a pair beside each other, a sweep) measure one at a time: the first
+    # measures and writes, the others read its entry. Measured at once, each timed the other's load
+    # (two runs started together here measured oneDNN at 1.28x and 1.02x the default, and the cache
+    # kept whichever wrote last).
+    with _cache_lock():
+        cached = _read_cache().get(key)
+        if cached is not None:
+            route = MatmulRoute(**{**cached, "how": "cached"})
+        else:
+            route = measure_routes(shapes)
+            _write_cache(key, route)
     torch.set_float32_matmul_precision(route.torch_precision)
     return route
 
@@ -182,6 +189,38 @@ def cache_file() -> Path:
     """Where measured routes are kept: $XDG_CACHE_HOME/rql (else ~/.cache/rql)/matmul_routes.json."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "rql" / "matmul_routes.json"
+
+
+def _cache_lock() -> AbstractContextManager[object]:
+    """An exclusive lock on the cache beside it (waits up to a minute, then goes on unlocked); no
+    lock where the cache's folder cannot be written."""
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return nullcontext()
+    return _LockOrGoOn(FileLock(path.with_name(f".{path.name}.lock"), timeout=60))
+
+
+class _LockOrGoOn:
+    """``lock`` held for the block; a lock that times out or cannot be created lets the block run unlocked
+    (a second measurement costs a second, never a failed run)."""
+
+    def __init__(self, lock: FileLock) -> None:
+        self.lock = lock
+        self.held = False
+
+    def __enter__(self) -> object:
+        try:
+            self.lock.acquire()
+            self.held = True
+        except (Timeout, OSError):
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.lock.release()
 
 
 def _read_cache() -> dict[str, dict[str, Any]]:
