@@ -18,7 +18,8 @@ import json
 import os
 import platform
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,36 +192,23 @@ def cache_file() -> Path:
     return Path(base) / "rql" / "matmul_routes.json"
 
 
-def _cache_lock() -> AbstractContextManager[object]:
-    """An exclusive lock on the cache beside it (waits up to a minute, then goes on unlocked); no
-    lock where the cache's folder cannot be written."""
+@contextmanager
+def _cache_lock() -> Iterator[None]:
+    """An exclusive lock on the cache, held for the block. Where it cannot be had (a folder that cannot
+    be written, a minute's wait) the block runs unlocked: a second measurement costs a second, never a
+    failed run."""
     path = cache_file()
+    lock = FileLock(path.with_name(f".{path.name}.lock"), timeout=60)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return nullcontext()
-    return _LockOrGoOn(FileLock(path.with_name(f".{path.name}.lock"), timeout=60))
-
-
-class _LockOrGoOn:
-    """``lock`` held for the block; a lock that times out or cannot be created lets the block run unlocked
-    (a second measurement costs a second, never a failed run)."""
-
-    def __init__(self, lock: FileLock) -> None:
-        self.lock = lock
-        self.held = False
-
-    def __enter__(self) -> object:
-        try:
-            self.lock.acquire()
-            self.held = True
-        except (Timeout, OSError):
-            pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.held:
-            self.lock.release()
+        lock.acquire()
+    except (Timeout, OSError):
+        pass
+    try:
+        yield
+    finally:
+        if lock.is_locked:
+            lock.release()
 
 
 def _read_cache() -> dict[str, dict[str, Any]]:
