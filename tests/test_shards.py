@@ -227,10 +227,13 @@ def test_verify_passes_a_generated_set_and_names_the_field_of_a_corrupted_copy(t
     from rql_cli.envs.make import make_eval_env
 
     arrays = load_dataset(str(tiny_dataset_dir / f"{NAME}.npz"), compact_dataset=False, add_info=True)
+    parsed = parse_task_name(NAME)
     for task in (1, 5):
-        env = make_eval_env(parse_task_name(NAME), task)
-        relabel_dataset(f"cube-single-play-singletask-task{task}-v0", env, arrays)
-        env.close()
+        env = make_eval_env(parsed, task)
+        try:
+            relabel_dataset(parsed.gym_id(task), env, arrays)
+        finally:
+            env.close()
         assert printed[task] == round(100 * float((arrays["masks"] == 0).mean()), 2), (task, printed)
     assert printed[5] > 0 == printed[1]
     shards = runner.invoke(app, ["data", "verify", NAME, "--dataset-path", str(shard_folder), "--json"])
