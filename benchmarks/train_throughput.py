@@ -169,11 +169,29 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
         from torch.profiler import ProfilerActivity, profile as torch_profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        profiled_steps = max(3, steps // 4)
         with torch_profile(activities=activities) as prof:
-            run(max(3, steps // 4))
+            run(profiled_steps)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        result["profile"] = prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=40)
+        averages = prof.key_averages()
+        result["profile"] = averages.table(sort_by=sort, row_limit=15, max_name_column_width=40)
+        if device.type == "cpu":
+            result["profile"] += "\n" + matmul_floor(averages, profiled_steps)
     return result
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_floor(averages: Any, steps: int) -> str:
+    """One line: the matmul kernels' share of a profiled CPU step, and the steps/s a step made of
+    nothing else would run at. Any fp32 implementation of the update does these products, and their
+    rates are the BLAS library's (XLA ran the same shapes at the same rates on one thread here),
+    so the floor bounds what a faster update can gain."""
+    per_step = {e.key: e.self_cpu_time_total / steps / 1e3 for e in averages}  # ms per step
+    matmul_ms, total_ms = sum(per_step.get(op, 0.0) for op in MATMUL_OPS), sum(per_step.values())
+    return (f"matmuls: {matmul_ms:.1f} of {total_ms:.1f} ms per profiled step ({matmul_ms / total_ms:.0%}); "
+            f"the products alone would run {1e3 / matmul_ms:.1f} steps/s")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def benchmark_commands(tiny_dataset_dir: Path, tmp_path_factory) -> dict[str, li
              "--eval-episodes", "1", "--work", str(tmp_path_factory.mktemp("pendulum"))], {})],
         "test_throughput_benchmark_prints_a_row_per_mode_and_refuses_graphs_on_cpu": [(
             [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--config", "small-cpu",
-             "--modes", "eager,graphs", "--steps", "2", "--warmup", "1", "--rounds", "1"], {})],
+             "--modes", "eager,graphs", "--steps", "2", "--warmup", "1", "--rounds", "1", "--profile"], {})],
         "test_minari_load_benchmark_converts_and_times": [(
             [sys.executable, str(REPO / "benchmarks" / "minari_load.py"), "--source",
              str(tiny_dataset_dir / "cube-single-play-v0.npz"), "--piece", "30", "--rounds", "1", "--root",
@@ -73,6 +73,14 @@ def test_throughput_benchmark_prints_a_row_per_mode_and_refuses_graphs_on_cpu(be
     eager = re.search(r"this tree\s+eager\s+([\d.]+) \[", done.stdout)
     assert eager and float(eager.group(1)) > 0, done.stdout
     assert "2.8 GFLOP of matmuls per update" in done.stdout
+    # --profile: the profiler's table and the matmul floor under it (a share of the step, a rate above it)
+    assert "aten::addmm" in done.stdout
+    floor = re.search(r"matmuls: ([\d.]+) of ([\d.]+) ms per profiled step \((\d+)%\); the products alone would run "
+                      r"([\d.]+) steps/s", done.stdout)
+    assert floor, done.stdout
+    matmul_ms, step_ms, share, floor_rate = (float(g) for g in floor.groups())
+    assert 0 < matmul_ms < step_ms and 0 < share < 100
+    assert floor_rate == pytest.approx(1e3 / matmul_ms, rel=0.01) and floor_rate > float(eager.group(1))
     graphs = next(line for line in done.stdout.splitlines() if "graphs" in line)
     assert "CUDA" in graphs  # the child's own refusal, not a crash
 

@@ -18,7 +18,21 @@ from rql_cli.config import RQLConfig
 LAYER_NORM_EPS = 1e-6
 
 
+GELU_SIGMOID_SCALE = 2.0 * math.sqrt(2.0 / math.pi)
+"""2 * sqrt(2 / pi): the tanh approximation 0.5 * (1 + tanh(u)) equals sigmoid(2u)."""
+
+
 def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation (flax's default): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    Inside a compiled update it is written x * sigmoid(2u), the same function: inductor's CPU code
+    takes tanh from a 1-ULP library routine and exp from a fast one, so this form ran 2.5x faster
+    (262,144 floats, 2 cores) and lifted the 3x256 update 16% on one thread; it is also closer to a
+    float64 GELU (1e-6 relative, against up to 3e-2 where the tanh form cancels near 0). Eager runs
+    keep ATen's one GELU kernel, which beats the seven-op form there (forward and backward).
+    """
+    if torch.compiler.is_compiling():
+        return x * torch.sigmoid(GELU_SIGMOID_SCALE * (x + 0.044715 * x * x * x))
     return nn.functional.gelu(x, approximate="tanh")
 
 
