@@ -3,7 +3,9 @@
 For each group size N, three ways to train N seeds, each measured in its own processes:
 
     stacked      one process, one vmapped update of all N seeds (core.seed_stack.StackedSeeds)
-    sequential   one process, each seed's own update in turn (SequentialSeeds)
+    threaded     one process, each seed's own update, the seeds side by side on the cores: a Python
+                 thread per seed up to the cores (ThreadedSeeds; a CPU group's default)
+    sequential   one process, each seed's own update in turn over all the cores (SequentialSeeds)
     separate     N processes of one run each, started together, sharing the machine (their
                  steps/s summed); on a GPU they share the one device
 
@@ -39,13 +41,13 @@ COMPILE = {"off": None, "on": "default", "graphs": "reduce-overhead"}
 
 def measure(config_name: str, seeds: int, way: str, device_name: str, compile_choice: str, threads: int,
             steps: int, start_at: float) -> dict[str, Any]:
-    """One process's measurement: ``way`` ('stacked', 'sequential' or 'single') over ``seeds`` agents."""
+    """One process's measurement: ``way`` ('stacked', 'threaded', 'sequential' or 'single') over ``seeds`` agents."""
     import torch
     from train_throughput import synthetic_dataset
 
     from rql_cli.config import RQLConfig
     from rql_cli.core.rql import RQLAgent
-    from rql_cli.core.seed_stack import SequentialSeeds, StackedSeeds
+    from rql_cli.core.seed_stack import SequentialSeeds, StackedSeeds, ThreadedSeeds
     from rql_cli.data.dataset import ChunkSampler
     from rql_cli.device import make_generator, resolve_device
 
@@ -58,7 +60,8 @@ def measure(config_name: str, seeds: int, way: str, device_name: str, compile_ch
     for seed in range(seeds):
         torch.manual_seed(seed)
         agents.append(RQLAgent(config, sampler.dataset.obs_dim, sampler.dataset.action_dim, device))
-    update = StackedSeeds(agents) if way == "stacked" else SequentialSeeds(agents)
+    threaded = ThreadedSeeds(agents, threads or len(os.sched_getaffinity(0))) if way == "threaded" else None
+    update = threaded or (StackedSeeds(agents) if way == "stacked" else SequentialSeeds(agents))
     example = sampler.sample(config.batch_size, make_generator(device, 9))
     started = time.perf_counter()
     update.compile_update(COMPILE[compile_choice])
@@ -83,7 +86,8 @@ def measure(config_name: str, seeds: int, way: str, device_name: str, compile_ch
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return dict(seed_steps_per_second=seeds * steps / elapsed, seconds=elapsed, compile_seconds=compile_seconds,
-                peak_mib_per_seed=peak / 2**20 / seeds, threads=torch.get_num_threads())
+                peak_mib_per_seed=peak / 2**20 / seeds, threads=torch.get_num_threads(),
+                workers=threaded.workers if threaded else 1)
 
 
 def child(args: argparse.Namespace, seeds: int, way: str, threads: int, start_at: float) -> subprocess.Popen:
@@ -118,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="bundled", choices=sorted(GROUP_CONFIGS))
     parser.add_argument("--seeds", default="1,2,4", help="group sizes, comma separated")
-    parser.add_argument("--ways", default="stacked,sequential,separate")
+    parser.add_argument("--ways", default="stacked,threaded,sequential,separate")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", default="off", choices=sorted(COMPILE))
     parser.add_argument("--threads", type=int, default=0, help="threads of a group process (0: torch's default)")

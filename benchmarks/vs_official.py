@@ -143,7 +143,7 @@ def measure_ours(config_name: str, mode: str, steps: int, warmup: int, threads: 
 
         adaptive_default = runtime.configure_threads
         # measure() asks for 0 (adapt, as rql train does); the comparison wants a fixed count on both sides
-        runtime.configure_threads = lambda _requested, device: adaptive_default(threads, device)
+        runtime.configure_threads = lambda _requested, device, spread=None: adaptive_default(threads, device, spread)
     result = throughput.measure(config_name, mode, "cpu", steps, warmup, profile=False)
     return dict(result, versions={"torch": torch.__version__})
 

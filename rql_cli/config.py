@@ -231,8 +231,9 @@ class RunConfig(_Fields):
     group_update: str = _field(
         "auto",
         "How a --seeds group updates its seeds: 'stacked' (one vmapped step for all seeds, each kernel N times "
-        "larger), 'sequential' (each seed's own step in turn, bit for bit the single run), 'auto' (stacked on "
-        "CUDA, sequential on CPU, where stacking measured no faster).",
+        "larger), 'threaded' (CPU: each seed's own step, the seeds side by side on the threads), 'sequential' "
+        "(each seed's own step in turn over all threads), 'auto' (stacked on CUDA, threaded on CPU, where it "
+        "measured fastest). 'threaded' and 'sequential' are bit for bit the single run.",
     )
 
     @classmethod
@@ -326,7 +327,7 @@ COMPILE_CHOICES = ("auto", "off", "on", "graphs")
 
 LOGGER_CHOICES = ("tensorboard", "wandb")
 """Loggers ``log_to`` names (``rql_cli.training.loggers`` writes them)."""
-GROUP_UPDATE_CHOICES = ("auto", "stacked", "sequential")
+GROUP_UPDATE_CHOICES = ("auto", "stacked", "threaded", "sequential")
 """Values of the ``group_update`` field (``rql_cli.training.group`` says what each runs)."""
 MATMUL_PRECISION_CHOICES = ("highest", "high", "medium")
 """Values of the ``matmul_precision`` field (``rql_cli.training.matmul_route`` says what each sets)."""

@@ -10,6 +10,7 @@ import torch
 from rql_cli.config import RQLConfig
 from rql_cli.core.batch import ChunkBatch
 from rql_cli.core.rql import RQLAgent
+from rql_cli.core.seed_stack import ThreadedSeeds
 
 # One compiled shape for the suite: these sizes and settings are also those of test_runtime's compiled
 # update and of test_train's compiled run (cube-single: 28 observations, 5 actions), and all of them
@@ -89,6 +90,26 @@ def test_compiled_updates_follow_the_eager_trajectory(one_thread):
     for a, b in zip(eager.state_dict().values(), fast.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert fast.step == eager.step == 3
+
+
+def test_a_threaded_group_compiled_through_the_cpp_wrapper_steps_as_the_plain_compile_exactly(one_thread):
+    """ThreadedSeeds compiles through inductor's C++ wrapper (it releases the GIL) and steps each seed on
+    a worker thread: the same kernels on the same inputs, so the same bits as a plain compiled run."""
+    plain = make_agent()
+    seeds = ThreadedSeeds([copy.deepcopy(plain), copy.deepcopy(plain)], threads=2)
+    plain.compile_update()
+    seeds.compile_update("default")
+    assert seeds.workers == 2 and torch.get_num_threads() == 1  # one intra-op thread: the shared graph's
+    for step in range(3):
+        batch = batch_with_an_episode_end(seed=step)
+        plain.update(batch, torch.Generator().manual_seed(step))
+        seeds.update([batch, batch], [torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)])
+    seeds.close()
+    for member in seeds.agents:
+        assert member.step == plain.step == 3
+        assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), member.state_dict().values()))
+        ours, theirs = member.optimizer.state_dict()["state"], plain.optimizer.state_dict()["state"]
+        assert all(torch.equal(ours[i]["exp_avg_sq"], theirs[i]["exp_avg_sq"]) for i in theirs)
 
 
 def test_update_draws_its_noise_in_the_order_the_separate_losses_do():

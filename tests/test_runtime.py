@@ -55,6 +55,22 @@ def test_governor_keeps_the_cores_others_leave_free(restore_threads):
     assert governor.changes == 3
 
 
+def test_governor_of_a_threaded_group_changes_its_workers_not_torchs_threads(restore_threads):
+    torch.set_num_threads(1)
+    workers: list[int] = []
+    governor = ThreadGovernor(2, interval=0.0, load=FixedLoad(1.0, 0.0), apply=workers.append)
+    assert governor.poll() == 1 and governor.poll() == 2
+    assert workers == [1, 2] and torch.get_num_threads() == 1
+
+
+def test_a_threaded_group_is_handed_the_threads_instead_of_torch(restore_threads):
+    torch.set_num_threads(1)
+    spread: list[int] = []
+    settings, _ = configure_threads(0, CPU, spread=spread.append)
+    assert spread == [usable_cores()] and settings.threads == usable_cores() and settings.per_seed
+    assert torch.get_num_threads() == 1  # ThreadedSeeds.set_threads shares them out, not configure_threads
+
+
 def test_governor_waits_for_its_interval(restore_threads):
     governor = ThreadGovernor(2, interval=3600.0, load=FixedLoad(2.0))
     assert governor.poll() is None

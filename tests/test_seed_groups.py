@@ -4,8 +4,8 @@ Tolerance: the stacked update (vmap) sums the same products in another order ins
 matmuls, so its numbers may differ from a single run's in the last bits of fp32. We hold losses and
 weights to an absolute 1e-5 (weights here are O(0.1)) and logged losses, which metrics.csv keeps to 6
 significant digits, to 2e-5 relative; measured over 200 steps of these tiny networks the largest gap
-in the logged losses was one flip of the last printed digit. The sequential update is the single run's own
-code and is held to exact equality.
+in the logged losses was one flip of the last printed digit. The threaded and sequential updates are the
+single run's own code and are held to exact equality.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,11 +31,11 @@ from conftest import TINY_NAME
 from rql_cli.config import RQLConfig, RunConfig, parse_seeds
 from rql_cli.core.batch import ChunkBatch
 from rql_cli.core.rql import RQLAgent
-from rql_cli.core.seed_stack import StackedActing, StackedSeeds
+from rql_cli.core.seed_stack import SequentialSeeds, StackedActing, StackedSeeds, ThreadedSeeds
 from rql_cli.errors import RQLError
 from rql_cli.io.checkpoint import load_agent, load_tensors
 from rql_cli.io.group_record import read_group_record, seed_dir
-from rql_cli.training.group import GroupSession, train_group
+from rql_cli.training.group import GroupSession, make_seed_update, train_group
 from rql_cli.training.observer import TrainObserver
 from rql_cli.training.offline import DataSpec, train
 
@@ -80,12 +82,14 @@ def alone(data, tmp_path_factory) -> dict[int, Path]:
     return {0: root / "seed0", 2: root / "seed2"}
 
 
-@pytest.mark.parametrize("update", ["stacked", "sequential"])
+@pytest.mark.parametrize("update", ["stacked", "threaded", "sequential"])
 def test_each_seed_of_a_group_is_the_run_it_would_be_alone(update, alone, data, tmp_path):
     group = tmp_path / "group"
     outcome = train_group(config(steps=200, group_update=update), data, group, [2, 0])
     assert outcome.step == 200 and not outcome.interrupted
     assert read_group_record(group).update == update
+    threads = json.loads((seed_dir(group, 0) / "train_config.json").read_text())["history"][0]["runtime"]["threads"]
+    assert threads["per_seed"] == (update == "threaded")  # threaded: the run's threads each step a seed
     for seed, single in alone.items():
         member = seed_dir(group, seed)
         # The same generators in the same states: every batch index and noise draw was the same.
@@ -95,7 +99,7 @@ def test_each_seed_of_a_group_is_the_run_it_would_be_alone(update, alone, data, 
         ours_losses, theirs_losses = torch.tensor(losses(member)), torch.tensor(losses(single))
         assert ours_losses.shape == (200, 4)
         ours_weights, theirs_weights = weights(member), weights(single)
-        if update == "sequential":
+        if update != "stacked":  # each seed's own update, on one thread (threaded) or all (sequential)
             assert torch.equal(ours_losses, theirs_losses)
             assert all(torch.equal(ours_weights[k], theirs_weights[k]) for k in theirs_weights)
         else:
@@ -105,6 +109,58 @@ def test_each_seed_of_a_group_is_the_run_it_would_be_alone(update, alone, data, 
         # Each seed's folder is an ordinary run folder that loads alone.
         agent, meta = load_agent(latest(member))
         assert meta.seed == seed and meta.step == 200
+
+
+def test_threaded_seeds_share_out_the_threads_and_step_each_seed_on_a_worker():
+    agent_config = RQLConfig(actor_hidden_dims=[16, 16], value_hidden_dims=[16, 16], ensemble_size=2,
+                             batch_size=6, horizon=3, flow_steps=4)
+    agents = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        agents.append(RQLAgent(agent_config, obs_dim=5, action_dim=2, device=torch.device("cpu")))
+    seen: dict[int, set[tuple[str, int]]] = {i: set() for i in range(3)}  # (thread, its intra-op threads)
+    for index, agent in enumerate(agents):
+        def record(batch, generator, own=agent.update, index=index):
+            seen[index].add((threading.current_thread().name, torch.get_num_threads()))
+            return own(batch, generator)
+        agent.update = record  # type: ignore[method-assign]
+    g = torch.Generator().manual_seed(0)
+    batch = ChunkBatch(torch.randn(6, 5, generator=g), torch.rand(6, 3, 2, generator=g) * 2 - 1, torch.rand(6, 3),
+                       torch.ones(6, 3), torch.zeros(6, 3), torch.randn(6, 5, generator=g))
+
+    def step() -> dict[str, torch.Tensor]:
+        for names in seen.values():
+            names.clear()
+        return update.update([batch] * 3, [torch.Generator().manual_seed(s) for s in range(3)])
+
+    before = torch.get_num_threads()
+    try:
+        update = ThreadedSeeds(agents, threads=7)
+        assert (update.workers, update.intra_threads) == (3, 2)  # one worker per seed, the rest intra-op
+        assert step()["total"].shape == (3,) and all(a.step == 1 for a in agents)
+        assert all(len(s) == 1 and next(iter(s))[0].startswith("rql-seed") and next(iter(s))[1] == 2
+                   for s in seen.values())
+        update.set_threads(1)  # what the governor does when other processes take the cores
+        step()
+        assert all(s == {(threading.current_thread().name, 1)} for s in seen.values())
+        update.set_threads(2)  # two workers for three seeds: one steps two seeds in turn
+        step()
+        assert all(len(s) == 1 and next(iter(s))[0].startswith("rql-seed") for s in seen.values())
+        assert all(a.step == 3 for a in agents)
+        update.close()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_steps_a_cpu_group_side_by_side_and_threaded_is_refused_on_cuda():
+    torch.manual_seed(0)
+    agent = RQLAgent(RQLConfig(actor_hidden_dims=[8], value_hidden_dims=[8]), obs_dim=3, action_dim=2,
+                     device=torch.device("cpu"))
+    assert type(make_seed_update("auto", [agent])) is ThreadedSeeds
+    assert type(make_seed_update("sequential", [agent])) is SequentialSeeds
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))  # only its device is read before the refusal
+    with pytest.raises(RQLError, match="on CUDA use stacked"):
+        make_seed_update("threaded", [on_cuda])
 
 
 @pytest.mark.parametrize("points", ["interpolated", "reversed"])

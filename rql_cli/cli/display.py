@@ -118,7 +118,8 @@ def runtime_text(runtime: dict[str, Any] | None) -> str:
         return ""
     threads, compiled = runtime["threads"], runtime["compile"]
     adapt = ", fewer while other processes are busy" if threads["adaptive"] else ""
-    text = f"[dim]{threads['threads']} CPU thread(s) of {threads['usable_cores']} usable{adapt}; update "
+    each = ", stepping the seeds side by side" if threads.get("per_seed") else ""
+    text = f"[dim]{threads['threads']} CPU thread(s) of {threads['usable_cores']} usable{each}{adapt}; update "
     if compiled["mode"]:
         text += f"compiled ({compiled['mode']}) in {compiled['seconds']:.1f} s"
     else:

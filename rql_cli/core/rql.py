@@ -238,17 +238,23 @@ class RQLAgent(nn.Module):
         total = policy_loss + self.config.alpha * bc_loss + value_loss
         return dict(total=total, value=value_loss, bc=bc_loss, policy=policy_loss), stats
 
-    def compile_update(self, mode: str | None = "default") -> None:
+    def compile_update(self, mode: str | None = "default", *, cpp_wrapper: bool = False) -> None:
         """Compile the loss terms, forward and backward, with torch.compile (inductor); None: eager.
 
         ``mode`` is torch.compile's: 'default' fuses the elementwise work between matmuls;
         'reduce-overhead' also replays the step as CUDA graphs (CUDA only). Shapes are static (one
         batch size), so compiling happens once, on the first call, and torch caches it on disk.
         The eager ``loss_terms`` stays the reference the compiled one is tested against.
+        ``cpp_wrapper`` (with 'default') runs each compiled graph from inductor's C++ wrapper, which
+        releases the GIL for the whole graph: the same kernels, so the same numbers, and other Python
+        threads (a CPU seed group's, ``core.seed_stack.ThreadedSeeds``) run meanwhile.
         """
         self.compile_mode = mode
         if mode is None:
             self._loss_fn = self.loss_terms
+        elif cpp_wrapper and mode == "default":  # torch.compile takes a mode or inductor options, not both
+            self._loss_fn = torch.compile(self.loss_terms, dynamic=False, fullgraph=True,
+                                          options={"cpp_wrapper": True})
         else:
             self._loss_fn = torch.compile(self.loss_terms, mode=mode, dynamic=False, fullgraph=True)
 

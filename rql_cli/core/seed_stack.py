@@ -10,9 +10,10 @@ that is N seeds for nearly the price of one. Each agent keeps its modules, whose
 views of the stacked tensors (and its Adam state views of the stacked moments), so saving, evaluating
 or acting on one seed reads the live weights with no copy.
 
-``SequentialSeeds`` runs each agent's own update in turn: on a CPU, where matmuls already fill the
-cores, stacking buys nothing (benchmarks/seed_groups.py measures both), and this path is bit for bit
-the single run.
+``SequentialSeeds`` runs each agent's own update in turn, bit for bit the single run; ``ThreadedSeeds``
+runs them side by side on a CPU's cores, with the same numbers. On a CPU, where the matmuls already
+fill the cores, stacking buys little; seeds side by side measured at least as fast as stacking and as
+one seed at a time over all the threads (benchmarks/seed_groups.py measures each way).
 
 Adam is elementwise and each seed's loss depends on its own slice only, so a stacked step is each
 seed's step up to the order of float sums inside the batched matmuls; a non-finite loss in one seed
@@ -22,6 +23,7 @@ never reaches another's numbers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import Any
 
@@ -192,6 +194,65 @@ class SequentialSeeds:
         rows = [agent.update(batch, generator)
                 for agent, batch, generator in zip(self.agents, batches, generators, strict=True)]
         return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+class ThreadedSeeds(SequentialSeeds):
+    """N agents' own updates side by side on a CPU's threads: the single run's numbers exactly.
+
+    ``set_threads(T)`` makes min(T, N) workers, each with T // workers of torch's intra-op threads
+    (one each when there are at least as many seeds as threads). Each agent's step runs whole on one
+    worker, and a worker that is free takes the next seed not yet stepped, so the seeds run as
+    separate runs would, without an OpenMP barrier per operation shared between them. Compiled, each
+    graph runs from inductor's C++ wrapper with the GIL released (without it, inductor's kernels hold
+    the GIL and the seeds wait on each other); only the Python between graphs (the optimiser step,
+    the target updates) takes turns. Call ``set_threads`` before compiling: inductor builds its
+    kernels for the calling thread's intra-op count.
+    """
+
+    def __init__(self, agents: Sequence[RQLAgent], threads: int | None = None):
+        super().__init__(agents)
+        self.workers, self.intra_threads = 1, torch.get_num_threads()
+        self._pool: ThreadPoolExecutor | None = None
+        if threads is not None:
+            self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        """Use ``threads`` CPU threads from the next ``update`` on (and now on the calling thread)."""
+        workers = max(1, min(threads, len(self.agents)))
+        self.intra_threads = max(1, threads // workers)
+        torch.set_num_threads(self.intra_threads)  # this thread: the compile, and the steps with one worker
+        if workers != self.workers:
+            self.close()
+            self.workers = workers
+            if workers > 1:
+                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rql-seed")
+
+    def update(self, batches: Sequence[ChunkBatch], generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
+        """Each agent's ``update`` on its batch and generator; each logged term as an (N,) tensor."""
+        if self._pool is None:
+            return super().update(batches, generators)
+        steps = [self._pool.submit(self._step, agent, batch, generator)
+                 for agent, batch, generator in zip(self.agents, batches, generators, strict=True)]
+        rows = [step.result() for step in steps]  # re-raises a seed's exception here, in seed order
+        return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+
+    def compile_update(self, mode: str | None = "default") -> None:
+        """Compile each agent's update; on a CPU through inductor's C++ wrapper, so a compiled step
+        holds the GIL only between its graphs (the kernels, and so the numbers, are the plain compile's)."""
+        self.compile_mode = mode
+        for agent in self.agents:
+            agent.compile_update(mode, cpp_wrapper=agent.device.type == "cpu")
+
+    def _step(self, agent: RQLAgent, batch: ChunkBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if torch.get_num_threads() != self.intra_threads:  # OpenMP's count is per thread: set it on each
+            torch.set_num_threads(self.intra_threads)
+        return agent.update(batch, generator)
+
+    def close(self) -> None:
+        """Stop the workers (after any step in flight); ``update`` then runs on the calling thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._pool, self.workers = None, 1
 
 
 SeedUpdate = StackedSeeds | SequentialSeeds

@@ -42,7 +42,7 @@ class GroupRecord:
         dataset: the dataset name the seeds train on (each seed's record says where it lives).
         env_id: the singletask env the rewards are for.
         settings: the shared config, every field by name but ``seed``.
-        update: how the seeds were updated ('stacked' or 'sequential'), as of the last start.
+        update: how the seeds were updated ('stacked', 'threaded' or 'sequential'), as of the last start.
         stopped: ``{seed: {'step', 'term', 'message', 'checkpoint'}}`` for seeds stopped by a
             non-finite loss; the others went on.
     """

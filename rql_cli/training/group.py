@@ -18,7 +18,7 @@ from typing import Any
 
 from rql_cli.config import RunConfig
 from rql_cli.core.rql import RQLAgent
-from rql_cli.core.seed_stack import SeedUpdate, SequentialSeeds, StackedSeeds
+from rql_cli.core.seed_stack import SeedUpdate, SequentialSeeds, StackedSeeds, ThreadedSeeds
 from rql_cli.data.sources import DataSpec
 from rql_cli.device import resolve_device
 from rql_cli.errors import NonFiniteLossError, RQLError
@@ -46,9 +46,24 @@ from rql_cli.training.signals import StopSignals
 
 
 def make_seed_update(choice: str, agents: list[RQLAgent]) -> SeedUpdate:
-    """The group update for ``group_update=choice``: 'auto' stacks on CUDA and runs in turn on a CPU."""
-    stacked = choice == "stacked" or (choice == "auto" and agents[0].device.type == "cuda")
-    return StackedSeeds(agents) if stacked else SequentialSeeds(agents)
+    """The group update for ``group_update=choice``: 'auto' stacks on CUDA and steps the seeds side by
+    side on a CPU (``ThreadedSeeds``; the runtime gives it the run's threads)."""
+    on_cuda = agents[0].device.type == "cuda"
+    if choice == "auto":
+        choice = "stacked" if on_cuda else "threaded"
+    if choice == "threaded" and on_cuda:
+        raise RQLError("group_update=threaded runs the seeds on CPU threads; on CUDA use stacked (what auto "
+                       "picks) or sequential.")
+    if choice == "stacked":
+        return StackedSeeds(agents)
+    return ThreadedSeeds(agents) if choice == "threaded" else SequentialSeeds(agents)
+
+
+def update_name(update: SeedUpdate) -> str:
+    """The ``group_update`` value that makes ``update`` (what group.json records)."""
+    if isinstance(update, StackedSeeds):
+        return "stacked"
+    return "threaded" if isinstance(update, ThreadedSeeds) else "sequential"
 
 
 def train_group(
@@ -85,14 +100,17 @@ def train_group(
             stack.callback(member.close)
         source.open_logs(group_dir)
         update = make_seed_update(config.group_update, [m.agent for m in members.values()])
+        if isinstance(update, ThreadedSeeds):
+            stack.callback(update.close)
         record = record or GroupRecord(seeds=list(seeds), dataset=source.dataset_name, env_id=source.env_id,
                                        settings={}, update="")
         record.settings = {k: v for k, v in config.flat().items() if k != "seed"}
-        record.update = "stacked" if isinstance(update, StackedSeeds) else "sequential"
+        record.update = update_name(update)
         write_group_record(group_dir, record)
         first = next(iter(members.values())).agent
         runtime = set_up_runtime(update, config, source.updates_left(first), source.example_batch(first), stop,
-                                 dims=(first.obs_dim, first.action_dim))
+                                 dims=(first.obs_dim, first.action_dim),
+                                 spread=update.set_threads if isinstance(update, ThreadedSeeds) else None)
         for seed, member in members.items():
             start_session(member, runtime, previous[seed], (origins or {}).get(seed))
         session = GroupSession(config=config, run_dir=group_dir, members=members, update=update, source=source,

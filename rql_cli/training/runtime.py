@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,8 +47,10 @@ class ThreadSettings:
     """What a run chose, recorded in its train_config.json.
 
     requested: the config's ``threads`` (0 = adapt).  usable_cores: affinity and cgroup quota.
-    threads: intra-op threads at the start.  adaptive: whether the governor may change them.
+    threads: threads at the start.  adaptive: whether the governor may change them.
     interop_threads: torch's inter-op pool.  wait_policy: OMP_WAIT_POLICY as the process started.
+    per_seed: whether the threads step a group's seeds side by side (``ThreadedSeeds``, one worker per
+    seed up to the threads, the rest of the threads shared out as intra-op threads).
     """
 
     requested: int
@@ -56,31 +59,36 @@ class ThreadSettings:
     adaptive: bool
     interop_threads: int
     wait_policy: str
+    per_seed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def configure_threads(requested: int, device: torch.device) -> tuple[ThreadSettings, ThreadGovernor | None]:
+def configure_threads(
+    requested: int, device: torch.device, spread: Callable[[int], None] | None = None,
+) -> tuple[ThreadSettings, ThreadGovernor | None]:
     """Set torch's thread pools for a run; return the settings and a governor when they adapt.
 
-    ``requested`` > 0 fixes the intra-op threads (capped at the usable cores). 0 adapts on a CPU
-    run where ``/proc/stat`` can be read; a CUDA run keeps a fixed pool (the CPU only feeds the GPU).
+    ``requested`` > 0 fixes the threads (capped at the usable cores). 0 adapts on a CPU run where
+    ``/proc/stat`` can be read; a CUDA run keeps a fixed pool (the CPU only feeds the GPU). With
+    ``spread`` (a group's ``ThreadedSeeds.set_threads``) the threads step the seeds side by side,
+    and the governor hands its count to ``spread`` instead of torch.
     """
     cores = usable_cores()
     threads = min(requested, cores) if requested > 0 else cores
-    torch.set_num_threads(threads)
+    (spread or torch.set_num_threads)(threads)
     try:
         torch.set_num_interop_threads(1)  # we never run independent ops in parallel; spare the threads
     except RuntimeError:  # already set, or inter-op work already ran in this process
         pass
     governor = None
     if requested == 0 and device.type == "cpu" and cores > 1 and CpuLoad.available():
-        governor = ThreadGovernor(cores)
+        governor = ThreadGovernor(cores, apply=spread)
     settings = ThreadSettings(
         requested=requested, usable_cores=cores, threads=threads, adaptive=governor is not None,
         interop_threads=torch.get_num_interop_threads(),
-        wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
+        wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"), per_seed=spread is not None,
     )
     return settings, governor
 
@@ -133,13 +141,16 @@ class ThreadGovernor:
 
     Call ``poll`` between steps; every ``POLL_SECONDS`` it measures the rest of the machine and sets
     ``max_threads - round(busy elsewhere)`` threads (at least 1). Two runs side by side each settle
-    at half the cores; when one ends, the other takes them back within a poll.
+    at half the cores; when one ends, the other takes them back within a poll. ``apply`` sets a
+    count (torch's intra-op threads by default; a ``ThreadedSeeds`` group's ``set_threads``).
     """
 
-    def __init__(self, max_threads: int, interval: float = POLL_SECONDS, load: CpuLoad | None = None):
+    def __init__(self, max_threads: int, interval: float = POLL_SECONDS, load: CpuLoad | None = None,
+                 apply: Callable[[int], None] | None = None):
         self.max_threads = max_threads
         self.interval = interval
-        self.threads = torch.get_num_threads()
+        self._apply = apply or torch.set_num_threads
+        self.threads = max_threads if apply else torch.get_num_threads()
         self.changes = 0
         self._load = load or CpuLoad()
         self._next = time.monotonic() + interval
@@ -158,7 +169,7 @@ class ThreadGovernor:
         threads = max(1, min(self.max_threads, int(free + 0.5)))
         if threads == self.threads:
             return None
-        torch.set_num_threads(threads)
+        self._apply(threads)
         self.threads = threads
         self.changes += 1
         return threads
@@ -268,16 +279,17 @@ class Runtime:
 
 def set_up_runtime(
     agent: Compilable, config: RunConfig, steps_to_run: int, example_batch: ChunkBatch | None,
-    stop: StopSignals | None = None, *, dims: tuple[int, int],
+    stop: StopSignals | None = None, *, dims: tuple[int, int], spread: Callable[[int], None] | None = None,
 ) -> Runtime:
     """Thread pools for ``config.threads``, the matmul route for ``config.matmul_precision`` (measured on
     the run's layer shapes, ``dims`` = (obs_dim, action_dim)), then the update compiled for ``config.compile``.
 
+    ``spread``: a group's ``ThreadedSeeds.set_threads`` (see ``configure_threads``).
     Without an ``example_batch`` (a fine-tuning buffer that starts empty) the update stays eager.
     With ``stop``, a Ctrl-C or SIGTERM during the compile (a cold one takes tens of seconds) abandons
     it at once: the update stays eager and the run stops before its first step.
     """
-    threads, governor = configure_threads(config.threads, agent.device)
+    threads, governor = configure_threads(config.threads, agent.device, spread)
     matmul = choose_matmul_route(config.matmul_precision, agent.device, config.agent, *dims)
     if example_batch is None:
         report = CompileReport(choice=config.compile, mode=None, fallback="no batch to compile with")
