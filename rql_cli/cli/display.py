@@ -117,15 +117,14 @@ def runtime_text(runtime: dict[str, Any] | None) -> str:
     if not runtime:
         return ""
     threads, compiled = runtime["threads"], runtime["compile"]
-    adapt = ", fewer while other processes are busy" if threads["adaptive"] else ""
     each = ", stepping the seeds side by side" if threads.get("per_seed") else ""
+    adapt = ", fewer while other processes are busy" if threads["adaptive"] else ""
     text = f"[dim]{threads['threads']} CPU thread(s) of {threads['usable_cores']} usable{each}{adapt}; update "
     if compiled["mode"]:
         text += f"compiled ({compiled['mode']}) in {compiled['seconds']:.1f} s"
     else:
         text += "eager" + (f" ({compiled['fallback']})" if compiled.get("fallback") else "")
-    matmul = runtime.get("matmul")
-    if matmul and matmul["how"] != "cuda":
+    if (matmul := runtime.get("matmul")) and matmul["how"] != "cuda":
         text += f"; fp32 matmuls: {matmul_text(matmul)}"
     return text + " (--set compile=... threads=... matmul_precision=...)[/]"
 

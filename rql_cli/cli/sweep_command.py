@@ -30,8 +30,7 @@ def sweep(
     task: str | None = typer.Option(None, "--task", help="Tasks: 1-5, 1,3 or 2.", show_default="each dataset's"),
     seeds: str = typer.Option("0", "--seeds", help="Seeds of every grid point: 0-3 or 0,5."),
     seeds_together: bool = typer.Option(False, "--seeds-together", help="Each grid point's seeds as one group (rql "
-                                        "train --seeds: stacked on a GPU, side by side on a CPU's threads), in "
-                                        "POINT/seed_S."),
+                                        "train --seeds: stacked on GPU, threaded on CPU), in POINT/seed_S."),
     set_: list[str] = typer.Option([], "--set", help="A config field, one value or a grid: --set alpha=3,10."),
     steps: int | None = typer.Option(None, "--steps", help="Gradient steps of every run."),
     eval_interval: int | None = typer.Option(None, "--eval-interval", "--eval-every", help="Evaluate every N steps."),
