@@ -243,8 +243,9 @@ class _StopAt(TrainObserver):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_a_group_resumed_after_sigterm_continues_every_seed_exactly(data, tmp_path):
-    run = config(steps=30, group_update="stacked", save_interval=0)
+@pytest.mark.parametrize("update", ["stacked", "threaded"])
+def test_a_group_resumed_after_sigterm_continues_every_seed_exactly(update, data, tmp_path):
+    run = config(steps=30, group_update=update, save_interval=0)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train_group(run, data, whole, [0, 1])
     stopped = train_group(run, data, cut, [0, 1], observer=_StopAt(12))
@@ -261,7 +262,8 @@ def test_a_group_resumed_after_sigterm_continues_every_seed_exactly(data, tmp_pa
                            train_state(seed_dir(whole, seed))["optimizer.0.exp_avg"])
 
 
-def test_a_nan_in_one_seed_stops_that_seed_only(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("update", ["stacked", "threaded"])
+def test_a_nan_in_one_seed_stops_that_seed_only(update, data, tmp_path, monkeypatch):
     original = GroupSession.advance
 
     def advance_then_poison(self, window, observer):
@@ -278,7 +280,7 @@ def test_a_nan_in_one_seed_stops_that_seed_only(data, tmp_path, monkeypatch):
             stops.append((seed, message))
 
     group = tmp_path / "group"
-    outcome = train_group(config(steps=50, save_interval=20, group_update="stacked"), data, group, [0, 1, 2],
+    outcome = train_group(config(steps=50, save_interval=20, group_update=update), data, group, [0, 1, 2],
                           observer=Watch())
     assert outcome.step == 50 and not outcome.interrupted
     assert [seed for seed, _ in stops] == [1] and "step 31" in stops[0][1]
@@ -290,7 +292,7 @@ def test_a_nan_in_one_seed_stops_that_seed_only(data, tmp_path, monkeypatch):
         assert meta.step == step and all(torch.isfinite(p).all() for p in agent.parameters())
     assert len(losses(seed_dir(group, 1))) == 30  # its log ends with its last good window
     # A resume continues the seeds that were training; the stopped one stays as it was.
-    assert train_group(config(steps=60, save_interval=20, group_update="stacked"), data, group, [0, 1, 2],
+    assert train_group(config(steps=60, save_interval=20, group_update=update), data, group, [0, 1, 2],
                        resume=True).step == 60
     assert latest(seed_dir(group, 1)).name == "step_00000020" and latest(seed_dir(group, 2)).name == "step_00000060"
 
