@@ -191,9 +191,14 @@ class SequentialSeeds:
 
     def update(self, batches: Sequence[ChunkBatch], generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
         """Each agent's ``update`` on its batch and generator; each logged term as an (N,) tensor."""
-        rows = [agent.update(batch, generator)
-                for agent, batch, generator in zip(self.agents, batches, generators, strict=True)]
+        rows = self._step_each(batches, generators)
         return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+
+    def _step_each(
+        self, batches: Sequence[ChunkBatch], generators: Sequence[torch.Generator]
+    ) -> list[dict[str, torch.Tensor]]:
+        return [agent.update(batch, generator)
+                for agent, batch, generator in zip(self.agents, batches, generators, strict=True)]
 
 
 class ThreadedSeeds(SequentialSeeds):
@@ -227,14 +232,14 @@ class ThreadedSeeds(SequentialSeeds):
             if workers > 1:
                 self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rql-seed")
 
-    def update(self, batches: Sequence[ChunkBatch], generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
-        """Each agent's ``update`` on its batch and generator; each logged term as an (N,) tensor."""
+    def _step_each(
+        self, batches: Sequence[ChunkBatch], generators: Sequence[torch.Generator]
+    ) -> list[dict[str, torch.Tensor]]:
         if self._pool is None:
-            return super().update(batches, generators)
+            return super()._step_each(batches, generators)
         steps = [self._pool.submit(self._step, agent, batch, generator)
                  for agent, batch, generator in zip(self.agents, batches, generators, strict=True)]
-        rows = [step.result() for step in steps]  # re-raises a seed's exception here, in seed order
-        return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+        return [step.result() for step in steps]  # re-raises a seed's exception here, in seed order
 
     def compile_update(self, mode: str | None = "default") -> None:
         """Compile each agent's update; on a CPU through inductor's C++ wrapper, so a compiled step
