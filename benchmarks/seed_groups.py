@@ -15,6 +15,8 @@ within a round. Peak memory: CUDA's peak allocated bytes per seed, or the proces
 
     python benchmarks/seed_groups.py --config bundled --seeds 1,2,4 --compile off
     python benchmarks/seed_groups.py --device cuda --config paper --seeds 1,2,4,8,16 --compile graphs
+    python benchmarks/seed_groups.py --device cuda --config paper --seeds 1,2,4,8,16 --compile graphs \
+        --ways stacked --single      # one run alone first, as the baseline, then only the stacked groups
 """
 
 from __future__ import annotations
@@ -97,9 +99,11 @@ def child(args: argparse.Namespace, seeds: int, way: str, threads: int, start_at
 
 
 def result_of(process: subprocess.Popen) -> dict[str, Any]:
+    """The child's JSON line, or {'error': ...} when it failed (its traceback went to stderr), so one failed
+    measurement costs its own line only."""
     out, _ = process.communicate()
     if process.returncode != 0:
-        raise RuntimeError(f"a measurement failed (exit {process.returncode})")
+        return {"error": f"failed (exit {process.returncode}; its traceback is above)"}
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -111,7 +115,8 @@ def one_round(args: argparse.Namespace, seeds: int) -> dict[str, dict[str, Any]]
             start_at = time.time() + 30 + 10 * seeds  # after every process has built and compiled
             processes = [child(args, 1, "single", max(1, cores // seeds), start_at) for _ in range(seeds)]
             results = [result_of(p) for p in processes]
-            found[way] = dict(seed_steps_per_second=sum(r["seed_steps_per_second"] for r in results),
+            failed = next((r for r in results if "error" in r), None)
+            found[way] = failed or dict(seed_steps_per_second=sum(r["seed_steps_per_second"] for r in results),
                               peak_mib_per_seed=max(r["peak_mib_per_seed"] for r in results))
         else:
             found[way] = result_of(child(args, seeds, way, args.threads, 0.0))
@@ -128,6 +133,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="threads of a group process (0: torch's default)")
     parser.add_argument("--steps", type=int, default=10, help="timed group steps per measurement")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--single", action="store_true",
+                        help="first measure one run alone (one process, one seed) as the 'x one run' baseline")
     parser.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -140,18 +147,31 @@ def main() -> None:
     print(f"config {args.config} ({flops / 1e9:.2f} GFLOP per seed-step), device {args.device}, compile "
           f"{args.compile}, {args.steps} timed steps, median of {args.rounds} round(s)")
     print(f"{'seeds':>5} {'way':>10} {'seed-steps/s':>13} {'x one run':>10} {'GFLOP/s':>8} {'MiB/seed':>9}")
-    single = None  # one run alone: one process, one seed (the N=1 line of 'separate', else 'sequential')
+    single = None  # one run alone: one process, one seed (--single, else the N=1 line of 'separate' or 'sequential')
     baseline = "separate" if "separate" in args.ways else "sequential"
+    if args.single:
+        single = print_row(1, "single", [result_of(child(args, 1, "single", args.threads, 0.0))
+                                         for _ in range(args.rounds)], None, flops)
     for seeds in (int(n) for n in args.seeds.split(",")):
         rounds = [one_round(args, seeds) for _ in range(args.rounds)]
-        if seeds == 1 and baseline in args.ways:
-            single = statistics.median(r[baseline]["seed_steps_per_second"] for r in rounds)
+        if seeds == 1 and baseline in args.ways and not args.single:
+            good = [r[baseline]["seed_steps_per_second"] for r in rounds if "error" not in r[baseline]]
+            single = statistics.median(good) if good else None
         for way in args.ways:
-            rate = statistics.median(r[way]["seed_steps_per_second"] for r in rounds)
-            memory = statistics.median(r[way]["peak_mib_per_seed"] for r in rounds)
-            ratio = f"{rate / single:.2f}" if single else "-"
-            print(f"{seeds:>5} {way:>10} {rate:>13.2f} {ratio:>10} {rate * flops / 1e9:>8.1f} {memory:>9.0f}",
-                  flush=True)
+            print_row(seeds, way, [r[way] for r in rounds], single, flops)
+
+
+def print_row(seeds: int, way: str, runs: list[dict[str, Any]], single: float | None, flops: float) -> float | None:
+    """One table line: the median over ``runs`` (or the first failure); returns the median seed-steps/s."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        print(f"{seeds:>5} {way:>10}  {runs[0]['error']}", flush=True)
+        return None
+    rate = statistics.median(r["seed_steps_per_second"] for r in good)
+    memory = statistics.median(r["peak_mib_per_seed"] for r in good)
+    ratio = f"{rate / single:.2f}" if single else ("1.00" if way == "single" else "-")  # single: its own line
+    print(f"{seeds:>5} {way:>10} {rate:>13.2f} {ratio:>10} {rate * flops / 1e9:>8.1f} {memory:>9.0f}", flush=True)
+    return rate
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ shapes: obs 28, action 5, episodes of 1000 transitions); sampling and the update
     python benchmarks/train_throughput.py --modes compiled,compiled@default,compiled@oneDNN   # CPU matmul routes
 
 A mode alone measures what ``rql train`` does by default (on a CPU: the matmul route it measures and
-caches, ``rql_cli.training.matmul_route``); ``MODE@default`` and ``MODE@oneDNN`` force one route.
+caches, ``rql_cli.training.matmul_route``); ``MODE@default`` and ``MODE@oneDNN`` force one CPU route,
+and ``MODE@high`` (or ``@medium``, ``@highest``) runs as ``--set matmul_precision=high`` would (TF32 on a GPU).
 
 ``--compare REV`` checks REV out into a temporary git worktree and runs the same measurement with
 that tree's ``rql_cli`` first on the path (an older tree runs eager, with its own thread handling).
@@ -131,11 +132,12 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
         if (package / "training" / "matmul_route.py").is_file():
             from rql_cli.training.matmul_route import ROUTE_PRECISION, choose_matmul_route
 
-            if forced_route:
+            if forced_route in ROUTE_PRECISION:  # a CPU route by name
                 torch.set_float32_matmul_precision(ROUTE_PRECISION[forced_route])
                 runtime_info["matmul"] = forced_route
-            else:
-                route = choose_matmul_route("highest", device, config, dataset.obs_dim, dataset.action_dim)
+            else:  # a matmul_precision ('high': TF32 on a GPU), or rql train's default
+                route = choose_matmul_route(forced_route or "highest", device, config, dataset.obs_dim,
+                                            dataset.action_dim)
                 runtime_info["matmul"] = f"{route.route} ({route.how})"
         choice = {"eager": "off", "compiled": "on", "graphs": "graphs"}[mode]
         report = prepare_update(agent, choice, 10**9, sampler.sample(config.batch_size, make_generator(device, 9)))
@@ -159,6 +161,7 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
         steps_per_second=steps / elapsed, compile_seconds=compile_seconds,
         gflops=update_flops(CONFIGS[config_name]) * steps / elapsed / 1e9,
         threads_at_end=torch.get_num_threads(), rql_cli=str(Path(rql_cli.__file__).parent),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         **runtime_info,
     )
     if device.type == "cuda":

@@ -86,15 +86,21 @@ def pin_threads(threads: int) -> int:
 
 
 def measure_official(source: Path, windows: Path, config_name: str, steps: int, warmup: int,
-                     threads: int) -> dict[str, Any]:
-    """Official ``RQLAgent.update`` steps per second, driven as its main.py does (jit, own sampler)."""
+                     threads: int, device: str, precision: str) -> dict[str, Any]:
+    """Official ``RQLAgent.update`` steps per second, driven as its main.py does (jit, own sampler).
+
+    ``precision``: JAX's ``jax_default_matmul_precision`` for the run ('' leaves JAX's default, which
+    lets float32 matmuls use TF32 on a GPU)."""
     import resource
     from importlib.metadata import version
 
-    cores = pin_threads(threads)
+    cores = pin_threads(threads) if device == "cpu" else None
     sys.path.insert(0, str(source))
     import jax
     import numpy as np
+
+    if precision:
+        jax.config.update("jax_default_matmul_precision", precision)
     from agents.rql import RQLAgent, get_config
     from utils.datasets import Dataset
 
@@ -121,30 +127,34 @@ def measure_official(source: Path, windows: Path, config_name: str, steps: int, 
         agent, info = agent.update(dataset.sample(batch_size))  # dispatch is asynchronous, as in main.py
     jax.block_until_ready((agent, info))
     elapsed = time.perf_counter() - started
+    memory = jax.devices()[0].memory_stats() if device == "cuda" else None  # None on a CPU
     return {
         "steps_per_second": steps / elapsed, "compile_seconds": compile_seconds,
         "gflops": throughput.update_flops(throughput.CONFIGS[config_name]) * steps / elapsed / 1e9,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": (memory["peak_bytes_in_use"] / 2**20 if memory
+                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "threads": {"cores": cores, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                     "os_threads": len(os.listdir("/proc/self/task"))},
         "devices": [str(d) for d in jax.devices()], "windows": len(dataset["terminals"]),
+        "matmul_precision": str(jax.config.jax_default_matmul_precision or "JAX's default"),
         "versions": {name: version(name) for name in VERSION_PACKAGES},
         "total_loss": float(info["total_loss"]),
     }
 
 
-def measure_ours(config_name: str, mode: str, steps: int, warmup: int, threads: int) -> dict[str, Any]:
-    """``train_throughput.measure`` on the CPU, with ``threads`` fixed when > 0."""
-    pin_threads(threads)
+def measure_ours(config_name: str, mode: str, steps: int, warmup: int, threads: int, device: str) -> dict[str, Any]:
+    """``train_throughput.measure`` on ``device``, with a CPU's ``threads`` fixed when > 0."""
+    if device == "cpu":
+        pin_threads(threads)
     import torch
 
-    if threads > 0:
+    if threads > 0 and device == "cpu":
         from rql_cli.training import runtime
 
         adaptive_default = runtime.configure_threads
         # measure() asks for 0 (adapt, as rql train does); the comparison wants a fixed count on both sides
         runtime.configure_threads = lambda _requested, device, spread=None: adaptive_default(threads, device, spread)
-    result = throughput.measure(config_name, mode, "cpu", steps, warmup, profile=False)
+    result = throughput.measure(config_name, mode, device, steps, warmup, profile=False)
     return dict(result, versions={"torch": torch.__version__})
 
 
@@ -278,7 +288,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=[*throughput.CONFIGS, "all"], default="all",
                         help="network sizes (train_throughput's CONFIGS)")
-    parser.add_argument("--modes", default="eager,compiled", help="our modes, comma list of eager, compiled")
+    parser.add_argument("--modes", default="eager,compiled",
+                        help="our modes, comma list of eager, compiled, graphs (CUDA); MODE@high: TF32 on a GPU")
+    parser.add_argument("--official-modes", default="jit",
+                        help="the official side's: jit (JAX's default matmul precision), jit@highest, jit@high, ...")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where both sides run (cuda: the official side on JAX's CUDA backend)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 15 paper, 100 small-cpu)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first holds the jit compile)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is printed")
@@ -292,6 +307,11 @@ def main() -> None:
     parser.add_argument("--official-src", type=Path, help=f"a checkout of {OFFICIAL_REPO} to use instead of the mirror")
     parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR, help="bare git mirror of the official code")
     parser.add_argument("--jax", default="jax", metavar="SPEC", help="pip spec of jax (CPU), e.g. jax==0.10.2")
+    parser.add_argument("--official-python", type=Path, metavar="PYTHON",
+                        help="an interpreter that has jax and the official requirements (no virtualenv is made): "
+                             "a GPU machine's, say, with the missing ones unpacked in --official-path")
+    parser.add_argument("--official-path", type=Path, metavar="DIR",
+                        help="a folder put first on the official side's PYTHONPATH (wheels unpacked there)")
     parser.add_argument("--all-requirements", action="store_true",
                         help="also install what only the official main.py uses (ogbench, wandb, ...)")
     parser.add_argument("--dataset-dir", type=Path, help=f"folder with {DATASET}.npz (default: generate --episodes)")
@@ -300,18 +320,20 @@ def main() -> None:
     parser.add_argument("--save", type=Path, metavar="FILE", help="also write every measurement to FILE (JSON)")
     parser.add_argument("--child-official", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--child-ours", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
-    parser.add_argument("--windows", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--windows", type=Path, metavar="NPZ",
+                        help="the official sampler's arrays as --setup-only saves them (no data is made or read)")
+    parser.add_argument("--precision", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     default_steps = {"paper": 15, "small-cpu": 100}
     if args.child_official:
         steps = args.steps or default_steps[args.child_official]
         print(json.dumps(measure_official(args.official_src, args.windows, args.child_official, steps,
-                                          args.warmup, args.threads)))
+                                          args.warmup, args.threads, args.device, args.precision)))
         return
     if args.child_ours:
         steps = args.steps or default_steps[args.child_ours[0]]
-        print(json.dumps(measure_ours(*args.child_ours, steps, args.warmup, args.threads)))
+        print(json.dumps(measure_ours(*args.child_ours, steps, args.warmup, args.threads, args.device)))
         return
     if args.quick:
         args.config, args.rounds, args.warmup, args.steps = "small-cpu", 1, 2, args.steps or 20
@@ -322,14 +344,18 @@ def main() -> None:
     started = time.perf_counter()
     home = scratch / f"official-{OFFICIAL_COMMIT}"
     origin = unpack_official(home / "src", args.mirror, args.official_src)
-    requirements = official_requirements(home / "src", args.jax, args.all_requirements)
-    official_python = make_virtualenv(home / "venv", requirements)
+    if args.official_python:
+        official_python = args.official_python
+    else:
+        requirements = official_requirements(home / "src", args.jax, args.all_requirements)
+        official_python = make_virtualenv(home / "venv", requirements)
     official_seconds = time.perf_counter() - started
-    windows = official_windows(dataset_file(args.dataset_dir, scratch, args.episodes), scratch)
+    windows = args.windows or official_windows(dataset_file(args.dataset_dir, scratch, args.episodes), scratch)
     setup_seconds = time.perf_counter() - started
     print(f"set-up: {setup_seconds:.0f} s ({official_seconds:.0f} s the official side; nothing to do when cached)")
     if args.setup_only:
-        frozen = json.loads((home / "venv" / "rql-bench.json").read_text())["freeze"]
+        marker = home / "venv" / "rql-bench.json"
+        frozen = json.loads(marker.read_text())["freeze"] if not args.official_python and marker.is_file() else []
         print(f"official: {origin}\n  {home / 'src'}\n  {official_python}: {' '.join(frozen)}\nwindows: {windows}")
         return
 
@@ -345,14 +371,22 @@ def main() -> None:
     names = list(throughput.CONFIGS) if args.config == "all" else [args.config]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     official_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    official_env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(threads), TF_CPP_MIN_LOG_LEVEL="2")
+    if args.official_path:
+        official_env["PYTHONPATH"] = str(args.official_path.resolve())
+    if args.device == "cuda":  # JAX's GPU backend; allocating as it goes, so its peak memory is what it used
+        official_env.update(JAX_PLATFORMS="cuda", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="2")
+    else:
+        official_env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(threads), TF_CPP_MIN_LOG_LEVEL="2")
     ours_env = throughput.tree_env(REPO)
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(threads)]
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(threads),
+              "--device", args.device]
     this_file = str(Path(__file__).resolve())
 
     print(f"CPU: {cpu_description()}; {usable} usable cores; other processes kept {busy_before:.1f} cores busy "
           f"before the start; busy processes started beside: {args.load}")
-    if threads:
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(0)}; both sides run there, one process per measurement")
+    elif threads:
         pinned = f"pinned to the first {threads} usable cores, " if threads < usable else ""
         print(f"threads: {threads} each side: {pinned}torch.set_num_threads({threads}) (adaptation off), "
               f"XLA_FLAGS={official_env['XLA_FLAGS']!r}")
@@ -362,7 +396,8 @@ def main() -> None:
     print(f"official: {origin}; {args.rounds} alternating rounds; steps: "
           f"{args.steps or 'paper 15, small-cpu 100'} timed after {args.warmup} warm-up")
 
-    variants = [("official", "jit"), *(("ours", mode) for mode in modes)]
+    official_modes = [m.strip() for m in args.official_modes.split(",") if m.strip()]
+    variants = [*(("official", mode) for mode in official_modes), *(("ours", mode) for mode in modes)]
     record: dict[str, Any] = {"cpu": cpu_description(), "usable_cores": usable, "threads": threads,
                               "load": args.load, "busy_before": busy_before, "official": origin, "results": {}}
     with throughput.busy_processes(args.load):
@@ -372,7 +407,8 @@ def main() -> None:
                 for side, mode in variants:
                     if side == "official":
                         command = [str(official_python), this_file, "--child-official", name,
-                                   "--official-src", str(home / "src"), "--windows", str(windows), *common]
+                                   "--official-src", str(home / "src"), "--windows", str(windows),
+                                   "--precision", mode.partition("@")[2], *common]
                         env = official_env
                     else:
                         command, env = [sys.executable, this_file, "--child-ours", name, mode, *common], ours_env
@@ -386,7 +422,8 @@ def main() -> None:
             record["results"][name] = {f"{side} {mode}": runs for (side, mode), runs in results.items()}
             if args.save:  # after each config, so an interrupted run keeps what it measured
                 args.save.write_text(json.dumps(record, indent=1))
-    versions = {**next((r["versions"] for runs in record["results"].values() for r in runs["official jit"]
+    first_official = f"official {official_modes[0]}"
+    versions = {**next((r["versions"] for runs in record["results"].values() for r in runs[first_official]
                         if "versions" in r), {}), "torch": torch.__version__}
     print(f"\nversions: {', '.join(f'{k} {v}' for k, v in versions.items())}; python {sys.version.split()[0]}; "
           f"{(time.perf_counter() - started) / 60:.0f} min in all")
@@ -395,37 +432,48 @@ def main() -> None:
 
 
 def print_table(name: str, variants: list[tuple[str, str]], results: dict) -> None:
-    """One row per side and mode: median steps/s [each round], ours/official, GFLOP/s, compile, threads."""
+    """One row per side and mode: median steps/s [each round], ours over each official mode, GFLOP/s,
+    compile, peak memory, and the threads (CPU) or device and matmul precision (GPU)."""
     config = throughput.CONFIGS[name]
     sizes = (f"{len(config['actor_hidden_dims'])}x{config['actor_hidden_dims'][0]}, K={config['ensemble_size']}, "
              f"F={config['flow_steps']}, h={config['horizon']}, batch {config['batch_size']}")
+    official_modes = [mode for side, mode in variants if side == "official"]
     print(f"\n{name} ({sizes}): {throughput.update_flops(config) / 1e9:.1f} GFLOP of matmuls per update")
-    print(f"  {'side':9s} {'mode':9s} {'steps/s (median [runs])':30s} {'ours/official':>13s} {'GFLOP/s':>8s} "
-          f"{'compile s':>9s} {'peak MiB':>8s}  threads")
-    official = None
+    print(f"  {'side':9s} {'mode':13s} {'steps/s (median [runs])':30s} {'ours / ' + ' | '.join(official_modes):>18s} "
+          f"{'GFLOP/s':>8s} {'compile s':>9s} {'peak MiB':>8s}  threads or device")
+    official: dict[str, float] = {}
     for side, mode in variants:
         runs = results[(side, mode)]
         good = [r for r in runs if "steps_per_second" in r]
         if not good:
-            print(f"  {side:9s} {mode:9s} {runs[0].get('skipped') or runs[0].get('error')}")
+            print(f"  {side:9s} {mode:13s} {runs[0].get('skipped') or runs[0].get('error')}")
             continue
         rates = [r["steps_per_second"] for r in good]
         median = statistics.median(rates)
-        official = median if side == "official" else official
-        ratio = f"{median / official:.2f}x" if side == "ours" and official else ""
-        spread = ", ".join(f"{r:.2f}" for r in rates)
-        last = good[-1]
         if side == "official":
-            thread_text = f"{last['threads']['cores']} cores, {last['threads']['os_threads']} OS threads"
-        else:
-            t = last.get("threads", {})
-            thread_text = (f"{t.get('threads')} of {t.get('usable_cores')}{' adaptive' if t.get('adaptive') else ''}, "
-                           f"{last['threads_at_end']} at end")
+            official[mode] = median
+        ratio = " | ".join(f"{median / official[m]:.2f}x" for m in official_modes if m in official) \
+            if side == "ours" else ""
+        spread = ", ".join(f"{r:.2f}" for r in rates)
         failed = f"  ({len(runs) - len(good)} failed: {next(r for r in runs if 'error' in r)['error']})" \
             if len(good) < len(runs) else ""
-        print(f"  {side:9s} {mode:9s} {f'{median:.2f} [{spread}]':30s} {ratio:>13s} "
-              f"{statistics.median(r['gflops'] for r in good):8.0f} {last['compile_seconds']:9.1f} "
-              f"{last['peak_mib']:8.0f}  {thread_text}{failed}")
+        print(f"  {side:9s} {mode:13s} {f'{median:.2f} [{spread}]':30s} {ratio:>18s} "
+              f"{statistics.median(r['gflops'] for r in good):8.0f} {good[-1]['compile_seconds']:9.1f} "
+              f"{good[-1]['peak_mib']:8.0f}  {_where(side, good[-1])}{failed}")
+
+
+def _where(side: str, result: dict[str, Any]) -> str:
+    """How a measurement used the machine: its threads on a CPU, its device and matmul precision on a GPU."""
+    if side == "official":
+        cores = result["threads"]["cores"]
+        if cores is None:  # a GPU run
+            return f"{result['devices'][0]}, matmul precision {result['matmul_precision']}"
+        return f"{cores} cores, {result['threads']['os_threads']} OS threads"
+    threads = result.get("threads", {})
+    if result.get("device", "cpu") != "cpu":
+        return f"{result['device']}, matmuls {result.get('matmul', '?')}"
+    adaptive = " adaptive" if threads.get("adaptive") else ""
+    return f"{threads.get('threads')} of {threads.get('usable_cores')}{adaptive}, {result['threads_at_end']} at end"
 
 
 if __name__ == "__main__":

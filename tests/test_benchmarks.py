@@ -19,6 +19,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+GPU_SCRIPTS = ("gpu_check.sh", "gpu_e2e.sh", "gpu_groups.sh", "gpu_speed.sh")
+"""The scripts a GPU lease runs: each must say at once, exit 2, when there is no GPU."""
+
+
 def benchmark_commands(tiny_dataset_dir: Path, tmp_path_factory) -> dict[str, list[tuple[list[str], dict]]]:
     """For each test, the commands it checks (with their subprocess.run arguments), longest first."""
     gpu_out = tmp_path_factory.mktemp("gpu-scripts")
@@ -39,7 +43,7 @@ def benchmark_commands(tiny_dataset_dir: Path, tmp_path_factory) -> dict[str, li
              str(tmp_path_factory.mktemp("minari"))], {})],
         "test_gpu_scripts_say_so_without_a_gpu": [
             (["bash", str(REPO / "benchmarks" / script)], {"env": {**os.environ, "OUT": str(gpu_out)}, "timeout": 120})
-            for script in ("gpu_check.sh", "gpu_e2e.sh", "gpu_groups.sh")
+            for script in GPU_SCRIPTS
         ],
     }
 
@@ -90,8 +94,7 @@ def test_gpu_scripts_say_so_without_a_gpu(benchmark_runs):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: gpu_check.sh runs for real there")
-    scripts = ("gpu_check.sh", "gpu_e2e.sh", "gpu_groups.sh")
-    for script, done in zip(scripts, finished(benchmark_runs, "test_gpu_scripts_say_so_without_a_gpu"), strict=True):
+    for script, done in zip(GPU_SCRIPTS, finished(benchmark_runs, "test_gpu_scripts_say_so_without_a_gpu"), strict=True):
         assert done.returncode == 2, (script, done.stdout, done.stderr)
         assert "sees no CUDA device" in done.stderr, script
 
