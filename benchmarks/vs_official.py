@@ -38,6 +38,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -276,6 +277,11 @@ def xla_flags(threads: int) -> str:
     return " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), extra]))
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM (a time limit's) ends the measuring as Ctrl-C does: the table of what was measured follows."""
+    raise KeyboardInterrupt
+
+
 def run_child(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -398,30 +404,41 @@ def main() -> None:
 
     official_modes = [m.strip() for m in args.official_modes.split(",") if m.strip()]
     variants = [*(("official", mode) for mode in official_modes), *(("ours", mode) for mode in modes)]
+    pairs: list[tuple[str, str]] = []  # measured in pairs, so a run cut short has its first pairs whole
+    for index in range(max(len(official_modes), len(modes))):
+        pairs += [("official", official_modes[index])] if index < len(official_modes) else []
+        pairs += [("ours", modes[index])] if index < len(modes) else []
+    signal.signal(signal.SIGTERM, _stop)  # `timeout` (gpu_speed.sh's parts): print what was measured
     record: dict[str, Any] = {"cpu": cpu_description(), "usable_cores": usable, "threads": threads,
                               "load": args.load, "busy_before": busy_before, "official": origin, "results": {}}
+    def command_for(side: str, mode: str, name: str) -> tuple[list[str], dict[str, str]]:
+        if side == "official":
+            return ([str(official_python), this_file, "--child-official", name, "--official-src", str(home / "src"),
+                     "--windows", str(windows), "--precision", mode.partition("@")[2], *common], official_env)
+        return [sys.executable, this_file, "--child-ours", name, mode, *common], ours_env
+
+    stopped = False
     with throughput.busy_processes(args.load):
         for name in names:
             results: dict[tuple[str, str], list[dict]] = {variant: [] for variant in variants}
-            for round_index in range(args.rounds):
-                for side, mode in variants:
-                    if side == "official":
-                        command = [str(official_python), this_file, "--child-official", name,
-                                   "--official-src", str(home / "src"), "--windows", str(windows),
-                                   "--precision", mode.partition("@")[2], *common]
-                        env = official_env
-                    else:
-                        command, env = [sys.executable, this_file, "--child-ours", name, mode, *common], ours_env
-                    child_started = time.perf_counter()
-                    result = run_child(command, env)
-                    results[(side, mode)].append(result)
-                    rate = f"{result['steps_per_second']:.2f} steps/s" if "steps_per_second" in result else result
-                    print(f"  {name} round {round_index + 1}/{args.rounds} {side} {mode}: {rate} "
-                          f"({time.perf_counter() - child_started:.0f} s in all)", flush=True)
+            try:
+                for round_index in range(args.rounds):
+                    for side, mode in pairs:
+                        child_started = time.perf_counter()
+                        result = run_child(*command_for(side, mode, name))
+                        results[(side, mode)].append(result)
+                        rate = f"{result['steps_per_second']:.2f} steps/s" if "steps_per_second" in result else result
+                        print(f"  {name} round {round_index + 1}/{args.rounds} {side} {mode}: {rate} "
+                              f"({time.perf_counter() - child_started:.0f} s in all)", flush=True)
+            except KeyboardInterrupt:
+                stopped = True
+                print("stopped early: the table holds what was measured", flush=True)
             print_table(name, variants, results)
             record["results"][name] = {f"{side} {mode}": runs for (side, mode), runs in results.items()}
             if args.save:  # after each config, so an interrupted run keeps what it measured
                 args.save.write_text(json.dumps(record, indent=1))
+            if stopped:
+                break
     first_official = f"official {official_modes[0]}"
     versions = {**next((r["versions"] for runs in record["results"].values() for r in runs[first_official]
                         if "versions" in r), {}), "torch": torch.__version__}
@@ -446,7 +463,8 @@ def print_table(name: str, variants: list[tuple[str, str]], results: dict) -> No
         runs = results[(side, mode)]
         good = [r for r in runs if "steps_per_second" in r]
         if not good:
-            print(f"  {side:9s} {mode:13s} {runs[0].get('skipped') or runs[0].get('error')}")
+            why = (runs[0].get("skipped") or runs[0].get("error")) if runs else "not measured"
+            print(f"  {side:9s} {mode:13s} {why}")
             continue
         rates = [r["steps_per_second"] for r in good]
         median = statistics.median(rates)
