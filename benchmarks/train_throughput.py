@@ -174,13 +174,31 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         profiled_steps = max(3, steps // 4)
         with torch_profile(activities=activities) as prof:
+            started = time.perf_counter()
             run(profiled_steps)
+            wall_ms = (time.perf_counter() - started) / profiled_steps * 1e3
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         averages = prof.key_averages()
         result["profile"] = averages.table(sort_by=sort, row_limit=15, max_name_column_width=40)
         if device.type == "cpu":
             result["profile"] += "\n" + matmul_floor(averages, profiled_steps)
+        else:  # the host's side too: what runs outside the graphs, and how busy the GPU is kept
+            result["profile"] += "\n" + averages.table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=40)
+            result["profile"] += "\n" + gpu_busy(averages, profiled_steps, wall_ms)
     return result
+
+
+def gpu_busy(averages: Any, steps: int, wall_ms: float) -> str:
+    """One line: GPU kernel time and launches per profiled step against its wall time. A step whose
+    kernels fill little of its wall time is bound by launching them (or by the host), not by the GPU."""
+    import torch
+
+    kernels = [e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = sum(e.self_device_time_total for e in kernels) / steps / 1e3
+    launches = sum(e.count for e in kernels) / steps
+    return (f"GPU: {busy_ms:.2f} ms of kernels per profiled step in {wall_ms:.2f} ms of wall time "
+            f"({busy_ms / wall_ms:.0%} busy), {launches:.0f} kernels per step; the kernels alone would run "
+            f"{1e3 / max(busy_ms, 1e-9):.0f} steps/s")
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
