@@ -15,7 +15,8 @@ shapes: obs 28, action 5, episodes of 1000 transitions); sampling and the update
 
 A mode alone measures what ``rql train`` does by default (on a CPU: the matmul route it measures and
 caches, ``rql_cli.training.matmul_route``); ``MODE@default`` and ``MODE@oneDNN`` force one CPU route,
-and ``MODE@high`` (or ``@medium``, ``@highest``) runs as ``--set matmul_precision=high`` would (TF32 on a GPU).
+and ``MODE@high`` (or ``@medium``, ``@highest``) runs as ``--set matmul_precision=high`` would (TF32 on a GPU;
+``@medium`` on a CPU with bf16 instructions: bf16 products between hidden layers).
 
 ``--compare REV`` checks REV out into a temporary git worktree and runs the same measurement with
 that tree's ``rql_cli`` first on the path (an older tree runs eager, with its own thread handling).
@@ -139,6 +140,10 @@ def measure(config_name: str, mode: str, device_name: str, steps: int, warmup: i
                 route = choose_matmul_route(forced_route or "highest", device, config, dataset.obs_dim,
                                             dataset.action_dim)
                 runtime_info["matmul"] = f"{route.route} ({route.how})"
+                if hasattr(agent, "set_hidden_product_dtype"):  # as rql train applies the route
+                    from rql_cli.training.matmul_route import hidden_product_dtype
+
+                    agent.set_hidden_product_dtype(hidden_product_dtype(route))
         choice = {"eager": "off", "compiled": "on", "graphs": "graphs"}[mode]
         report = prepare_update(agent, choice, 10**9, sampler.sample(config.batch_size, make_generator(device, 9)))
         compile_seconds = report.seconds

@@ -11,10 +11,18 @@ import torch
 
 from rql_cli.config import RQLConfig, RunConfig
 from rql_cli.core.batch import ChunkBatch
+from rql_cli.core.networks import MLP, ValueEnsemble
 from rql_cli.core.rql import RQLAgent
 from rql_cli.errors import ConfigError, RQLError
 from rql_cli.training import matmul_route
-from rql_cli.training.matmul_route import ROUTE_PRECISION, choose_matmul_route, layer_shapes, pick_route
+from rql_cli.training.matmul_route import (
+    ROUTE_PRECISION,
+    choose_matmul_route,
+    cpu_has_bf16,
+    hidden_product_dtype,
+    layer_shapes,
+    pick_route,
+)
 
 AGENT = RQLConfig(actor_hidden_dims=[64, 64], value_hidden_dims=[64, 64], ensemble_size=2, horizon=3,
                   flow_steps=4, batch_size=32)
@@ -71,8 +79,12 @@ def test_onednn_is_taken_only_when_faster_and_as_accurate():
 
 
 def test_a_lower_precision_is_set_as_asked_and_a_fixed_route_skips_measuring(measured, monkeypatch):
+    asked = choose_matmul_route("high", CPU, AGENT, 28, 5)
+    assert (asked.how, torch.get_float32_matmul_precision()) == ("asked", "high")
+    monkeypatch.setattr(matmul_route, "cpu_has_bf16", lambda: False)  # medium without bf16 instructions
     asked = choose_matmul_route("medium", CPU, AGENT, 28, 5)
-    assert (asked.how, torch.get_float32_matmul_precision()) == ("asked", "medium")
+    assert (asked.route, torch.get_float32_matmul_precision()) == ("asked", "medium")
+    assert hidden_product_dtype(asked) is None
     monkeypatch.setenv("RQL_MATMUL_ROUTE", "oneDNN")
     fixed = choose_matmul_route("highest", CPU, AGENT, 28, 5)
     assert fixed.route == "oneDNN" and fixed.gflops == {} and torch.get_float32_matmul_precision() == "medium"
@@ -124,5 +136,92 @@ def test_a_run_records_and_prints_its_route(tiny_dataset_dir, tmp_path, measured
     record = json.loads((tmp_path / "run" / "train_config.json").read_text())
     matmul = record["history"][0]["runtime"]["matmul"]
     assert matmul["how"] == "measured" and matmul["route"] in ("default", "oneDNN")
-    assert "fp32 matmuls:" in " ".join(result.output.split())
+    shown = " ".join(result.output.split())
+    assert "matmuls: the default route" in shown or "matmuls: oneDNN" in shown
     assert record["config"]["matmul_precision"] == "highest"
+
+
+def test_medium_on_a_cpu_with_bf16_multiplies_between_hidden_layers_in_bf16(measured, monkeypatch):
+    monkeypatch.setattr(matmul_route, "cpu_has_bf16", lambda: True)
+    route = choose_matmul_route("medium", CPU, AGENT, 28, 5)
+    assert (route.route, route.how, torch.get_float32_matmul_precision()) == ("bf16", "asked", "highest")
+    assert hidden_product_dtype(route) is torch.bfloat16
+    assert hidden_product_dtype(choose_matmul_route("medium", torch.device("cuda"), AGENT, 28, 5)) is None
+    assert not measured.exists()
+
+
+def test_bf16_hidden_products_round_only_between_hidden_layers_and_stay_near_fp32():
+    torch.manual_seed(0)
+    agent = RQLAgent(AGENT, 28, 5, CPU)
+    g = torch.Generator().manual_seed(1)
+    batch = ChunkBatch(torch.randn(32, 28, generator=g), torch.rand(32, 3, 5, generator=g) * 2 - 1,
+                       -torch.rand(32, 3, generator=g), torch.ones(32, 3), torch.zeros(32, 3),
+                       torch.randn(32, 28, generator=g))
+    noise = agent.draw_noise(32, torch.Generator().manual_seed(2))
+    results = []
+    for dtype in (None, torch.bfloat16):
+        agent.set_hidden_product_dtype(dtype)
+        agent.optimizer.zero_grad()
+        losses, _ = agent.loss_terms(batch, noise)
+        losses["total"].backward()
+        results.append((losses, [p.grad.clone() for p in agent.parameters() if p.grad is not None]))
+    modules = [m for m in agent.modules() if isinstance(m, (MLP, ValueEnsemble))]
+    assert len(modules) == 4 and all(m.hidden_product_dtype is torch.bfloat16 for m in modules)  # acting too
+    (fp32_losses, fp32_grads), (bf16_losses, bf16_grads) = results
+    for name, value in fp32_losses.items():  # bf16 keeps ~3 significant digits per product
+        torch.testing.assert_close(bf16_losses[name], value, rtol=3e-2, atol=1e-3)
+    assert any(not torch.equal(bf16_losses[name], value) for name, value in fp32_losses.items())
+    close = [torch.allclose(got, expected, rtol=0.2, atol=1e-3) for got, expected in zip(bf16_grads, fp32_grads,
+                                                                                        strict=True)]
+    assert sum(close) >= 0.9 * len(close)
+    # With one hidden layer there is no product between hidden layers: the networks stay fp32 exactly.
+    one = RQLConfig(actor_hidden_dims=[64], value_hidden_dims=[64], ensemble_size=2, horizon=3, flow_steps=4,
+                    batch_size=32)
+    torch.manual_seed(0)
+    shallow = RQLAgent(one, 28, 5, CPU)
+    before, _ = shallow.loss_terms(batch, noise)
+    shallow.set_hidden_product_dtype(torch.bfloat16)
+    after, _ = shallow.loss_terms(batch, noise)
+    assert all(torch.equal(after[name], value) for name, value in before.items())
+
+
+def test_a_medium_run_records_its_route_and_says_what_runs_in_bf16(tiny_dataset_dir, tmp_path, measured):
+    from cli_checks import invoke
+    from conftest import TINY_NAME
+
+    result = invoke("train", "--dataset", TINY_NAME, "--dataset-dir", str(tiny_dataset_dir), "--steps", "3",
+                    "--eval-episodes", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--set",
+                    "actor_hidden_dims=[32,32]", "--set", "value_hidden_dims=[32,32]", "--set", "batch_size=8",
+                    "--set", "matmul_precision=medium")
+    assert result.exit_code == 0, result.output
+    matmul = json.loads((tmp_path / "run" / "train_config.json").read_text())["history"][0]["runtime"]["matmul"]
+    if cpu_has_bf16():
+        assert (matmul["route"], matmul["torch_precision"]) == ("bf16", "highest")
+        assert "bf16 products between hidden layers" in " ".join(result.output.split())
+    else:
+        assert (matmul["route"], matmul["torch_precision"]) == ("asked", "medium")
+    metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(metrics) >= 2 and "nan" not in metrics[-1].lower()
+
+
+@pytest.mark.parametrize("way", ["stacked", "threaded"])
+def test_a_seed_group_multiplies_in_bf16_for_every_seed(way):
+    from rql_cli.core.seed_stack import StackedSeeds, ThreadedSeeds
+
+    agents = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        agents.append(RQLAgent(AGENT, 28, 5, CPU))
+    group = StackedSeeds(agents) if way == "stacked" else ThreadedSeeds(agents, threads=2)
+    group.set_hidden_product_dtype(torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    batches = [ChunkBatch(torch.randn(32, 28, generator=g), torch.rand(32, 3, 5, generator=g) * 2 - 1,
+                          -torch.rand(32, 3, generator=g), torch.ones(32, 3), torch.zeros(32, 3),
+                          torch.randn(32, 28, generator=g)) for _ in agents]
+    losses = group.update(batches, [torch.Generator().manual_seed(s) for s in range(2)])
+    assert losses["total"].shape == (2,) and torch.isfinite(losses["total"]).all()
+    for agent in agents:
+        networks = [m for m in agent.modules() if isinstance(m, (MLP, ValueEnsemble))]
+        assert all(m.hidden_product_dtype is torch.bfloat16 for m in networks)
+    if way == "threaded":
+        group.close()

@@ -125,14 +125,15 @@ def runtime_text(runtime: dict[str, Any] | None) -> str:
     else:
         text += "eager" + (f" ({compiled['fallback']})" if compiled.get("fallback") else "")
     if (matmul := runtime.get("matmul")) and matmul["how"] != "cuda":
-        text += f"; fp32 matmuls: {matmul_text(matmul)}"
+        text += f"; matmuls: {matmul_text(matmul)}"
     return text + " (--set compile=... threads=... matmul_precision=...)[/]"
 
 
 def matmul_text(matmul: dict[str, Any]) -> str:
     """'oneDNN, 1.18x the default at the same fp32 accuracy (measured)' from a recorded matmul route."""
-    if matmul["how"] == "asked":
-        return f"precision {matmul['precision']}, as asked"
+    if matmul["how"] == "asked":  # route 'bf16': matmul_precision=medium on a CPU with bf16 instructions
+        bf16 = ": bf16 products between hidden layers" if matmul["route"] == "bf16" else ""
+        return f"precision {matmul['precision']}, as asked{bf16}"
     if matmul["how"].startswith("set by"):
         return f"{matmul['route']} route, {matmul['how']}"
     if matmul["route"] == "oneDNN":
@@ -144,8 +145,7 @@ def matmul_text(matmul: dict[str, Any]) -> str:
 def lineage_text(lineage: dict[str, Any]) -> str:
     """'alice/agent@1a2b3c4d5e (step 40,000), online 20,000 env steps, UTD 1' from a lineage record."""
     where = lineage.get("repo_id") or lineage.get("ref", "?")
-    if lineage.get("commit"):
-        where += f"@{str(lineage['commit'])[:10]}"
+    where += f"@{str(lineage['commit'])[:10]}" if lineage.get("commit") else ""
     how = (f"online {lineage.get('online_steps', 0):,} env steps, UTD {lineage.get('utd', 1)}"
            + (", balanced" if lineage.get("balanced") else "")
            if lineage.get("method") == "online" else f"offline {lineage.get('steps') or 0:,} steps")

@@ -3,6 +3,9 @@
 Both take concat(observation, chunk, flow_time) in that order, like the official networks.
 Initialisation and numerics follow flax's defaults: Xavier-uniform weights (fan_avg), zero
 biases, tanh-approximated GELU, LayerNorm epsilon 1e-6.
+
+Everything is fp32 unless ``set_hidden_product_dtype`` asks for bf16 products between hidden layers
+(``matmul_precision=medium`` on a CPU with bf16 instructions: see ``training.matmul_route``).
 """
 
 from __future__ import annotations
@@ -36,8 +39,27 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.gelu(x, approximate="tanh")
 
 
+def _affine(layer: nn.Module, x: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
+    """``layer(x)`` for an ``nn.Linear`` (x (B, in)) or an ``EnsembleLinear`` (x (K, B, in)); with a
+    ``product_dtype``, x and the weight are rounded to it for the product (fp32 accumulation inside,
+    its result rounded to that dtype and returned as fp32) and the bias is added in fp32."""
+    if product_dtype is None:
+        return layer(x)
+    if isinstance(layer, nn.Linear):
+        weight, bias = layer.weight.t(), layer.bias  # (in, out), (out,)
+    elif isinstance(layer, EnsembleLinear):
+        weight, bias = layer.weight, layer.bias  # (K, in, out), (K, 1, out)
+    else:
+        raise TypeError(f"not a linear layer: {type(layer).__name__}")
+    return torch.matmul(x.to(product_dtype), weight.to(product_dtype)).float() + bias
+
+
 class MLP(nn.Module):
-    """A plain MLP: Linear -> GELU (-> LayerNorm) per hidden layer, then a Linear output."""
+    """A plain MLP: Linear -> GELU (-> LayerNorm) per hidden layer, then a Linear output.
+
+    ``hidden_product_dtype`` (None: fp32): the dtype of the products from one hidden layer to the next;
+    the first layer (the raw inputs) and the output layer always multiply in fp32.
+    """
 
     def __init__(self, in_dim: int, hidden_dims: list[int], out_dim: int, layer_norm: bool = False):
         super().__init__()
@@ -50,10 +72,11 @@ class MLP(nn.Module):
         for linear in [*self.hidden, self.out]:
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
+        self.hidden_product_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for linear, norm in zip(self.hidden, self.norms, strict=True):
-            x = norm(_gelu(linear(x)))
+        for index, (linear, norm) in enumerate(zip(self.hidden, self.norms, strict=True)):
+            x = norm(_gelu(_affine(linear, x, self.hidden_product_dtype if index else None)))
         return self.out(x)
 
 
@@ -101,7 +124,8 @@ class ValueEnsemble(nn.Module):
     """V_k(s, x, t) for k = 1..K, evaluated in one batched computation.
 
     Input: observation (B, obs_dim), chunk (B, h*A), flow time (B, 1); output (K, B) values.
-    The same inputs go to every member; members have independent weights.
+    The same inputs go to every member; members have independent weights. ``hidden_product_dtype`` as
+    ``MLP``'s.
     """
 
     def __init__(
@@ -122,13 +146,24 @@ class ValueEnsemble(nn.Module):
             EnsembleLayerNorm(ensemble_size, d) if layer_norm else nn.Identity() for d in hidden_dims
         )
         self.out = EnsembleLinear(ensemble_size, dims[-1], 1)
+        self.hidden_product_dtype: torch.dtype | None = None
 
     def forward(self, obs: torch.Tensor, chunk: torch.Tensor, flow_time: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, chunk, flow_time], dim=-1)
         x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
-        for linear, norm in zip(self.hidden, self.norms, strict=True):
-            x = norm(_gelu(linear(x)))
+        for index, (linear, norm) in enumerate(zip(self.hidden, self.norms, strict=True)):
+            x = norm(_gelu(_affine(linear, x, self.hidden_product_dtype if index else None)))
         return self.out(x).squeeze(-1)
+
+
+def set_hidden_product_dtype(network: nn.Module, dtype: torch.dtype | None) -> None:
+    """Multiply from one hidden layer to the next in ``dtype`` (None: fp32) in every MLP and value
+    ensemble inside ``network``. bf16 products run about twice as fast as fp32 on CPUs with bf16
+    instructions, at about 3 significant digits; the layers that read the raw inputs (observation,
+    chunk, flow time) and write the outputs (velocities, values) stay fp32."""
+    for module in network.modules():
+        if isinstance(module, (MLP, ValueEnsemble)):
+            module.hidden_product_dtype = dtype
 
 
 def parameter_count(config: RQLConfig, obs_dim: int, action_dim: int) -> int:

@@ -21,7 +21,7 @@ from rql_cli.core.flow import (
     reverse_flow,
     sample_reversal_depth,
 )
-from rql_cli.core.networks import ValueEnsemble, VelocityField
+from rql_cli.core.networks import ValueEnsemble, VelocityField, set_hidden_product_dtype
 
 
 def past_end_flags(terminals: torch.Tensor) -> torch.Tensor:
@@ -237,6 +237,11 @@ class RQLAgent(nn.Module):
         )
         total = policy_loss + self.config.alpha * bc_loss + value_loss
         return dict(total=total, value=value_loss, bc=bc_loss, policy=policy_loss), stats
+
+    def set_hidden_product_dtype(self, dtype: torch.dtype | None) -> None:
+        """Multiply between hidden layers in ``dtype`` (None: fp32) in all four networks, acting included
+        (``networks.set_hidden_product_dtype``). Set it before ``compile_update``."""
+        set_hidden_product_dtype(self, dtype)
 
     def compile_update(self, mode: str | None = "default", *, cpp_wrapper: bool = False) -> None:
         """Compile the loss terms, forward and backward, with torch.compile (inductor); None: eager.

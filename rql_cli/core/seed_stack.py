@@ -121,6 +121,11 @@ class StackedSeeds:
         named = {f"agent.{name}": value for name, value in params.items()}
         return torch.func.functional_call(self._losses, named, (batch, noise, policy_depth))
 
+    def set_hidden_product_dtype(self, dtype: torch.dtype | None) -> None:
+        """``RQLAgent.set_hidden_product_dtype`` for every seed (the vmapped losses run the first's modules)."""
+        for agent in self.agents:
+            agent.set_hidden_product_dtype(dtype)
+
     def compile_update(self, mode: str | None = "default") -> None:
         """Compile the vmapped loss terms (forward and backward) like ``RQLAgent.compile_update``."""
         self.compile_mode = mode
@@ -177,6 +182,11 @@ class SequentialSeeds:
         self.agents = list(agents)
         self.device = self.agents[0].device
         self.compile_mode: str | None = None
+
+    def set_hidden_product_dtype(self, dtype: torch.dtype | None) -> None:
+        """``RQLAgent.set_hidden_product_dtype`` for every seed."""
+        for agent in self.agents:
+            agent.set_hidden_product_dtype(dtype)
 
     def compile_update(self, mode: str | None = "default") -> None:
         """Compile each agent's update (inductor's cache makes every one after the first quick)."""

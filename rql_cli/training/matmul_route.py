@@ -8,8 +8,10 @@ oneDNN is taken only when it is clearly faster *and* its products are as accurat
 against float64: a CPU where it would round to bf16 fails that check and keeps the default. The
 choice is cached per machine (CPU model, torch version, threads, shapes), so the measurement is paid
 once; ``RQL_MATMUL_ROUTE=default`` (or ``oneDNN``) fixes the route without measuring. A
-``matmul_precision`` below 'highest' is the user's own opt-in to lower precision (TF32 on GPUs, bf16 on
-CPUs that have it) and is set as asked.
+``matmul_precision`` below 'highest' is the user's own opt-in to lower precision: on a GPU it is set
+as asked (TF32); 'medium' on a CPU with bf16 instructions multiplies between hidden layers in bf16
+(route 'bf16': ``core.networks.set_hidden_product_dtype``; torch's own 'medium' left fp32 on such a
+CPU here), the other products staying fp32 on the default route; otherwise it is set as asked.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class MatmulRoute:
 
     Attributes:
         precision: the config's ``matmul_precision``.
-        route: 'default' or 'oneDNN' (CPU), 'cuda' (the GPU's own, TF32 only if ``precision`` allows).
+        route: 'default' or 'oneDNN' (CPU), 'bf16' (CPU: bf16 products between hidden layers, the
+            rest on the default route), 'asked' (torch's precision as given), 'cuda' (the GPU's own,
+            TF32 only if ``precision`` allows).
         torch_precision: what ``torch.set_float32_matmul_precision`` was given.
         how: 'measured', 'cached' (an earlier measurement on this machine), 'asked' (``precision`` below
             'highest': set as given, nothing measured), 'set by RQL_MATMUL_ROUTE' or 'cuda'.
@@ -74,10 +78,14 @@ def choose_matmul_route(precision: str, device: torch.device, agent: RQLConfig, 
 
     ``precision`` 'highest' on a CPU picks the faster fp32-accurate route for the run's layer shapes
     (``agent``'s networks at its batch size, ``obs_dim``/``action_dim`` wide inputs), measured once per
-    machine and thread count; lower values are set as asked.
+    machine and thread count; 'medium' on a CPU with bf16 instructions is route 'bf16' (the run then
+    applies ``hidden_product_dtype``); other values are set as asked.
     """
     if precision not in MATMUL_PRECISION_CHOICES:
         raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISION_CHOICES)}, got {precision!r}")
+    if device.type == "cpu" and precision == "medium" and cpu_has_bf16():
+        torch.set_float32_matmul_precision("highest")
+        return MatmulRoute(precision, "bf16", "highest", "asked")
     if device.type == "cuda" or precision != "highest":
         torch.set_float32_matmul_precision(precision)
         return MatmulRoute(precision, "cuda" if device.type == "cuda" else "asked", precision,
@@ -104,6 +112,20 @@ def choose_matmul_route(precision: str, device: torch.device, agent: RQLConfig, 
             _write_cache(key, route)
     torch.set_float32_matmul_precision(route.torch_precision)
     return route
+
+
+def hidden_product_dtype(route: MatmulRoute) -> torch.dtype | None:
+    """The dtype the run's networks multiply in between hidden layers (None: fp32)."""
+    return torch.bfloat16 if route.route == "bf16" else None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively through oneDNN (AVX512-BF16 or AMX); elsewhere bf16
+    products are emulated, slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def layer_shapes(agent: RQLConfig, obs_dim: int, action_dim: int) -> list[tuple[int, int, int, int]]:

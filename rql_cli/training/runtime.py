@@ -35,7 +35,7 @@ from rql_cli.config import RunConfig
 from rql_cli.core.batch import ChunkBatch
 from rql_cli.device import usable_cores
 from rql_cli.errors import RQLError
-from rql_cli.training.matmul_route import MatmulRoute, choose_matmul_route
+from rql_cli.training.matmul_route import MatmulRoute, choose_matmul_route, hidden_product_dtype
 from rql_cli.training.signals import StopNow, StopSignals
 
 POLL_SECONDS = 2.0
@@ -208,6 +208,7 @@ class Compilable(Protocol):
 
     def compile_update(self, mode: str | None = ...) -> None: ...
     def warm_up(self, batch: ChunkBatch) -> None: ...
+    def set_hidden_product_dtype(self, dtype: torch.dtype | None) -> None: ...
 
 
 @dataclass
@@ -291,6 +292,7 @@ def set_up_runtime(
     """
     threads, governor = configure_threads(config.threads, agent.device, spread)
     matmul = choose_matmul_route(config.matmul_precision, agent.device, config.agent, *dims)
+    agent.set_hidden_product_dtype(hidden_product_dtype(matmul))  # before compiling: the graph bakes it in
     if example_batch is None:
         report = CompileReport(choice=config.compile, mode=None, fallback="no batch to compile with")
     elif stop is None:
