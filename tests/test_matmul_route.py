@@ -29,6 +29,21 @@ AGENT = RQLConfig(actor_hidden_dims=[64, 64], value_hidden_dims=[64, 64], ensemb
 CPU = torch.device("cpu")
 
 
+def random_batch(g: torch.Generator) -> ChunkBatch:
+    """32 random windows of AGENT's shapes: observations 28 wide, chunks of 3 actions of 5."""
+    return ChunkBatch(torch.randn(32, 28, generator=g), torch.rand(32, 3, 5, generator=g) * 2 - 1,
+                      -torch.rand(32, 3, generator=g), torch.ones(32, 3), torch.zeros(32, 3),
+                      torch.randn(32, 28, generator=g))
+
+
+def losses_and_gradients(agent: RQLAgent, batch: ChunkBatch, noise) -> tuple[dict, list[torch.Tensor]]:
+    """The agent's loss terms on ``batch`` and ``noise`` and the gradients of their total."""
+    agent.optimizer.zero_grad()
+    losses, _ = agent.loss_terms(batch, noise)
+    losses["total"].backward()
+    return losses, [p.grad.clone() for p in agent.parameters() if p.grad is not None]
+
+
 @pytest.fixture
 def measured(monkeypatch, tmp_path):
     """No fixed route, a cache of this test's own, and torch's precision restored afterwards."""
@@ -105,18 +120,12 @@ def test_the_layer_shapes_are_the_networks_products():
 def test_onednns_losses_and_gradients_match_the_defaults_within_fp32(measured):
     torch.manual_seed(0)
     agent = RQLAgent(AGENT, 28, 5, CPU)
-    g = torch.Generator().manual_seed(1)
-    batch = ChunkBatch(torch.randn(32, 28, generator=g), torch.rand(32, 3, 5, generator=g) * 2 - 1,
-                       -torch.rand(32, 3, generator=g), torch.ones(32, 3), torch.zeros(32, 3),
-                       torch.randn(32, 28, generator=g))
+    batch = random_batch(torch.Generator().manual_seed(1))
     noise = agent.draw_noise(32, torch.Generator().manual_seed(2))
     results = []
     for setting in ("highest", ROUTE_PRECISION["oneDNN"]):
         torch.set_float32_matmul_precision(setting)
-        agent.optimizer.zero_grad()
-        losses, _ = agent.loss_terms(batch, noise)
-        losses["total"].backward()
-        results.append((losses, [p.grad.clone() for p in agent.parameters() if p.grad is not None]))
+        results.append(losses_and_gradients(agent, batch, noise))
     (base_losses, base_grads), (losses, grads) = results
     for name, value in base_losses.items():
         torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6)
@@ -153,18 +162,12 @@ def test_medium_on_a_cpu_with_bf16_multiplies_between_hidden_layers_in_bf16(meas
 def test_bf16_hidden_products_round_only_between_hidden_layers_and_stay_near_fp32():
     torch.manual_seed(0)
     agent = RQLAgent(AGENT, 28, 5, CPU)
-    g = torch.Generator().manual_seed(1)
-    batch = ChunkBatch(torch.randn(32, 28, generator=g), torch.rand(32, 3, 5, generator=g) * 2 - 1,
-                       -torch.rand(32, 3, generator=g), torch.ones(32, 3), torch.zeros(32, 3),
-                       torch.randn(32, 28, generator=g))
+    batch = random_batch(torch.Generator().manual_seed(1))
     noise = agent.draw_noise(32, torch.Generator().manual_seed(2))
     results = []
     for dtype in (None, torch.bfloat16):
         agent.set_hidden_product_dtype(dtype)
-        agent.optimizer.zero_grad()
-        losses, _ = agent.loss_terms(batch, noise)
-        losses["total"].backward()
-        results.append((losses, [p.grad.clone() for p in agent.parameters() if p.grad is not None]))
+        results.append(losses_and_gradients(agent, batch, noise))
     modules = [m for m in agent.modules() if isinstance(m, (MLP, ValueEnsemble))]
     assert len(modules) == 4 and all(m.hidden_product_dtype is torch.bfloat16 for m in modules)  # acting too
     (fp32_losses, fp32_grads), (bf16_losses, bf16_grads) = results
@@ -215,9 +218,7 @@ def test_a_seed_group_multiplies_in_bf16_for_every_seed(way):
     group = StackedSeeds(agents) if way == "stacked" else ThreadedSeeds(agents, threads=2)
     group.set_hidden_product_dtype(torch.bfloat16)
     g = torch.Generator().manual_seed(1)
-    batches = [ChunkBatch(torch.randn(32, 28, generator=g), torch.rand(32, 3, 5, generator=g) * 2 - 1,
-                          -torch.rand(32, 3, generator=g), torch.ones(32, 3), torch.zeros(32, 3),
-                          torch.randn(32, 28, generator=g)) for _ in agents]
+    batches = [random_batch(g) for _ in agents]
     losses = group.update(batches, [torch.Generator().manual_seed(s) for s in range(2)])
     assert losses["total"].shape == (2,) and torch.isfinite(losses["total"]).all()
     for agent in agents:
