@@ -221,7 +221,7 @@ class RunConfig(_Fields):
         "highest",
         "fp32 matmul precision: 'highest' keeps full fp32 (on a CPU through the faster of MKL and oneDNN, "
         "measured once per machine, oneDNN only if as accurate); 'high'/'medium' allow TF32 on GPUs; "
-        "'medium' on a CPU with bf16 instructions multiplies between hidden layers in bf16 (1.3-1.8x "
+        "'medium' on a CPU with bf16 instructions multiplies between hidden layers in bf16 (1.45-1.65x "
         "faster updates, docs/speed.md).",
     )
     log_to: str = _field(
