@@ -133,14 +133,17 @@ def check_threads() -> Check:
     """The CPU threads and float32 matmul precision `rql train` would start with here (on CPU)."""
     import torch
 
+    from rql_cli.training.matmul_route import cpu_has_bf16
     from rql_cli.training.runtime import configure_threads
 
     settings, governor = configure_threads(0, torch.device("cpu"))
     adapt = "adapting to other processes' load" if governor is not None else "fixed"
+    bf16 = ("yes: --set matmul_precision=medium multiplies between hidden layers in bf16" if cpu_has_bf16()
+            else "no: --set matmul_precision=medium gains nothing here")
     return Check(
         "threads", True,
         f"rql train on CPU: {settings.threads} threads of {settings.usable_cores} usable cores, {adapt}; "
-        f"float32 matmul precision {torch.get_float32_matmul_precision()}",
+        f"float32 matmul precision {torch.get_float32_matmul_precision()}; bf16 products {bf16}",
     )
 
 

@@ -91,3 +91,10 @@ def test_ogbench_folder_that_is_a_file_fails_a_check_default_commands_need(tmp_p
     (tmp_path / ".ogbench").write_text("")
     ogbench = one_check("check_ogbench_folder", env_with(HOME=str(tmp_path)))
     assert not ogbench["ok"] and ogbench["needed_by_default"] and "cannot be written" in ogbench["verdict"]
+
+
+def test_the_threads_check_says_whether_medium_precision_gets_bf16_products_here():
+    from rql_cli.training.matmul_route import cpu_has_bf16
+
+    verdict = one_check("check_threads", env_with())["verdict"]
+    assert ("bf16 products yes" if cpu_has_bf16() else "bf16 products no") in verdict, verdict
