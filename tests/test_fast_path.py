@@ -56,9 +56,8 @@ def grads(agent: RQLAgent) -> list[torch.Tensor]:
     return [p.grad.clone() for p in [*agent.velocity.parameters(), *agent.value.parameters()]]
 
 
-@pytest.mark.parametrize("points", ["interpolation", "reversed"])
-def test_compiled_losses_and_gradients_match_eager_on_the_same_noise(points, one_thread):
-    eager = make_agent(policy_loss_points=points)
+def eager_and_compiled_losses(eager: RQLAgent) -> list[tuple[dict, dict, list[torch.Tensor]]]:
+    """(losses, stats, gradients) of ``eager`` and of a compiled copy on one batch and the same noise."""
     fast = copy.deepcopy(eager)
     fast.compile_update()
     batch = batch_with_an_episode_end()
@@ -69,6 +68,12 @@ def test_compiled_losses_and_gradients_match_eager_on_the_same_noise(points, one
         agent.optimizer.zero_grad()
         losses["total"].backward()
         results.append((losses, stats, grads(agent)))
+    return results
+
+
+@pytest.mark.parametrize("points", ["interpolation", "reversed"])
+def test_compiled_losses_and_gradients_match_eager_on_the_same_noise(points, one_thread):
+    results = eager_and_compiled_losses(make_agent(policy_loss_points=points))
     (eager_losses, eager_stats, eager_grads), (fast_losses, fast_stats, fast_grads) = results
     for name in eager_losses:
         torch.testing.assert_close(fast_losses[name], eager_losses[name], rtol=1e-5, atol=1e-6)
@@ -83,17 +88,7 @@ def test_a_compiled_update_with_bf16_hidden_products_follows_the_eager_one(one_t
     # matmul_precision=medium on a CPU with bf16 instructions compiles this path (compile auto: 20,000+ steps).
     eager = make_agent()
     eager.set_hidden_product_dtype(torch.bfloat16)
-    fast = copy.deepcopy(eager)
-    fast.compile_update()
-    batch = batch_with_an_episode_end()
-    noise = eager.draw_noise(16, torch.Generator().manual_seed(5))
-    results = []
-    for agent in (eager, fast):
-        losses, _ = agent._loss_fn(batch, noise)
-        agent.optimizer.zero_grad()
-        losses["total"].backward()
-        results.append((losses, grads(agent)))
-    (eager_losses, eager_grads), (fast_losses, fast_grads) = results
+    (eager_losses, _, eager_grads), (fast_losses, _, fast_grads) = eager_and_compiled_losses(eager)
     # The compiled GELU rounds differently in its last fp32 bit, which can move a bf16 rounding: bf16 tolerances.
     for name in eager_losses:
         torch.testing.assert_close(fast_losses[name], eager_losses[name], rtol=2e-2, atol=1e-3)
